@@ -1,0 +1,199 @@
+"""The noise predictor: a U-Net over (x_t, t, context).
+
+Residual blocks (GroupNorm, SiLU, 3x3 conv) at each resolution, halved by strided convs and doubled
+back by nearest upsampling, with skip connections between the two paths; self-attention at the
+lowest resolutions. The step t enters through a sinusoidal embedding and an MLP; the context
+(class one-hot, attributes, mixtures) through `conditioning.ContextEmbedding`. In every block they
+act as FiLM on the features: the context embedding scales them, the time embedding shifts them,
+h <- (1 + c) * h + t, the generalisation of the course notebook's `c * h + t`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .conditioning import ContextEmbedding
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    channels: int = 1  # image channels in and out
+    base: int = 32  # feature channels at full resolution
+    mults: tuple[int, ...] = (1, 2, 2)  # channel multiplier per level; each level after the first halves H, W
+    blocks: int = 2  # residual blocks per level on the way down (one more on the way up)
+    attention: tuple[int, ...] = (2,)  # levels (0 = full resolution) with self-attention
+    head_channels: int = 32  # channels per attention head
+    context_dim: int = 0  # length of the context vector; 0 = unconditional
+    groups: int = 8  # GroupNorm groups
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "mults", tuple(self.mults))
+        object.__setattr__(self, "attention", tuple(self.attention))
+        for name in ("channels", "base", "blocks", "head_channels", "groups"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"unet {name} must be >= 1")
+        if not self.mults or min(self.mults) < 1:
+            raise ValueError("unet mults must be positive integers")
+        if any(c % self.groups for c in self.level_channels):
+            raise ValueError(f"every level's channels {self.level_channels} must divide by groups={self.groups}")
+
+    @property
+    def level_channels(self) -> list[int]:
+        return [self.base * m for m in self.mults]
+
+    @property
+    def downsampling(self) -> int:
+        return 2 ** (len(self.mults) - 1)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def sinusoidal_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
+    """Transformer-style position encoding of the step t (Vaswani et al. 2017, sec. 3.5). (B,) -> (B, dim)"""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    angles = t.float()[:, None] * freqs[None]
+    return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, emb_dim: int, conditional: bool, groups: int, dropout: float):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, c_in)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.shift = nn.Linear(emb_dim, c_out)  # from the time embedding
+        self.scale = nn.Linear(emb_dim, c_out) if conditional else None  # from the context embedding
+        self.norm2 = nn.GroupNorm(groups, c_out)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)  # each block starts as the identity: stable early training
+        nn.init.zeros_(self.conv2.bias)
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x: Tensor, t_emb: Tensor, c_emb: Tensor | None) -> Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.norm2(h)
+        if self.scale is not None and c_emb is not None:
+            h = h * (1 + self.scale(c_emb)[:, :, None, None])
+        h = h + self.shift(t_emb)[:, :, None, None]
+        h = self.conv2(self.dropout(F.silu(h)))
+        return self.skip(x) + h
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over the H*W positions, residual."""
+
+    def __init__(self, channels: int, head_channels: int, groups: int):
+        super().__init__()
+        self.heads = max(1, channels // head_channels)
+        self.norm = nn.GroupNorm(groups, channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.out = nn.Conv2d(channels, channels, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        qkv = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w)
+        q, k, v = (qkv[:, i].transpose(-1, -2) for i in range(3))  # each (B, heads, HW, c/heads)
+        y = F.scaled_dot_product_attention(q, k, v)
+        return x + self.out(y.transpose(-1, -2).reshape(b, c, h, w))
+
+
+class Level(nn.Module):
+    """The residual blocks (each optionally followed by attention) of one resolution."""
+
+    def __init__(self, c_ins: list[int], c_out: int, attend: bool, cfg: UNetConfig, emb_dim: int):
+        super().__init__()
+        conditional = cfg.context_dim > 0
+        self.blocks = nn.ModuleList(ResBlock(c, c_out, emb_dim, conditional, cfg.groups, cfg.dropout) for c in c_ins)
+        self.attns = nn.ModuleList(
+            Attention(c_out, cfg.head_channels, cfg.groups) if attend else nn.Identity() for _ in c_ins
+        )
+
+
+class UNet(nn.Module):
+    """eps_theta(x_t, t, context). x: (B, C, H, W); t: (B,) integer steps; context: (B, K) or None."""
+
+    def __init__(self, cfg: UNetConfig):
+        super().__init__()
+        self.cfg = cfg
+        chans = cfg.level_channels
+        emb_dim = 4 * cfg.base
+        self.time_mlp = nn.Sequential(nn.Linear(cfg.base, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.context = ContextEmbedding(cfg.context_dim, emb_dim) if cfg.context_dim else None
+        self.conv_in = nn.Conv2d(cfg.channels, chans[0], 3, padding=1)
+
+        # Encoder: remember the channels of every feature map kept for a skip connection.
+        skips, c = [chans[0]], chans[0]
+        self.down, self.downsample = nn.ModuleList(), nn.ModuleList()
+        for i, c_out in enumerate(chans):
+            self.down.append(Level([c] + [c_out] * (cfg.blocks - 1), c_out, i in cfg.attention, cfg, emb_dim))
+            c = c_out
+            skips += [c] * cfg.blocks
+            last = i == len(chans) - 1
+            self.downsample.append(nn.Identity() if last else nn.Conv2d(c, c, 3, stride=2, padding=1))
+            if not last:
+                skips.append(c)
+
+        self.mid = Level([c, c], c, True, cfg, emb_dim)
+
+        # Decoder: each block eats one skip, in reverse order.
+        self.up, self.upsample = nn.ModuleList(), nn.ModuleList()
+        for i, c_out in reversed(list(enumerate(chans))):
+            c_ins = []
+            for _ in range(cfg.blocks + 1):
+                c_ins.append(c + skips.pop())
+                c = c_out
+            self.up.append(Level(c_ins, c_out, i in cfg.attention, cfg, emb_dim))
+            self.upsample.append(
+                nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, c, 3, padding=1))
+                if i > 0 else nn.Identity()
+            )
+
+        self.norm_out = nn.GroupNorm(cfg.groups, c)
+        self.conv_out = nn.Conv2d(c, cfg.channels, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+    def forward(self, x: Tensor, t: Tensor, context: Tensor | None = None, null: Tensor | None = None) -> Tensor:
+        """null: (B,) bool, rows whose context is replaced by the learned null context (guidance)."""
+        h_in, w_in = x.shape[-2:]
+        x = _pad_to_multiple(x, self.cfg.downsampling)
+        t = t.expand(x.shape[0]) if t.ndim == 0 else t
+        t_emb = self.time_mlp(sinusoidal_embedding(t, self.cfg.base))
+        c_emb = self.context(context, null, batch=x.shape[0]) if self.context is not None else None
+
+        h = self.conv_in(x)
+        skips = [h]
+        for level, down in zip(self.down, self.downsample):
+            for block, attn in zip(level.blocks, level.attns):
+                h = attn(block(h, t_emb, c_emb))
+                skips.append(h)
+            if not isinstance(down, nn.Identity):
+                h = down(h)
+                skips.append(h)
+        for block, attn in zip(self.mid.blocks, self.mid.attns):
+            h = attn(block(h, t_emb, c_emb))
+        for level, up in zip(self.up, self.upsample):
+            for block, attn in zip(level.blocks, level.attns):
+                h = attn(block(torch.cat([h, skips.pop()], dim=1), t_emb, c_emb))
+            h = up(h)
+        out = self.conv_out(F.silu(self.norm_out(h)))
+        return out[..., :h_in, :w_in]
+
+
+def _pad_to_multiple(x: Tensor, m: int) -> Tensor:
+    """Edge-pad H and W up to a multiple of m (e.g. 28 -> 32 when m = 8); the output is cropped back."""
+    ph, pw = (-x.shape[-2]) % m, (-x.shape[-1]) % m
+    return F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

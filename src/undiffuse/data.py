@@ -12,7 +12,7 @@ import importlib.util
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -74,22 +74,25 @@ def load_data(spec: str, *, labels: str | None = None, image_size: int | None = 
     return ImageData(_to_model_range(images), ids, names, str(spec), loaded.skipped)
 
 
-def batches(data: ImageData, batch_size: int, generator: torch.Generator) -> Iterator[tuple[Tensor, Tensor | None]]:
-    """Endless random mini-batches: a fresh permutation per epoch, the last partial batch dropped.
-
-    A data set smaller than one batch gives every item once plus random repeats to fill the batch.
+def batch_indices(n: int, batch_size: int, step: int, seed: int) -> Tensor:
+    """The indices of mini-batch number `step`: a fresh permutation per epoch, the last partial batch
+    dropped. A pure function of its arguments, so a resumed run draws exactly the batches it would
+    have drawn. A data set smaller than one batch gives every item once plus random repeats.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    n = len(data.images)
-    while True:
-        if n < batch_size:
-            extra = torch.randint(n, (batch_size - n,), generator=generator)
-            yield _take(data, torch.cat([torch.randperm(n, generator=generator), extra]))
-            continue
-        order = torch.randperm(n, generator=generator)
-        for start in range(0, n - batch_size + 1, batch_size):
-            yield _take(data, order[start:start + batch_size])
+    per_epoch = max(1, n // batch_size)
+    epoch, k = divmod(step, per_epoch)
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(n, generator=generator)
+    if n < batch_size:
+        return torch.cat([order, torch.randint(n, (batch_size - n,), generator=generator)])
+    return order[k * batch_size:(k + 1) * batch_size]
+
+
+def batch_at(data: ImageData, batch_size: int, step: int, seed: int) -> tuple[Tensor, Tensor | None]:
+    """(images, labels or None) of mini-batch number `step`."""
+    return _take(data, batch_indices(len(data.images), batch_size, step, seed))
 
 
 def _take(data: ImageData, index: Tensor) -> tuple[Tensor, Tensor | None]:

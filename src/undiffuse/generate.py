@@ -1,0 +1,97 @@
+"""From a run folder to images: load the (EMA) network a run describes, and sample it.
+
+This is the library side of `undiffuse sample`: one generator per image, seeded seed + i, so that an
+image depends on its seed only, not on the batch it was drawn in (NVlabs/edm's habit).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from . import checkpoint as ckpt
+from .conditioning import PREDICTIONS, denoiser, one_hot
+from .samplers import Callback, randn, sample
+from .schedule import SCHEDULES, NoiseSchedule, make_schedule
+from .unet import UNet, UNetConfig
+
+
+@dataclass
+class LoadedRun:
+    net: UNet  # in eval mode, on its device
+    schedule: NoiseSchedule
+    prediction: str
+    class_names: tuple[str, ...]  # () for an unconditional model
+    image_size: int
+    channels: int
+    config: dict  # config.json as written
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def load_run(run: str | Path, *, weights: str = "ema", device: str | torch.device = "cpu") -> LoadedRun:
+    """The network of a run folder; weights="ema" (default, better samples) or "raw"."""
+    run = Path(run)
+    config = ckpt.load_config(run)
+    try:
+        unet_cfg = UNetConfig(**config["unet"])
+        schedule_cfg = config["schedule"]
+        if schedule_cfg["name"] not in SCHEDULES or config["prediction"] not in PREDICTIONS:
+            raise ValueError("unknown schedule or prediction")
+        schedule = make_schedule(schedule_cfg["name"], int(schedule_cfg["T"]))
+        names = tuple(str(n) for n in config.get("class_names", []))
+        size, channels = int(config["image_size"]), int(config["channels"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ckpt.CheckpointError(f"{run / ckpt.CONFIG} does not describe a model this version can build ({e})") from None
+    if len(names) != unet_cfg.context_dim:
+        raise ckpt.CheckpointError(f"{run / ckpt.CONFIG}: {len(names)} class names for a context of {unet_cfg.context_dim}")
+    if weights not in ("ema", "raw"):
+        raise ValueError(f"unknown weights {weights!r}; choose ema or raw")
+    net = UNet(unet_cfg)
+    ckpt.load_weights(net, run / (ckpt.EMA if weights == "ema" else ckpt.MODEL))
+    net = net.to(device).eval().requires_grad_(False)
+    return LoadedRun(net, schedule, config["prediction"], names, size, channels, config)
+
+
+def generators(n: int, seed: int, device="cpu") -> list[torch.Generator]:
+    """One generator per image: image i is seeded seed + i."""
+    return [torch.Generator(device).manual_seed(seed + i) for i in range(n)]
+
+
+def sample_images(net: UNet, schedule: NoiseSchedule, prediction: str, n: int, *,
+                  image_size: int, labels: list[int] | None = None, num_classes: int = 0,
+                  sampler: str = "ddim", steps: int | None = None, guidance: float = 1.0, seed: int = 0,
+                  batch_size: int = 250, callback: Callback = None, **options) -> Tensor:
+    """n images in [-1, 1], (n, C, H, W). labels: a class id per image for a conditional network.
+
+    The callback sees the steps of each batch in turn; `options` go to the sampler (eta, add_noise, ...).
+    """
+    cfg = net.cfg
+    side = image_size
+    device = next(net.parameters()).device
+    if labels is not None and len(labels) != n:
+        raise ValueError(f"{len(labels)} labels for {n} images")
+    gens = generators(n, seed)
+    out = []
+    for start in range(0, n, batch_size):
+        stop = min(n, start + batch_size)
+        x = randn((stop - start, cfg.channels, side, side), gens[start:stop], device)
+        context = None
+        if labels is not None and cfg.context_dim:
+            context = one_hot(torch.tensor(labels[start:stop]), num_classes or cfg.context_dim).to(device)
+        eps_fn = denoiser(net, schedule.to(device), prediction=prediction, context=context, guidance=guidance)
+        with torch.inference_mode():
+            x = sample(sampler, eps_fn, schedule.to(device), x, steps=steps, generator=gens[start:stop],
+                       callback=callback, **options)
+        out.append(x.clamp(-1, 1).cpu())
+    return torch.cat(out)
+
+
+def generate(run: LoadedRun, n: int, **options) -> Tensor:
+    """sample_images with the run's own schedule, prediction, size and classes."""
+    return sample_images(run.net, run.schedule, run.prediction, n, num_classes=run.num_classes,
+                         image_size=run.image_size, **options)

@@ -1,0 +1,361 @@
+"""The training loop: L = || target - net(x_t, t, c) ||^2 with t uniform per image (Ho et al. 2020, alg. 1).
+
+Habits that make a short run work: AdamW with linear warm-up and a cosine decay, gradient clipping,
+an EMA of the weights (what sampling uses), and a recipe whose every knob follows from the budget
+(see recipe.py). Every random draw of step s comes from a generator seeded by (seed, s), and the
+mini-batch of step s is a pure function of (seed, s) too, so `resume` continues exactly where the
+run stopped: same batches, same noise, same weights as an uninterrupted run.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import math
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import checkpoint as ckpt
+from .conditioning import PREDICTIONS, drop_mask, one_hot
+from .data import ImageData, batch_at, load_data
+from .recipe import MIN_STEPS, MODEL_SIZES, Plan, ema_decay_at, lr_at, plan, unet_config
+from .schedule import SCHEDULES, make_schedule
+from .unet import UNet, UNetConfig
+
+LOG = "log.csv"
+DEFAULT_MINUTES = 10.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: str = "mnist"  # data spec: mnist, digits, an image folder or a .npy array
+    labels: str | None = None  # optional .npy of class ids for the images
+    image_size: int | None = None  # side in pixels; None: inferred from the data
+    channels: int | None = None  # 1 or 3; None: inferred from the data
+    conditional: bool = True  # condition on the class when the data has labels
+    steps: int | None = None  # optimizer steps; None: as many as `minutes` affords
+    minutes: float | None = None  # wall-clock budget; used when steps is None (default 10)
+    batch_size: int = 64  # images per optimizer step
+    model: str = "auto"  # tiny, small, medium, large, or auto: the largest the budget trains well
+    lr: float | None = None  # peak learning rate; None: from the recipe
+    warmup: int | None = None  # warm-up steps; None: from the recipe
+    ema_decay: float | None = None  # None: the EMA averages over about the last tenth of the run
+    grad_clip: float = 1.0  # max global gradient norm
+    schedule: str = "linear"  # noise schedule: linear or cosine
+    T: int = 1000  # diffusion steps
+    prediction: str = "eps"  # what the network predicts: eps, x0 or v
+    cond_drop: float = 0.1  # probability of training on the null context (for guidance)
+    seed: int = 0  # seeds the weights, the batches and the noise
+    checkpoint_minutes: float = 2.0  # save at least this often
+    grids: int = 4  # sample grids written to RUN/samples during training
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+
+    def validate(self) -> None:
+        """Reject absurd values before any work starts (ValueError with one line)."""
+        positive = {"batch_size": self.batch_size, "T": self.T}
+        for name in ("steps", "minutes", "lr", "warmup", "image_size", "checkpoint_minutes"):
+            if getattr(self, name) is not None:
+                positive[name] = getattr(self, name)
+        for name, value in positive.items():
+            if not value > 0 or (isinstance(value, float) and not math.isfinite(value)):
+                raise ValueError(f"{name} must be positive, got {value}")
+        _choice("schedule", self.schedule, SCHEDULES)
+        _choice("prediction", self.prediction, PREDICTIONS)
+        _choice("model", self.model, ("auto", *MODEL_SIZES))
+        if not 0 <= self.cond_drop < 1:
+            raise ValueError(f"cond_drop must lie in [0, 1), got {self.cond_drop}")
+        if self.ema_decay is not None and not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
+        if self.grids < 0 or self.grad_clip <= 0:
+            raise ValueError("grids must be >= 0 and grad_clip > 0")
+        if self.T < 2 or self.T > 100_000:
+            raise ValueError(f"T must lie in [2, 100000], got {self.T}")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown training option(s): {', '.join(sorted(unknown))}")
+        return cls(**values)
+
+
+def _choice(name: str, value: str, options) -> None:
+    if value not in options:
+        raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(options)}")
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda was asked for, but no CUDA GPU is available")
+    return device
+
+
+def diffusion_loss(model: UNet, schedule, x0, context, null, generator, prediction: str):
+    """One Monte-Carlo estimate of the simple loss: noise x0 to a random t and regress the target."""
+    b = x0.shape[0]
+    t = torch.randint(schedule.T, (b,), generator=generator).to(x0.device)
+    noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+    x_t = schedule.q_sample(x0, t, noise)
+    if prediction == "eps":
+        target = noise
+    elif prediction == "x0":
+        target = x0
+    elif prediction == "v":
+        target = schedule.v_target(x0, t, noise)
+    else:
+        raise ValueError(f"unknown prediction {prediction!r}")
+    return F.mse_loss(model(x_t, t, context, null), target)
+
+
+@dataclass
+class Result:
+    run: Path
+    steps: int  # steps taken in total
+    seconds: float  # training wall-clock time in total
+    final_loss: float  # mean loss over the last few percent of steps
+
+
+class Trainer:
+    """Trains one run folder. `Trainer(cfg, run).train()`; `Trainer.resume(run).train()` continues it."""
+
+    def __init__(self, cfg: TrainConfig, run: str | Path, *, overwrite: bool = False, data: ImageData | None = None):
+        cfg.validate()
+        self.cfg, self.run = cfg, Path(run)
+        _prepare_run_folder(self.run, overwrite)
+        self.device = pick_device(cfg.device)
+        self.data = data if data is not None else load_data(
+            cfg.data, labels=cfg.labels, image_size=cfg.image_size, channels=cfg.channels)
+        self.context_dim = self.data.num_classes if cfg.conditional and self.data.labels is not None else 0
+        self.schedule = make_schedule(cfg.schedule, cfg.T)
+        self.size, self.plan = self._choose_model_and_plan()
+        self._build(self.size)
+        self.step, self.elapsed = 0, 0.0
+        ckpt.save_config(self.run, self.describe())
+        self._save()
+
+    @classmethod
+    def resume(cls, run: str | Path, data: ImageData | None = None) -> "Trainer":
+        """Continue a run from its last checkpoint: weights, EMA, optimizer, step and clock."""
+        run = Path(run)
+        config = ckpt.load_config(run)
+        try:
+            cfg = TrainConfig.from_dict(config["train"])
+            cfg.validate()
+        except (KeyError, TypeError, ValueError) as e:
+            raise ckpt.CheckpointError(f"{run / ckpt.CONFIG} has a bad 'train' section ({e})") from None
+        self = cls.__new__(cls)
+        self.cfg, self.run = cfg, run
+        self.device = pick_device(cfg.device)
+        self.data = data if data is not None else load_data(
+            cfg.data, labels=cfg.labels, image_size=config["image_size"], channels=config["channels"])
+        self.context_dim = config["unet"]["context_dim"]
+        self.schedule = make_schedule(cfg.schedule, cfg.T)
+        self.size, self.plan = config["model_size"], Plan(**config["plan"])
+        self._build(self.size)
+        self.step = ckpt.load_weights(self.model, run / ckpt.MODEL)
+        ema_step = ckpt.load_weights(self.ema, run / ckpt.EMA)
+        state, state_step = ckpt.load_tensors(run / ckpt.STATE)
+        if not self.step == ema_step == state_step:
+            raise ckpt.CheckpointError(f"{run}: the checkpoint files belong to different steps")
+        ckpt.load_optimizer_tensors(self.optimizer, state)
+        self.elapsed = float(state["elapsed"])
+        _truncate_log(run / LOG, self.step)
+        return self
+
+    # --- set-up -------------------------------------------------------------------------------
+    def _build(self, size: str) -> None:
+        torch.manual_seed(self.cfg.seed)  # the initial weights
+        unet = unet_config(size, self.data.image_size, self.data.channels, self.context_dim)
+        self.model = UNet(unet).to(self.device)
+        self.ema = copy.deepcopy(self.model).requires_grad_(False)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=0.0, weight_decay=0.0)  # lr set per step
+        self.schedule_dev = self.schedule.to(self.device)
+
+    def _choose_model_and_plan(self) -> tuple[str, Plan]:
+        cfg = self.cfg
+        if cfg.steps is not None:
+            size = "small" if cfg.model == "auto" else cfg.model
+            return size, plan(cfg.steps, cfg.batch_size, cfg.lr, cfg.warmup, cfg.ema_decay)
+        budget = 60 * (cfg.minutes or DEFAULT_MINUTES)
+        candidates = list(MODEL_SIZES)[::-1] if cfg.model == "auto" else [cfg.model]
+        for size in candidates:  # largest first; stop at the first that gets enough steps
+            self._build(size)
+            steps = max(1, int(0.92 * budget / self._seconds_per_step()))  # 8% for grids and checkpoints
+            if steps >= MIN_STEPS or size == candidates[-1]:
+                return size, plan(steps, cfg.batch_size, cfg.lr, cfg.warmup, cfg.ema_decay)
+        raise AssertionError("unreachable")
+
+    def _seconds_per_step(self, repeats: int = 3) -> float:
+        """Time forward + backward on real batches without touching the weights."""
+        times = []
+        for i in range(repeats + 1):
+            start = time.perf_counter()
+            self._loss(i).backward()
+            self.model.zero_grad(set_to_none=True)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+        return sorted(times[1:])[len(times[1:]) // 2] * 1.05  # the optimizer step and EMA cost ~5%
+
+    def describe(self) -> dict:
+        """What config.json holds: everything `sample` and `resume` need."""
+        return {
+            "train": asdict(self.cfg),
+            "unet": self.model.cfg.to_dict(),
+            "model_size": self.size,
+            "plan": asdict(self.plan),
+            "schedule": {"name": self.cfg.schedule, "T": self.cfg.T},
+            "prediction": self.cfg.prediction,
+            "image_size": self.data.image_size,
+            "channels": self.data.channels,
+            "class_names": list(self.data.class_names) if self.context_dim else [],
+            "data_source": self.data.source,
+            "num_images": len(self.data.images),
+        }
+
+    # --- the loop -----------------------------------------------------------------------------
+    def _loss(self, step: int) -> torch.Tensor:
+        cfg = self.cfg
+        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step + 1)
+        images, labels = batch_at(self.data, cfg.batch_size, step, cfg.seed)
+        context = null = None
+        if self.context_dim:
+            context = one_hot(labels, self.context_dim).to(self.device)
+            null = drop_mask(len(labels), cfg.cond_drop, generator, self.device)
+        return diffusion_loss(self.model, self.schedule_dev, images.to(self.device), context, null,
+                              generator, cfg.prediction)
+
+    def train_step(self) -> float:
+        lr = lr_at(self.step, self.plan)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss = self._loss(self.step)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        decay = ema_decay_at(self.step, self.plan)
+        ema, raw = list(self.ema.parameters()), list(self.model.parameters())
+        torch._foreach_lerp_(ema, raw, 1.0 - decay)
+        self.step += 1
+        return loss.item()
+
+    def train(self, *, until: int | None = None, progress: bool = True,
+              on_grid: Callable[[Path], None] | None = None) -> Result:
+        """Run to the planned step (or `until`), with a progress bar, log, grids and checkpoints."""
+        end = min(self.plan.steps, until if until is not None else self.plan.steps)
+        grid_steps = {round(self.plan.steps * (k + 1) / self.cfg.grids) for k in range(self.cfg.grids)}
+        log_every = max(1, self.plan.steps // 500)
+        losses, recent = [], []
+        bar = tqdm(total=self.plan.steps, initial=self.step, disable=not progress, unit="step",
+                   dynamic_ncols=True, desc=self.run.name)
+        last_save = time.perf_counter()
+        with (self.run / LOG).open("a", newline="") as log_file:
+            log = csv.writer(log_file)
+            if log_file.tell() == 0:
+                log.writerow(["step", "loss", "lr", "images_per_s", "seconds"])
+            start, start_step = time.perf_counter(), self.step
+            while self.step < end:
+                t0 = time.perf_counter()
+                loss = self.train_step()
+                if not math.isfinite(loss):
+                    raise FloatingPointError(f"the loss became {loss} at step {self.step}; "
+                                             "lower the learning rate (--lr) and resume")
+                self.elapsed += time.perf_counter() - t0
+                losses.append(loss)
+                recent.append(loss)
+                if self.step % log_every == 0 or self.step == end:
+                    rate = self.cfg.batch_size * (self.step - start_step) / max(1e-9, time.perf_counter() - start)
+                    log.writerow([self.step, f"{sum(recent) / len(recent):.6f}", f"{lr_at(self.step - 1, self.plan):.3e}",
+                                  f"{rate:.1f}", f"{self.elapsed:.2f}"])
+                    bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", img_s=f"{rate:.0f}")
+                    recent = []
+                bar.update(1)
+                if self.step in grid_steps:
+                    path = self.write_grid()
+                    if on_grid is not None:
+                        on_grid(path)
+                if time.perf_counter() - last_save > 60 * self.cfg.checkpoint_minutes:
+                    log_file.flush()
+                    self._save()
+                    last_save = time.perf_counter()
+        bar.close()
+        self._save()
+        tail = losses[-max(1, len(losses) // 20):] or [float("nan")]
+        return Result(self.run, self.step, self.elapsed, sum(tail) / len(tail))
+
+    # --- outputs ------------------------------------------------------------------------------
+    def _save(self) -> None:
+        state = ckpt.optimizer_tensors(self.optimizer)
+        state["elapsed"] = torch.tensor(self.elapsed, dtype=torch.float64)
+        # Weights first, then the state: a crash in between leaves mismatched steps, which resume detects.
+        ckpt.save_tensors(self.run / ckpt.MODEL, self.model.state_dict(), self.step)
+        ckpt.save_tensors(self.run / ckpt.EMA, self.ema.state_dict(), self.step)
+        ckpt.save_tensors(self.run / ckpt.STATE, state, self.step)
+
+    def write_grid(self) -> Path:
+        """A small grid from the EMA weights (one image per class, or 8 unconditional)."""
+        from .generate import sample_images
+        from .viz import save_grid
+
+        labels = list(range(self.context_dim)) if self.context_dim else None
+        n = len(labels) if labels else 8
+        images = sample_images(self.ema, self.schedule, self.cfg.prediction, n, labels=labels,
+                               image_size=self.data.image_size,
+                               num_classes=self.context_dim, sampler="ddim", steps=20, seed=0)
+        path = self.run / "samples" / f"step{self.step:07d}.png"
+        path.parent.mkdir(exist_ok=True)
+        save_grid(images, path, nrow=n)
+        return path
+
+
+def _prepare_run_folder(run: Path, overwrite: bool) -> None:
+    """Never overwrite a run by accident; with overwrite, only replace something that is a run."""
+    if run.exists() and not run.is_dir():
+        raise ckpt.CheckpointError(f"'{run}' exists and is not a folder")
+    if run.is_dir() and any(run.iterdir()):
+        if not overwrite:
+            raise ckpt.CheckpointError(f"run folder '{run}' already exists; pass --resume to continue it "
+                                       "or --overwrite to replace it")
+        if not (run / ckpt.CONFIG).is_file():
+            raise ckpt.CheckpointError(f"refusing to overwrite '{run}': it is not an undiffuse run folder")
+        for name in (ckpt.MODEL, ckpt.EMA, ckpt.STATE, LOG):
+            (run / name).unlink(missing_ok=True)
+    run.mkdir(parents=True, exist_ok=True)
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log rows written after the checkpoint we resume from, so the log has no duplicates."""
+    if not path.is_file():
+        return
+    rows = list(csv.reader(path.open()))
+    kept = rows[:1] + [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= step]
+    ckpt.atomic_write(path, lambda p: p.write_text("".join(",".join(r) + "\n" for r in kept)))
+
+
+def read_log(run: str | Path) -> tuple[list[int], list[float]]:
+    """(steps, losses) from a run's log.csv."""
+    steps, losses = [], []
+    with (Path(run) / LOG).open() as f:
+        for row in csv.DictReader(f):
+            steps.append(int(row["step"]))
+            losses.append(float(row["loss"]))
+    return steps, losses
+
+
+def train(cfg: TrainConfig, run: str | Path, **options) -> Result:
+    """Train a new run folder from `cfg`; options go to Trainer (overwrite) and train (progress)."""
+    overwrite = options.pop("overwrite", False)
+    return Trainer(cfg, run, overwrite=overwrite).train(**options)
+
+
+__all__ = ["TrainConfig", "Trainer", "Result", "train", "read_log", "diffusion_loss", "pick_device"]

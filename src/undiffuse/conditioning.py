@@ -85,3 +85,18 @@ def denoiser(model: nn.Module, schedule: NoiseSchedule, *, prediction: str = "ep
         return guided(eps[b:], eps[:b], guidance)
 
     return eps_fn
+
+
+def class_id(label: str, class_names: tuple[str, ...] | list[str]) -> int:
+    """A class given by name ("ship") or by index ("7"); names win when a name is itself a number."""
+    names = [str(n) for n in class_names]
+    if not names:
+        raise ValueError("this model is unconditional: it takes no label")
+    if label in names:
+        return names.index(label)
+    if label.lstrip("-").isdigit():
+        index = int(label)
+        if 0 <= index < len(names):
+            return index
+        raise ValueError(f"label {index} is out of range: this model has classes 0..{len(names) - 1}")
+    raise ValueError(f"unknown label {label!r}; choose one of {', '.join(names)}")

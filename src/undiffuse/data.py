@@ -208,6 +208,21 @@ def _infer_folder_size(files: list[Path]) -> int:
     return 64
 
 
+def load_image(path: str | Path, image_size: int | None = None, channels: int | None = None) -> Tensor:
+    """One image file as float32 (C, S, S) in [-1, 1]; S defaults to the shorter side (at most 1024)."""
+    _check_options(image_size, channels)
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"image '{path}': no such file")
+    try:
+        with Image.open(path) as img:
+            side = image_size or min(1024, max(8, min(img.size)))
+        image = _read_image(path, side)
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"image '{path}' cannot be read ({e})") from None
+    return _to_model_range(_set_channels(image[None], channels or image.shape[0]))[0]
+
+
 def _read_image(path: Path, size: int) -> Tensor:
     """One file as float (C, size, size) in [0, 1], C = 1 for grayscale images else 3."""
     with Image.open(path) as img:

@@ -113,7 +113,8 @@ def _take(values: Tensor, t: Tensor, like: Tensor) -> Tensor:
 def linear(T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> NoiseSchedule:
     """Ho et al. 2020: betas linear from 1e-4 to 0.02 over T = 1000 steps (rescaled for other T)."""
     scale = 1000 / T  # keeps alpha_bar_T about the same when T changes (improved-diffusion)
-    return NoiseSchedule(torch.linspace(beta_start * scale, beta_end * scale, T, dtype=torch.float64))
+    betas = torch.linspace(beta_start * scale, beta_end * scale, T, dtype=torch.float64)
+    return NoiseSchedule(betas.clamp(max=0.999))  # very short schedules (T < 50) would pass 1
 
 
 def cosine(T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> NoiseSchedule:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import copy
 import csv
 import math
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -49,6 +51,7 @@ class TrainConfig:
     schedule: str = "linear"  # noise schedule: linear or cosine
     T: int = 1000  # diffusion steps
     prediction: str = "eps"  # what the network predicts: eps, x0 or v
+    min_snr: float | None = 5.0  # min-SNR-gamma loss weighting (Hang et al. 2023); None: plain MSE
     cond_drop: float = 0.1  # probability of training on the null context (for guidance)
     seed: int = 0  # seeds the weights, the batches and the noise
     checkpoint_minutes: float = 2.0  # save at least this often
@@ -58,7 +61,7 @@ class TrainConfig:
     def validate(self) -> None:
         """Reject absurd values before any work starts (ValueError with one line)."""
         positive = {"batch_size": self.batch_size, "T": self.T}
-        for name in ("steps", "minutes", "lr", "warmup", "image_size", "checkpoint_minutes"):
+        for name in ("steps", "minutes", "lr", "warmup", "image_size", "checkpoint_minutes", "min_snr"):
             if getattr(self, name) is not None:
                 positive[name] = getattr(self, name)
         for name, value in positive.items():
@@ -99,8 +102,14 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
-def diffusion_loss(model: UNet, schedule, x0, context, null, generator, prediction: str):
-    """One Monte-Carlo estimate of the simple loss: noise x0 to a random t and regress the target."""
+def diffusion_loss(model: UNet, schedule, x0, context, null, generator, prediction: str,
+                   min_snr: float | None = None):
+    """One Monte-Carlo estimate of the loss: noise x0 to a random t and regress the target.
+
+    min_snr = gamma weights each image so that its loss, expressed as an x0 error, counts
+    min(snr, gamma): the many nearly clean steps stop dominating the gradient (Hang et al. 2023,
+    eq. 7), which several times speeds up convergence. None gives Ho et al.'s plain MSE.
+    """
     b = x0.shape[0]
     t = torch.randint(schedule.T, (b,), generator=generator).to(x0.device)
     noise = torch.randn(x0.shape, generator=generator).to(x0.device)
@@ -113,7 +122,19 @@ def diffusion_loss(model: UNet, schedule, x0, context, null, generator, predicti
         target = schedule.v_target(x0, t, noise)
     else:
         raise ValueError(f"unknown prediction {prediction!r}")
-    return F.mse_loss(model(x_t, t, context, null), target)
+    per_image = (model(x_t, t, context, null) - target).pow(2).flatten(1).mean(1)
+    if min_snr is not None:
+        per_image = per_image * min_snr_weight(schedule, t, min_snr, prediction)
+    return per_image.mean()
+
+
+def min_snr_weight(schedule, t, gamma: float, prediction: str):
+    """The factor that turns the target's squared error into min(snr, gamma) times the x0 error."""
+    snr = schedule.snr.to(t.device)[t].float()
+    clipped = snr.clamp(max=gamma)
+    # ||eps err||^2 = snr ||x0 err||^2 and ||v err||^2 = (snr + 1) ||x0 err||^2
+    scale = {"eps": snr, "v": snr + 1, "x0": torch.ones_like(snr)}[prediction]
+    return clipped / scale
 
 
 @dataclass
@@ -140,7 +161,7 @@ class Trainer:
         self._build(self.size)
         self.step, self.elapsed = 0, 0.0
         ckpt.save_config(self.run, self.describe())
-        self._save()
+        self.save()
 
     @classmethod
     def resume(cls, run: str | Path, data: ImageData | None = None) -> "Trainer":
@@ -232,7 +253,7 @@ class Trainer:
             context = one_hot(labels, self.context_dim).to(self.device)
             null = drop_mask(len(labels), cfg.cond_drop, generator, self.device)
         return diffusion_loss(self.model, self.schedule_dev, images.to(self.device), context, null,
-                              generator, cfg.prediction)
+                              generator, cfg.prediction, cfg.min_snr)
 
     def train_step(self) -> float:
         lr = lr_at(self.step, self.plan)
@@ -259,12 +280,12 @@ class Trainer:
         bar = tqdm(total=self.plan.steps, initial=self.step, disable=not progress, unit="step",
                    dynamic_ncols=True, desc=self.run.name)
         last_save = time.perf_counter()
-        with (self.run / LOG).open("a", newline="") as log_file:
+        with _StopOnSignal() as stop, (self.run / LOG).open("a", newline="") as log_file:
             log = csv.writer(log_file)
             if log_file.tell() == 0:
                 log.writerow(["step", "loss", "lr", "images_per_s", "seconds"])
             start, start_step = time.perf_counter(), self.step
-            while self.step < end:
+            while self.step < end and not stop.requested:
                 t0 = time.perf_counter()
                 loss = self.train_step()
                 if not math.isfinite(loss):
@@ -286,15 +307,17 @@ class Trainer:
                         on_grid(path)
                 if time.perf_counter() - last_save > 60 * self.cfg.checkpoint_minutes:
                     log_file.flush()
-                    self._save()
+                    self.save()
                     last_save = time.perf_counter()
         bar.close()
-        self._save()
+        self.save()
+        if stop.requested:  # after the save: a signal never loses the steps already taken
+            raise KeyboardInterrupt(f"stopped by signal at step {self.step}")
         tail = losses[-max(1, len(losses) // 20):] or [float("nan")]
         return Result(self.run, self.step, self.elapsed, sum(tail) / len(tail))
 
     # --- outputs ------------------------------------------------------------------------------
-    def _save(self) -> None:
+    def save(self) -> None:
         state = ckpt.optimizer_tensors(self.optimizer)
         state["elapsed"] = torch.tensor(self.elapsed, dtype=torch.float64)
         # Weights first, then the state: a crash in between leaves mismatched steps, which resume detects.
@@ -316,6 +339,30 @@ class Trainer:
         path.parent.mkdir(exist_ok=True)
         save_grid(images, path, nrow=n)
         return path
+
+
+class _StopOnSignal:
+    """SIGINT/SIGTERM ask the loop to stop at the next step boundary, never inside an update."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+        return False
 
 
 def _prepare_run_folder(run: Path, overwrite: bool) -> None:

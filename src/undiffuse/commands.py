@@ -1,0 +1,323 @@
+"""The subcommands of `undiffuse`: each `add_*` declares its flags, each `run_*` calls the library."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .cli import UsageError, add_config_flags, config_values
+from .recipe import MODEL_SIZES
+from .schedule import SCHEDULES
+from .conditioning import PREDICTIONS
+
+TRAIN_CHOICES = {"schedule": SCHEDULES, "prediction": PREDICTIONS, "model": ("auto", *MODEL_SIZES)}
+FORWARD_STEPS = "0,50,100,200,300,500,700,999"
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+# --- train ---------------------------------------------------------------------------------------
+
+def add_train(sub) -> None:
+    from .train import TrainConfig
+
+    p = sub.add_parser("train", help="train a model on a data set", description=(
+        "Train a denoising diffusion model. DATA is mnist (5,000 bundled digits), digits (scikit-learn's "
+        "8x8 digits, upscaled), a folder of images (class sub-folders become labels) or a .npy array."))
+    p.add_argument("--out", required=True, metavar="RUN", help="run folder to create (or continue with --resume)")
+    p.add_argument("--config", metavar="FILE.toml", help="training options from a TOML file; flags win")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--resume", action="store_true", help="continue RUN from its last checkpoint")
+    group.add_argument("--overwrite", action="store_true", help="replace the existing run folder RUN")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_config_flags(p, TrainConfig, TRAIN_CHOICES)
+    p.set_defaults(run=run_train)
+
+
+def run_train(args) -> int:
+    from .train import TrainConfig, Trainer
+
+    values = config_values(args, TrainConfig)
+    if args.resume:
+        if values:
+            raise UsageError(f"--resume continues {args.out} with its own settings; drop "
+                             + ", ".join("--" + k.replace("_", "-") for k in values))
+        trainer = Trainer.resume(args.out)
+        _say(f"resuming {args.out} at step {trainer.step} of {trainer.plan.steps}")
+    else:
+        cfg = TrainConfig(**values)
+        cfg.validate()  # before the data is read, so that a bad flag costs nothing
+        trainer = Trainer(cfg, args.out, overwrite=args.overwrite)
+        _describe(trainer)
+    return _train_and_report(trainer, progress=not args.quiet)
+
+
+def _describe(trainer) -> None:
+    from .unet import count_parameters
+
+    data, plan = trainer.data, trainer.plan
+    kind = f"{data.num_classes} classes" if trainer.context_dim else "unconditional"
+    skipped = f", {data.skipped} unreadable files skipped" if data.skipped else ""
+    _say(f"data: {data.source}: {len(data.images)} images {data.channels}x{data.image_size}x{data.image_size}, "
+         f"{kind}{skipped}")
+    _say(f"model: {trainer.size}, {count_parameters(trainer.model) / 1e6:.2f}M parameters on {trainer.device}; "
+         f"{plan.steps} steps of {trainer.cfg.batch_size}, lr {plan.lr:.2g}, warm-up {plan.warmup}, "
+         f"EMA {plan.ema_decay:.4f}")
+
+
+def _train_and_report(trainer, progress: bool):
+    from .train import read_log
+    from .viz import save_loss_curve
+
+    try:
+        result = trainer.train(progress=progress)
+    except KeyboardInterrupt:  # the trainer saved at the last step boundary
+        print(f"undiffuse: interrupted; saved step {trainer.step}. Continue with: "
+              f"undiffuse train --out {trainer.run} --resume", file=sys.stderr)
+        return 130
+    steps, losses = read_log(trainer.run)
+    curve = save_loss_curve(steps, losses, trainer.run / "loss.png", title=f"training loss: {trainer.run.name}")
+    _say(f"trained {result.steps} steps in {result.seconds / 60:.1f} min, final loss {result.final_loss:.4f}")
+    _say(f"run folder: {trainer.run}   loss curve: {curve}")
+    return result
+
+
+# --- sample --------------------------------------------------------------------------------------
+
+def add_sample(sub) -> None:
+    from .samplers import SAMPLERS
+
+    p = sub.add_parser("sample", help="generate images from a trained run", description=(
+        "Generate images with a trained run's EMA weights. A conditional run draws a grid with one "
+        "row per class unless --label picks one class."))
+    p.add_argument("run", metavar="RUN", help="a run folder written by `undiffuse train`")
+    p.add_argument("--n", type=int, default=None,
+                   help="images (per class with --label all; default 8 per class, or 64)")
+    p.add_argument("--sampler", default="ddim", choices=sorted(SAMPLERS), help="default: ddim")
+    p.add_argument("--steps", type=int, default=None, help="network evaluations (ddim; default 50)")
+    p.add_argument("--eta", type=float, default=None, help="ddim's noise scale: 0 deterministic, 1 DDPM-like")
+    p.add_argument("--no-noise", action="store_true",
+                   help="ddpm without its extra noise (samples collapse to blurry averages: for teaching)")
+    p.add_argument("--label", default=None, help="class name or id, or 'all' (default for conditional runs)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance scale w (1: conditional, 0: unconditional; default 1)")
+    p.add_argument("--seed", type=int, default=0, help="image i uses seed + i (default 0)")
+    p.add_argument("--out", default=None, metavar="FILE.png|FILE.npy", help="default: RUN/samples.png")
+    p.add_argument("--gif", default=None, metavar="FILE.gif", help="also animate the reverse process")
+    p.add_argument("--weights", default="ema", choices=("ema", "raw"), help="default: ema")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.set_defaults(run=run_sample)
+
+
+def run_sample(args) -> int:
+    from .conditioning import class_id
+    from .generate import load_run
+    from .train import pick_device
+
+    out = Path(args.out) if args.out else Path(args.run) / "samples.png"
+    if out.suffix.lower() not in (".png", ".npy"):
+        raise UsageError(f"--out must end in .png or .npy, got '{out}'")
+    if args.gif and not args.gif.lower().endswith(".gif"):
+        raise UsageError(f"--gif must end in .gif, got '{args.gif}'")
+    if args.n is not None and not 1 <= args.n <= 100_000:
+        raise UsageError(f"--n must lie in [1, 100000], got {args.n}")
+    options = _sampler_options(args)
+    run = load_run(args.run, weights=args.weights, device=pick_device(args.device))
+    if not run.num_classes and (args.label not in (None, "all") or args.guidance is not None):
+        raise UsageError(f"{args.run} is an unconditional model: it takes no --label or --guidance")
+    if run.num_classes and args.label not in (None, "all"):
+        labels = [class_id(args.label, run.class_names)] * (args.n or 64)
+        nrow = 8
+    elif run.num_classes:
+        per_class = args.n or 8
+        labels = [k for k in range(run.num_classes) for _ in range(per_class)]
+        nrow = per_class
+    else:
+        labels, nrow = None, 8
+    n = len(labels) if labels else (args.n or 64)
+    images, frames = _sample_with_frames(run, n, labels, args, options)
+    _write_samples(images, labels, out, nrow)
+    _say(f"{n} samples: {out}")
+    if args.gif:
+        from .viz import save_gif
+
+        _say(f"reverse process: {save_gif(frames, args.gif, nrow=nrow)}")
+    return 0
+
+
+def _sampler_options(args) -> dict:
+    if args.steps is not None and not 1 <= args.steps <= 100_000:
+        raise UsageError(f"--steps must be positive, got {args.steps}")
+    if args.guidance is not None and not -1e3 < args.guidance < 1e3:
+        raise UsageError(f"--guidance {args.guidance} is absurd")
+    options = {"guidance": 1.0 if args.guidance is None else args.guidance, "seed": args.seed,
+               "sampler": args.sampler, "steps": args.steps}
+    if args.sampler == "ddpm":
+        if args.eta is not None:
+            raise UsageError("--eta applies to ddim only")
+        options["add_noise"] = not args.no_noise
+    else:
+        if args.no_noise:
+            raise UsageError("--no-noise applies to ddpm only")
+        if args.eta is not None:
+            if not 0 <= args.eta <= 1:
+                raise UsageError(f"--eta must lie in [0, 1], got {args.eta}")
+            options["eta"] = args.eta
+    return options
+
+
+def _sample_with_frames(run, n, labels, args, options):
+    """Sample; when a GIF is wanted, keep ~40 intermediate frames of the predicted clean image."""
+    from .generate import generate
+    from .viz import keep_frames
+
+    frames = []
+    callback = None
+    if args.gif:
+        total = run.schedule.T if options["sampler"] == "ddpm" else (options["steps"] or 50)
+        keep = keep_frames(total)
+
+        def callback(step):
+            if step["i"] in keep:
+                frames.append(step["x"].clamp(-1, 1).cpu())
+
+    images = generate(run, n, labels=labels, callback=callback, **options)
+    if frames:
+        frames[-1] = images
+    return images, frames
+
+
+def _write_samples(images, labels, out: Path, nrow: int) -> None:
+    import numpy as np
+
+    from .checkpoint import atomic_write
+    from .viz import image_grid
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix.lower() == ".npy":
+        array = ((images + 1) / 2).float().numpy().astype(np.float32)  # N x C x H x W in [0, 1]
+        atomic_write(out, lambda p: np.save(open(p, "wb"), array))
+        if labels is not None:
+            labels_path = out.with_suffix(".labels.npy")
+            atomic_write(labels_path, lambda p: np.save(open(p, "wb"), np.asarray(labels, np.int64)))
+    else:
+        atomic_write(out, lambda p: image_grid(images, nrow).save(p, format="PNG"))
+
+
+# --- noise ---------------------------------------------------------------------------------------
+
+def add_noise(sub) -> None:
+    p = sub.add_parser("noise", help="show the forward process on an image", description=(
+        "Noise an image (or the first images of a data spec such as mnist) to several steps t in one "
+        "shot, x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps, and save the strip."))
+    p.add_argument("image", metavar="IMAGE", help="an image file, or a data spec (mnist, a folder, a .npy)")
+    p.add_argument("--t", default=FORWARD_STEPS, help=f"comma-separated steps (default {FORWARD_STEPS})")
+    p.add_argument("--out", default="forward.png", help="default: forward.png")
+    p.add_argument("--n", type=int, default=4, help="rows when IMAGE is a data set (default 4)")
+    p.add_argument("--schedule", default="linear", choices=SCHEDULES, help="default: linear")
+    p.add_argument("--T", type=int, default=1000, help="diffusion steps (default 1000)")
+    p.add_argument("--image-size", type=int, default=None, help="resize to this side")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=run_noise)
+
+
+def run_noise(args) -> int:
+    from .checkpoint import atomic_write
+    from .data import load_image, load_data
+    from .schedule import make_schedule
+    from .viz import forward_strip
+
+    try:
+        ts = [int(s) for s in args.t.split(",") if s.strip()]
+    except ValueError:
+        raise UsageError(f"--t must be comma-separated integers, got '{args.t}'") from None
+    if not ts or not 2 <= args.T <= 100_000 or not 1 <= args.n <= 64:
+        raise UsageError("--t needs at least one step, --T must lie in [2, 100000] and --n in [1, 64]")
+    out = Path(args.out)
+    if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".gif", ".webp"):
+        raise UsageError(f"--out must be an image file such as strip.png, got '{out}'")
+    schedule = make_schedule(args.schedule, args.T)
+    path = Path(args.image)
+    if path.is_file() and path.suffix.lower() != ".npy":
+        images = load_image(path, args.image_size)[None]
+    else:
+        images = load_data(args.image, image_size=args.image_size).images[:args.n]
+    strip = forward_strip(images, schedule, ts, seed=args.seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, lambda p: strip.save(p, format=out.suffix.lstrip(".").upper().replace("JPG", "JPEG")))
+    _say(f"forward process at t = {', '.join(map(str, ts))}: {out}")
+    return 0
+
+
+# --- demo ----------------------------------------------------------------------------------------
+
+def add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="the main job: train on the bundled digits, then draw", description=(
+        "Train a class-conditional DDPM on the 5,000 bundled MNIST digits for a bounded time, then "
+        "write a grid of samples (one row per digit), the reverse process as a GIF, the forward "
+        "process as a strip and the loss curve into a fresh run folder."))
+    p.add_argument("--minutes", type=float, default=10.0, help="training budget (default 10)")
+    p.add_argument("--out", default=None, metavar="RUN", help="run folder (default: the first free runs/demo[-N])")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=run_demo)
+
+
+def run_demo(args) -> int:
+    from .train import TrainConfig, Trainer
+
+    if not 0 < args.minutes <= 24 * 60:
+        raise UsageError(f"--minutes must lie in (0, 1440], got {args.minutes}")
+    run = Path(args.out) if args.out else _free_folder(Path("runs") / "demo")
+    _say(f"undiffuse demo: {args.minutes:g} minutes of training on the bundled MNIST digits -> {run}")
+    trainer = Trainer(TrainConfig(data="mnist", minutes=args.minutes, seed=args.seed), run)
+    _describe(trainer)
+    result = _train_and_report(trainer, progress=not args.quiet)
+    if not hasattr(result, "steps"):
+        return result
+    _demo_pictures(trainer, run)
+    return 0
+
+
+def _demo_pictures(trainer, run: Path) -> None:
+    from .generate import generate, load_run
+    from .schedule import make_schedule
+    from .viz import forward_strip, image_grid, keep_frames, save_gif
+
+    loaded = load_run(run, device=trainer.device)
+    k = loaded.num_classes
+    _say("sampling the grid and the animation ...")
+    labels = [c for c in range(k) for _ in range(10)]
+    grid = generate(loaded, len(labels), labels=labels, sampler="ddim", steps=50, seed=0)
+    image_grid(grid, nrow=10).save(run / "samples.png")
+    _say(f"samples, one row per digit: {run / 'samples.png'}")
+
+    frames, keep = [], keep_frames(100)
+    gif_labels = list(range(k)) * 2
+
+    def keep_frame(step):
+        if step["i"] in keep:
+            frames.append(step["x"].clamp(-1, 1).cpu())
+
+    generate(loaded, len(gif_labels), labels=gif_labels, sampler="ddim", steps=100, eta=1.0, seed=1,
+             callback=keep_frame)
+    save_gif(frames, run / "reverse.gif", nrow=k)
+    _say(f"reverse process, noise to digits: {run / 'reverse.gif'}")
+
+    real = trainer.data.images[[int((trainer.data.labels == c).nonzero()[0]) for c in range(min(4, k))]]
+    ts = [int(s) for s in FORWARD_STEPS.split(",")]
+    forward_strip(real, make_schedule("linear"), ts).save(run / "forward.png")
+    _say(f"forward process on real digits: {run / 'forward.png'}")
+    _say(f"loss curve: {run / 'loss.png'}")
+
+
+def _free_folder(base: Path) -> Path:
+    """base, or base-2, base-3, ...: the demo never overwrites an earlier demo."""
+    if not base.exists():
+        return base
+    k = 2
+    while Path(f"{base}-{k}").exists():
+        k += 1
+    return Path(f"{base}-{k}")

@@ -1,0 +1,125 @@
+"""The command line: happy paths of every command, and bad input -> one line on stderr, exit code 2."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from undiffuse.cli import main
+
+TRAIN = ["--data", "digits", "--image-size", "16", "--steps", "8", "--batch-size", "16", "--model", "tiny",
+         "--grids", "0", "--quiet"]
+
+
+def _fails_cleanly(capsys, argv) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith("undiffuse: error:"), err
+    assert "Traceback" not in err
+    return err
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    run = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", *TRAIN, "--out", str(run)]) == 0
+    return run
+
+
+def test_train_writes_a_complete_run(trained):
+    config = json.loads((trained / "config.json").read_text())
+    assert config["train"]["steps"] == 8 and config["class_names"] == [str(k) for k in range(10)]
+    assert (trained / "loss.png").is_file() and (trained / "ema.safetensors").is_file()
+
+
+def test_train_refuses_an_existing_run_then_resumes_it(trained, capsys):
+    err = _fails_cleanly(capsys, ["train", *TRAIN, "--out", str(trained)])
+    assert "--resume" in err
+    assert main(["train", "--out", str(trained), "--resume", "--quiet"]) == 0  # already done: a no-op
+    assert "step 8 of 8" in capsys.readouterr().out
+
+
+def test_train_reads_a_toml_config_and_flags_win(tmp_path, capsys):
+    toml = tmp_path / "cfg.toml"
+    toml.write_text('data = "digits"\nimage-size = 16\nsteps = 3\nbatch_size = 8\nmodel = "tiny"\ngrids = 0\nseed = 5\n')
+    assert main(["train", "--config", str(toml), "--steps", "2", "--out", str(tmp_path / "r"), "--quiet"]) == 0
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert config["train"]["steps"] == 2 and config["train"]["seed"] == 5
+    toml.write_text("stepz = 3\n")
+    assert "unknown key" in _fails_cleanly(capsys, ["train", "--config", str(toml), "--out", str(tmp_path / "q")])
+
+
+def test_sample_png_npy_and_gif(trained, tmp_path, capsys):
+    assert main(["sample", str(trained), "--n", "2", "--steps", "4", "--out", str(tmp_path / "g.png"),
+                 "--gif", str(tmp_path / "g.gif")]) == 0
+    grid = Image.open(tmp_path / "g.png")
+    assert grid.size[1] > grid.size[0]  # 10 rows (one per digit) of 2
+    gif = Image.open(tmp_path / "g.gif")
+    assert gif.n_frames >= 4
+    assert main(["sample", str(trained), "--n", "3", "--label", "7", "--sampler", "ddpm",
+                 "--out", str(tmp_path / "s.npy")]) == 0
+    images = np.load(tmp_path / "s.npy")
+    assert images.shape == (3, 1, 16, 16) and images.dtype == np.float32
+    assert 0 <= images.min() and images.max() <= 1
+    assert np.load(tmp_path / "s.labels.npy").tolist() == [7, 7, 7]
+
+
+def test_sample_is_reproducible_by_seed(trained, tmp_path):
+    for name in ("a", "b"):
+        main(["sample", str(trained), "--n", "1", "--steps", "3", "--eta", "1", "--seed", "4",
+              "--out", str(tmp_path / f"{name}.npy")])
+    assert np.array_equal(np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy"))
+
+
+def test_noise_strip_from_an_image_and_from_a_data_set(tmp_path):
+    img = tmp_path / "face.png"
+    Image.fromarray((np.random.default_rng(0).random((20, 30, 3)) * 255).astype(np.uint8)).save(img)
+    assert main(["noise", str(img), "--t", "0,50,100,200,500,999", "--out", str(tmp_path / "strip.png")]) == 0
+    strip = Image.open(tmp_path / "strip.png")
+    assert strip.size[0] > 5 * strip.size[1] - 40  # six columns, one row (plus the header)
+    assert main(["noise", "digits", "--n", "3", "--out", str(tmp_path / "d.png")]) == 0
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["train", "--data", "/no/such/folder", "--out", "{tmp}/r"], "no such file"),
+    (["train", "--data", "{tmp}/empty", "--out", "{tmp}/r"], "empty"),
+    (["train", "--data", "{tmp}/broken.npy", "--out", "{tmp}/r"], "broken.npy"),
+    (["train", "--data", "digits", "--batch-size", "0", "--out", "{tmp}/r"], "batch_size"),
+    (["train", "--data", "digits", "--steps", "ten", "--out", "{tmp}/r"], "invalid int"),
+    (["train", "--data", "digits", "--schedule", "square", "--out", "{tmp}/r"], "invalid choice"),
+    (["train", "--data", "digits"], "--out"),
+    (["sample", "{tmp}/nothing"], "does not exist"),
+    (["sample", "{tmp}/empty"], "not an undiffuse run"),
+    (["noise", "{tmp}/missing.png"], "missing.png"),
+    (["noise", "{tmp}/broken.png"], "broken.png"),
+    (["noise", "digits", "--t", "0,5000"], "outside"),
+    (["demo", "--minutes", "-1"], "minutes"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_bad_input_gets_one_line_and_exit_code_2(tmp_path, capsys, argv, needle):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "broken.npy").write_bytes(b"\x93NUMPY garbage")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    err = _fails_cleanly(capsys, [a.replace("{tmp}", str(tmp_path)) for a in argv])
+    assert needle in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_sample_rejects_labels_the_model_does_not_have(trained, capsys):
+    assert "out of range" in _fails_cleanly(capsys, ["sample", str(trained), "--label", "12"])
+    assert "choose one of" in _fails_cleanly(capsys, ["sample", str(trained), "--label", "ship"])
+    assert "--out" in _fails_cleanly(capsys, ["sample", str(trained), "--out", "x.jpg"])
+    assert "steps" in _fails_cleanly(capsys, ["sample", str(trained), "--steps", "0"])
+
+
+def test_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for command in ("demo", "train", "sample", "noise"):
+        assert command in out
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert "--batch-size" in out and "images per optimizer step" in out

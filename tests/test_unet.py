@@ -1,0 +1,66 @@
+import pytest
+import torch
+
+from undiffuse.recipe import unet_config
+from undiffuse.unet import UNet, UNetConfig, count_parameters, sinusoidal_embedding
+
+
+def _randomised(cfg: UNetConfig) -> UNet:
+    """A U-Net whose zero-initialised output layers are made non-zero, so every input matters."""
+    torch.manual_seed(0)
+    net = UNet(cfg)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return net.eval()
+
+
+@pytest.mark.parametrize("channels,size", [(1, 28), (3, 32), (1, 16), (3, 17), (1, 8)])
+def test_output_shape_matches_input(channels, size):
+    net = UNet(UNetConfig(channels=channels, base=16, mults=(1, 2, 2), blocks=1, attention=(2,)))
+    x = torch.randn(2, channels, size, size)
+    assert net(x, torch.tensor([0, 999])).shape == x.shape
+
+
+@pytest.mark.parametrize("size", [28, 32, 64])
+def test_recipe_configs_build_for_common_sizes(size):
+    cfg = unet_config("tiny", size, 3, 10)
+    net = UNet(cfg)
+    x = torch.randn(1, 3, size, size)
+    assert net(x, torch.tensor([5]), torch.eye(10)[:1]).shape == x.shape
+    assert cfg.attention  # attention at the low resolutions
+    assert count_parameters(net) > 0
+
+
+def test_context_changes_the_output_and_null_rows_are_unconditional():
+    net = _randomised(UNetConfig(channels=1, base=16, mults=(1, 2), blocks=1, attention=(1,), context_dim=10))
+    x, t = torch.randn(2, 1, 16, 16).repeat(1, 1, 1, 1), torch.tensor([500, 500])
+    x = x[:1].repeat(2, 1, 1, 1)
+    with torch.no_grad():
+        out = net(x, t, torch.eye(10)[[3, 7]])
+        assert not torch.allclose(out[0], out[1], atol=1e-4)  # digit 3 and digit 7 differ
+        null = net(x, t, torch.eye(10)[[3, 7]], torch.tensor([True, True]))
+        assert torch.allclose(null[0], null[1], atol=1e-6)  # both null: the context is ignored
+        assert torch.allclose(null, net(x, t, None), atol=1e-6)
+
+
+def test_time_changes_the_output():
+    net = _randomised(UNetConfig(channels=1, base=16, mults=(1, 2), blocks=1, attention=()))
+    x = torch.randn(1, 1, 16, 16).repeat(2, 1, 1, 1)
+    with torch.no_grad():
+        out = net(x, torch.tensor([10, 900]))
+    assert not torch.allclose(out[0], out[1], atol=1e-4)
+
+
+def test_sinusoidal_embedding():
+    emb = sinusoidal_embedding(torch.tensor([0, 1, 500]), 32)
+    assert emb.shape == (3, 32)
+    assert torch.allclose(emb[0, :16], torch.zeros(16)) and torch.allclose(emb[0, 16:], torch.ones(16))
+    assert torch.allclose(emb.pow(2).sum(1), torch.full((3,), 16.0))  # sin^2 + cos^2 per frequency
+
+
+def test_config_is_validated():
+    with pytest.raises(ValueError):
+        UNetConfig(base=0)
+    with pytest.raises(ValueError, match="groups"):
+        UNetConfig(base=12, groups=8)

@@ -51,7 +51,7 @@ def test_train_reads_a_toml_config_and_flags_win(tmp_path, capsys):
 
 
 def test_sample_png_npy_and_gif(trained, tmp_path, capsys):
-    assert main(["sample", str(trained), "--n", "2", "--steps", "4", "--out", str(tmp_path / "g.png"),
+    assert main(["sample", str(trained), "--n", "2", "--steps", "8", "--out", str(tmp_path / "g.png"),
                  "--gif", str(tmp_path / "g.gif")]) == 0
     grid = Image.open(tmp_path / "g.png")
     assert grid.size[1] > grid.size[0]  # 10 rows (one per digit) of 2
@@ -83,7 +83,7 @@ def test_noise_strip_from_an_image_and_from_a_data_set(tmp_path):
 
 @pytest.mark.parametrize("argv,needle", [
     (["train", "--data", "/no/such/folder", "--out", "{tmp}/r"], "no such file"),
-    (["train", "--data", "{tmp}/empty", "--out", "{tmp}/r"], "empty"),
+    (["train", "--data", "{tmp}/empty", "--out", "{tmp}/r"], "holds no images"),
     (["train", "--data", "{tmp}/broken.npy", "--out", "{tmp}/r"], "broken.npy"),
     (["train", "--data", "digits", "--batch-size", "0", "--out", "{tmp}/r"], "batch_size"),
     (["train", "--data", "digits", "--steps", "ten", "--out", "{tmp}/r"], "invalid int"),

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         if not getattr(args, "command", None):
             parser.print_help()
             return EXIT_USAGE
-        return args.run(args) or 0
+        return args.handler(args) or 0
     except KeyboardInterrupt:
         print("undiffuse: interrupted", file=sys.stderr)
         return 130

@@ -33,7 +33,7 @@ def add_train(sub) -> None:
     group.add_argument("--overwrite", action="store_true", help="replace the existing run folder RUN")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_config_flags(p, TrainConfig, TRAIN_CHOICES)
-    p.set_defaults(run=run_train)
+    p.set_defaults(handler=run_train)
 
 
 def run_train(args) -> int:
@@ -51,7 +51,7 @@ def run_train(args) -> int:
         cfg.validate()  # before the data is read, so that a bad flag costs nothing
         trainer = Trainer(cfg, args.out, overwrite=args.overwrite)
         _describe(trainer)
-    return _train_and_report(trainer, progress=not args.quiet)
+    return 0 if _train_and_report(trainer, progress=not args.quiet) else 130
 
 
 def _describe(trainer) -> None:
@@ -68,6 +68,7 @@ def _describe(trainer) -> None:
 
 
 def _train_and_report(trainer, progress: bool):
+    """The training Result, or None when a signal stopped it (after saving)."""
     from .train import read_log
     from .viz import save_loss_curve
 
@@ -76,7 +77,7 @@ def _train_and_report(trainer, progress: bool):
     except KeyboardInterrupt:  # the trainer saved at the last step boundary
         print(f"undiffuse: interrupted; saved step {trainer.step}. Continue with: "
               f"undiffuse train --out {trainer.run} --resume", file=sys.stderr)
-        return 130
+        return None
     steps, losses = read_log(trainer.run)
     curve = save_loss_curve(steps, losses, trainer.run / "loss.png", title=f"training loss: {trainer.run.name}")
     _say(f"trained {result.steps} steps in {result.seconds / 60:.1f} min, final loss {result.final_loss:.4f}")
@@ -102,13 +103,15 @@ def add_sample(sub) -> None:
                    help="ddpm without its extra noise (samples collapse to blurry averages: for teaching)")
     p.add_argument("--label", default=None, help="class name or id, or 'all' (default for conditional runs)")
     p.add_argument("--guidance", type=float, default=None,
-                   help="classifier-free guidance scale w (1: conditional, 0: unconditional; default 1)")
+                   help="classifier-free guidance scale w (1: conditional, 0: unconditional; default 2)")
+    p.add_argument("--no-clip", action="store_true",
+                   help="do not clip each step's clean-image estimate to the data range")
     p.add_argument("--seed", type=int, default=0, help="image i uses seed + i (default 0)")
     p.add_argument("--out", default=None, metavar="FILE.png|FILE.npy", help="default: RUN/samples.png")
     p.add_argument("--gif", default=None, metavar="FILE.gif", help="also animate the reverse process")
     p.add_argument("--weights", default="ema", choices=("ema", "raw"), help="default: ema")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.set_defaults(run=run_sample)
+    p.set_defaults(handler=run_sample)
 
 
 def run_sample(args) -> int:
@@ -123,6 +126,8 @@ def run_sample(args) -> int:
         raise UsageError(f"--gif must end in .gif, got '{args.gif}'")
     if args.n is not None and not 1 <= args.n <= 100_000:
         raise UsageError(f"--n must lie in [1, 100000], got {args.n}")
+    if args.gif and (args.n or 8) * 10 > 250:
+        raise UsageError("--gif animates at most 250 images; lower --n")
     options = _sampler_options(args)
     run = load_run(args.run, weights=args.weights, device=pick_device(args.device))
     if not run.num_classes and (args.label not in (None, "all") or args.guidance is not None):
@@ -152,8 +157,10 @@ def _sampler_options(args) -> dict:
         raise UsageError(f"--steps must be positive, got {args.steps}")
     if args.guidance is not None and not -1e3 < args.guidance < 1e3:
         raise UsageError(f"--guidance {args.guidance} is absurd")
-    options = {"guidance": 1.0 if args.guidance is None else args.guidance, "seed": args.seed,
-               "sampler": args.sampler, "steps": args.steps}
+    from .generate import DEFAULT_GUIDANCE
+
+    options = {"guidance": DEFAULT_GUIDANCE if args.guidance is None else args.guidance, "seed": args.seed,
+               "sampler": args.sampler, "steps": args.steps, "clip_denoised": not args.no_clip}
     if args.sampler == "ddpm":
         if args.eta is not None:
             raise UsageError("--eta applies to ddim only")
@@ -183,10 +190,7 @@ def _sample_with_frames(run, n, labels, args, options):
             if step["i"] in keep:
                 frames.append(step["x"].clamp(-1, 1).cpu())
 
-    images = generate(run, n, labels=labels, callback=callback, **options)
-    if frames:
-        frames[-1] = images
-    return images, frames
+    return generate(run, n, labels=labels, callback=callback, **options), frames
 
 
 def _write_samples(images, labels, out: Path, nrow: int) -> None:
@@ -220,7 +224,7 @@ def add_noise(sub) -> None:
     p.add_argument("--T", type=int, default=1000, help="diffusion steps (default 1000)")
     p.add_argument("--image-size", type=int, default=None, help="resize to this side")
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(run=run_noise)
+    p.set_defaults(handler=run_noise)
 
 
 def run_noise(args) -> int:
@@ -262,7 +266,7 @@ def add_demo(sub) -> None:
     p.add_argument("--out", default=None, metavar="RUN", help="run folder (default: the first free runs/demo[-N])")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(run=run_demo)
+    p.set_defaults(handler=run_demo)
 
 
 def run_demo(args) -> int:
@@ -274,15 +278,14 @@ def run_demo(args) -> int:
     _say(f"undiffuse demo: {args.minutes:g} minutes of training on the bundled MNIST digits -> {run}")
     trainer = Trainer(TrainConfig(data="mnist", minutes=args.minutes, seed=args.seed), run)
     _describe(trainer)
-    result = _train_and_report(trainer, progress=not args.quiet)
-    if not hasattr(result, "steps"):
-        return result
+    if _train_and_report(trainer, progress=not args.quiet) is None:
+        return 130
     _demo_pictures(trainer, run)
     return 0
 
 
 def _demo_pictures(trainer, run: Path) -> None:
-    from .generate import generate, load_run
+    from .generate import DEFAULT_GUIDANCE, generate, load_run
     from .schedule import make_schedule
     from .viz import forward_strip, image_grid, keep_frames, save_gif
 
@@ -290,7 +293,8 @@ def _demo_pictures(trainer, run: Path) -> None:
     k = loaded.num_classes
     _say("sampling the grid and the animation ...")
     labels = [c for c in range(k) for _ in range(10)]
-    grid = generate(loaded, len(labels), labels=labels, sampler="ddim", steps=50, seed=0)
+    grid = generate(loaded, len(labels), labels=labels, sampler="ddim", steps=50, seed=0,
+                    guidance=DEFAULT_GUIDANCE)
     image_grid(grid, nrow=10).save(run / "samples.png")
     _say(f"samples, one row per digit: {run / 'samples.png'}")
 
@@ -302,7 +306,7 @@ def _demo_pictures(trainer, run: Path) -> None:
             frames.append(step["x"].clamp(-1, 1).cpu())
 
     generate(loaded, len(gif_labels), labels=gif_labels, sampler="ddim", steps=100, eta=1.0, seed=1,
-             callback=keep_frame)
+             guidance=DEFAULT_GUIDANCE, callback=keep_frame)
     save_gif(frames, run / "reverse.gif", nrow=k)
     _say(f"reverse process, noise to digits: {run / 'reverse.gif'}")
 

@@ -17,6 +17,10 @@ from .samplers import Callback, randn, sample
 from .schedule import SCHEDULES, NoiseSchedule, make_schedule
 from .unet import UNet, UNetConfig
 
+# Guidance 2 with x0 clipping: on the demo model, 95% of DDIM-50 digits are recognised as the digit asked
+# for, against 72% at guidance 1 (benchmarks/digit_quality.py); clipping alone takes 85% to 95%.
+DEFAULT_GUIDANCE = 2.0
+
 
 @dataclass
 class LoadedRun:
@@ -65,10 +69,13 @@ def generators(n: int, seed: int, device="cpu") -> list[torch.Generator]:
 def sample_images(net: UNet, schedule: NoiseSchedule, prediction: str, n: int, *,
                   image_size: int, labels: list[int] | None = None, num_classes: int = 0,
                   sampler: str = "ddim", steps: int | None = None, guidance: float = 1.0, seed: int = 0,
-                  batch_size: int = 250, callback: Callback = None, **options) -> Tensor:
+                  clip_denoised: bool = True, batch_size: int = 250, callback: Callback = None,
+                  **options) -> Tensor:
     """n images in [-1, 1], (n, C, H, W). labels: a class id per image for a conditional network.
 
-    The callback sees the steps of each batch in turn; `options` go to the sampler (eta, add_noise, ...).
+    clip_denoised keeps each step's estimate of the clean image inside the data range [-1, 1]; it
+    removes the speckles that a briefly trained model leaves. The callback sees the steps of each
+    batch in turn; `options` go to the sampler (eta, add_noise, ...).
     """
     cfg = net.cfg
     side = image_size
@@ -86,7 +93,7 @@ def sample_images(net: UNet, schedule: NoiseSchedule, prediction: str, n: int, *
         eps_fn = denoiser(net, schedule.to(device), prediction=prediction, context=context, guidance=guidance)
         with torch.inference_mode():
             x = sample(sampler, eps_fn, schedule.to(device), x, steps=steps, generator=gens[start:stop],
-                       callback=callback, **options)
+                       clip_denoised=clip_denoised, callback=callback, **options)
         out.append(x.clamp(-1, 1).cpu())
     return torch.cat(out)
 

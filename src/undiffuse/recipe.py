@@ -20,7 +20,7 @@ MODEL_SIZES = {
     "medium": dict(base=64, blocks=2),
     "large": dict(base=128, blocks=2),
 }
-MIN_STEPS = 1500  # `auto` picks the largest size that still gets this many optimizer steps
+MIN_IMAGES = 100_000  # `auto` picks the largest size that still trains on this many images
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from . import checkpoint as ckpt
 from .conditioning import PREDICTIONS, drop_mask, one_hot
 from .data import ImageData, batch_at, load_data
-from .recipe import MIN_STEPS, MODEL_SIZES, Plan, ema_decay_at, lr_at, plan, unet_config
+from .recipe import MIN_IMAGES, MODEL_SIZES, Plan, ema_decay_at, lr_at, plan, unet_config
 from .schedule import SCHEDULES, make_schedule
 from .unet import UNet, UNetConfig
 
@@ -42,7 +42,7 @@ class TrainConfig:
     conditional: bool = True  # condition on the class when the data has labels
     steps: int | None = None  # optimizer steps; None: as many as `minutes` affords
     minutes: float | None = None  # wall-clock budget; used when steps is None (default 10)
-    batch_size: int = 64  # images per optimizer step
+    batch_size: int = 128  # images per optimizer step
     model: str = "auto"  # tiny, small, medium, large, or auto: the largest the budget trains well
     lr: float | None = None  # peak learning rate; None: from the recipe
     warmup: int | None = None  # warm-up steps; None: from the recipe
@@ -151,7 +151,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, run: str | Path, *, overwrite: bool = False, data: ImageData | None = None):
         cfg.validate()
         self.cfg, self.run = cfg, Path(run)
-        _prepare_run_folder(self.run, overwrite)
+        _check_run_folder(self.run, overwrite)
         self.device = pick_device(cfg.device)
         self.data = data if data is not None else load_data(
             cfg.data, labels=cfg.labels, image_size=cfg.image_size, channels=cfg.channels)
@@ -159,6 +159,7 @@ class Trainer:
         self.schedule = make_schedule(cfg.schedule, cfg.T)
         self.size, self.plan = self._choose_model_and_plan()
         self._build(self.size)
+        _clear_run_folder(self.run)  # only now: bad data or flags leave no folder behind
         self.step, self.elapsed = 0, 0.0
         ckpt.save_config(self.run, self.describe())
         self.save()
@@ -202,18 +203,22 @@ class Trainer:
         self.schedule_dev = self.schedule.to(self.device)
 
     def _choose_model_and_plan(self) -> tuple[str, Plan]:
+        """With a step budget: the size asked for (auto: small). With a time budget: time a step of
+        each size, smallest first, and keep the largest that still sees MIN_IMAGES images."""
         cfg = self.cfg
         if cfg.steps is not None:
             size = "small" if cfg.model == "auto" else cfg.model
             return size, plan(cfg.steps, cfg.batch_size, cfg.lr, cfg.warmup, cfg.ema_decay)
-        budget = 60 * (cfg.minutes or DEFAULT_MINUTES)
-        candidates = list(MODEL_SIZES)[::-1] if cfg.model == "auto" else [cfg.model]
-        for size in candidates:  # largest first; stop at the first that gets enough steps
+        budget = 0.92 * 60 * (cfg.minutes or DEFAULT_MINUTES)  # 8% for grids and checkpoints
+        chosen = None
+        for size in list(MODEL_SIZES) if cfg.model == "auto" else [cfg.model]:
             self._build(size)
-            steps = max(1, int(0.92 * budget / self._seconds_per_step()))  # 8% for grids and checkpoints
-            if steps >= MIN_STEPS or size == candidates[-1]:
-                return size, plan(steps, cfg.batch_size, cfg.lr, cfg.warmup, cfg.ema_decay)
-        raise AssertionError("unreachable")
+            steps = max(1, int(budget / self._seconds_per_step()))
+            if chosen is not None and steps * cfg.batch_size < MIN_IMAGES:
+                break  # larger sizes are slower still
+            chosen = size, steps
+        size, steps = chosen
+        return size, plan(steps, cfg.batch_size, cfg.lr, cfg.warmup, cfg.ema_decay)
 
     def _seconds_per_step(self, repeats: int = 3) -> float:
         """Time forward + backward on real batches without touching the weights."""
@@ -327,14 +332,15 @@ class Trainer:
 
     def write_grid(self) -> Path:
         """A small grid from the EMA weights (one image per class, or 8 unconditional)."""
-        from .generate import sample_images
+        from .generate import DEFAULT_GUIDANCE, sample_images
         from .viz import save_grid
 
         labels = list(range(self.context_dim)) if self.context_dim else None
         n = len(labels) if labels else 8
         images = sample_images(self.ema, self.schedule, self.cfg.prediction, n, labels=labels,
                                image_size=self.data.image_size,
-                               num_classes=self.context_dim, sampler="ddim", steps=20, seed=0)
+                               num_classes=self.context_dim, sampler="ddim", steps=20, seed=0,
+                               guidance=DEFAULT_GUIDANCE if labels else 1.0)
         path = self.run / "samples" / f"step{self.step:07d}.png"
         path.parent.mkdir(exist_ok=True)
         save_grid(images, path, nrow=n)
@@ -365,7 +371,7 @@ class _StopOnSignal:
         return False
 
 
-def _prepare_run_folder(run: Path, overwrite: bool) -> None:
+def _check_run_folder(run: Path, overwrite: bool) -> None:
     """Never overwrite a run by accident; with overwrite, only replace something that is a run."""
     if run.exists() and not run.is_dir():
         raise ckpt.CheckpointError(f"'{run}' exists and is not a folder")
@@ -375,8 +381,14 @@ def _prepare_run_folder(run: Path, overwrite: bool) -> None:
                                        "or --overwrite to replace it")
         if not (run / ckpt.CONFIG).is_file():
             raise ckpt.CheckpointError(f"refusing to overwrite '{run}': it is not an undiffuse run folder")
-        for name in (ckpt.MODEL, ckpt.EMA, ckpt.STATE, LOG):
-            (run / name).unlink(missing_ok=True)
+
+
+def _clear_run_folder(run: Path) -> None:
+    """Create the run folder, or empty the files of the run it replaces (checked by _check_run_folder)."""
+    for name in (ckpt.MODEL, ckpt.EMA, ckpt.STATE, LOG, "loss.png", "samples.png"):
+        (run / name).unlink(missing_ok=True)
+    for old in (run / "samples").glob("step*.png") if (run / "samples").is_dir() else ():
+        old.unlink()
     run.mkdir(parents=True, exist_ok=True)
 
 

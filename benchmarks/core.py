@@ -1,0 +1,98 @@
+"""Core figures of the demo model on this machine: size, FLOPs, training and sampling speed.
+
+    .venv/bin/python benchmarks/core.py [--sizes tiny,small] [--batch-size 128]
+
+Prints a table and writes it into BENCHMARKS.md between the `core` markers. Timings are medians of
+repeated runs after a warm-up; no peer runs here (see the peer benchmarks for ratios).
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from undiffuse.conditioning import denoiser, one_hot
+from undiffuse.recipe import unet_config
+from undiffuse.samplers import ddim, ddpm
+from undiffuse.schedule import linear
+from undiffuse.train import diffusion_loss
+from undiffuse.unet import UNet, count_parameters
+
+from report import write_section
+
+
+def forward_flops(net: UNet, size: int) -> float:
+    x, t, c = torch.randn(1, 1, size, size), torch.tensor([500]), torch.eye(10)[:1]
+    with FlopCounterMode(display=False) as counter:
+        net(x, t, c)
+    return counter.get_total_flops()
+
+
+def train_images_per_second(net: UNet, size: int, batch: int, repeats: int = 8) -> float:
+    schedule, opt = linear(), torch.optim.AdamW(net.parameters(), lr=1e-4)
+    x = torch.randn(batch, 1, size, size)
+    c = one_hot(torch.randint(10, (batch,)), 10)
+    g = torch.Generator().manual_seed(0)
+    times = []
+    for i in range(repeats + 2):
+        start = time.perf_counter()
+        loss = diffusion_loss(net, schedule, x, c, None, g, "eps", 5.0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if i >= 2:
+            times.append(time.perf_counter() - start)
+    return batch / statistics.median(times)
+
+
+def sampling_seconds(net: UNet, size: int, n: int, sampler: str) -> float:
+    schedule = linear()
+    eps_fn = denoiser(net.eval(), schedule, context=one_hot(torch.arange(n) % 10, 10), guidance=1.0)
+    x = torch.randn(n, 1, size, size)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        if sampler == "ddpm":
+            ddpm(eps_fn, schedule, x)
+        else:
+            ddim(eps_fn, schedule, x, steps=50)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="tiny,small")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--image-size", type=int, default=28)
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    rows = []
+    for size in args.sizes.split(","):
+        net = UNet(unet_config(size, args.image_size, 1, 10))
+        row = {
+            "model": size,
+            "params": f"{count_parameters(net) / 1e6:.2f}M",
+            "fwd GFLOP/img": f"{forward_flops(net, args.image_size) / 1e9:.3f}",
+            f"train img/s (batch {args.batch_size})": f"{train_images_per_second(net, args.image_size, args.batch_size):.0f}",
+            "64 images, DDIM 50 steps (s)": f"{sampling_seconds(net, args.image_size, 64, 'ddim'):.1f}",
+            "64 images, DDPM 1000 steps (s)": f"{sampling_seconds(net, args.image_size, 64, 'ddpm'):.1f}",
+        }
+        print(row, flush=True)
+        rows.append(row)
+    header = list(rows[0])
+    table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    table += ["| " + " | ".join(r[h] for h in header) + " |" for r in rows]
+    machine = (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+               f"torch {torch.__version__}, fp32, {args.image_size}x{args.image_size}x1, 10 classes")
+    text = "\n".join([f"Command: `python benchmarks/core.py`. Machine: {machine}.", "", *table])
+    print(text)
+    if not args.no_write:
+        write_section("core", "Core figures of the demo models", text)
+
+
+if __name__ == "__main__":
+    main()

@@ -30,6 +30,7 @@ from .schedule import SCHEDULES, make_schedule
 from .unet import UNet, UNetConfig
 
 LOG = "log.csv"
+REPLAN_AT = 25  # a time-budgeted run re-fits its step count to the speed of its first steps
 DEFAULT_MINUTES = 10.0
 
 
@@ -281,7 +282,7 @@ class Trainer:
         end = min(self.plan.steps, until if until is not None else self.plan.steps)
         grid_steps = {round(self.plan.steps * (k + 1) / self.cfg.grids) for k in range(self.cfg.grids)}
         log_every = max(1, self.plan.steps // 500)
-        losses, recent = [], []
+        losses, recent, step_times = [], [], []
         bar = tqdm(total=self.plan.steps, initial=self.step, disable=not progress, unit="step",
                    dynamic_ncols=True, desc=self.run.name)
         last_save = time.perf_counter()
@@ -297,6 +298,12 @@ class Trainer:
                     raise FloatingPointError(f"the loss became {loss} at step {self.step}; "
                                              "lower the learning rate (--lr) and resume")
                 self.elapsed += time.perf_counter() - t0
+                step_times.append(time.perf_counter() - t0)
+                if self.step == REPLAN_AT and len(step_times) == REPLAN_AT and self.cfg.steps is None:
+                    self._replan(sorted(step_times[5:])[len(step_times[5:]) // 2])
+                    end = self.plan.steps if until is None else min(self.plan.steps, until)
+                    grid_steps = {round(self.plan.steps * (k + 1) / self.cfg.grids) for k in range(self.cfg.grids)}
+                    bar.total = self.plan.steps
                 losses.append(loss)
                 recent.append(loss)
                 if self.step % log_every == 0 or self.step == end:
@@ -320,6 +327,15 @@ class Trainer:
             raise KeyboardInterrupt(f"stopped by signal at step {self.step}")
         tail = losses[-max(1, len(losses) // 20):] or [float("nan")]
         return Result(self.run, self.step, self.elapsed, sum(tail) / len(tail))
+
+    def _replan(self, seconds_per_step: float) -> None:
+        """Re-fit a time budget's step count to the speed of real steps (the calibration before
+        step 0 runs on a cold machine); early in the warm-up, so the schedule barely changes."""
+        cfg = self.cfg
+        left = 0.92 * 60 * (cfg.minutes or DEFAULT_MINUTES) - self.elapsed
+        steps = max(self.step + 1, self.step + int(left / seconds_per_step))
+        self.plan = plan(steps, cfg.batch_size, cfg.lr, cfg.warmup, cfg.ema_decay)
+        ckpt.save_config(self.run, self.describe())
 
     # --- outputs ------------------------------------------------------------------------------
     def save(self) -> None:

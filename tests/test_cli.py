@@ -123,3 +123,11 @@ def test_help_lists_every_command(capsys):
         main(["train", "--help"])
     out = capsys.readouterr().out
     assert "--batch-size" in out and "images per optimizer step" in out
+
+
+def test_sample_with_a_context_mixture(trained, tmp_path, capsys):
+    assert main(["sample", str(trained), "--context", "0.5*3+0.5*8", "--n", "2", "--steps", "3",
+                 "--out", str(tmp_path / "mix.npy")]) == 0
+    assert np.load(tmp_path / "mix.npy").shape == (2, 1, 16, 16)
+    assert "choose one of" in _fails_cleanly(capsys, ["sample", str(trained), "--context", "ship"])
+    assert "not both" in _fails_cleanly(capsys, ["sample", str(trained), "--context", "3", "--label", "3"])

@@ -102,6 +102,8 @@ def add_sample(sub) -> None:
     p.add_argument("--no-noise", action="store_true",
                    help="ddpm without its extra noise (samples collapse to blurry averages: for teaching)")
     p.add_argument("--label", default=None, help="class name or id, or 'all' (default for conditional runs)")
+    p.add_argument("--context", default=None,
+                   help="a context instead of a label: a name, a mixture '0.6*3+0.4*8', or a vector '0,1,0,...'")
     p.add_argument("--guidance", type=float, default=None,
                    help="classifier-free guidance scale w (1: conditional, 0: unconditional; default 2)")
     p.add_argument("--no-clip", action="store_true",
@@ -130,9 +132,17 @@ def run_sample(args) -> int:
         raise UsageError("--gif animates at most 250 images; lower --n")
     options = _sampler_options(args)
     run = load_run(args.run, weights=args.weights, device=pick_device(args.device))
-    if not run.num_classes and (args.label not in (None, "all") or args.guidance is not None):
-        raise UsageError(f"{args.run} is an unconditional model: it takes no --label or --guidance")
-    if run.num_classes and args.label not in (None, "all"):
+    if not run.num_classes and (args.label not in (None, "all") or args.guidance is not None or args.context):
+        raise UsageError(f"{args.run} is an unconditional model: it takes no --label, --context or --guidance")
+    if args.context and args.label is not None:
+        raise UsageError("give --label or --context, not both")
+    contexts = None
+    if args.context:
+        from .conditioning import parse_context
+
+        labels, nrow = None, 8
+        contexts = parse_context(args.context, run.class_names).expand(args.n or 64, -1)
+    elif run.num_classes and args.label not in (None, "all"):
         labels = [class_id(args.label, run.class_names)] * (args.n or 64)
         nrow = 8
     elif run.num_classes:
@@ -142,7 +152,7 @@ def run_sample(args) -> int:
     else:
         labels, nrow = None, 8
     n = len(labels) if labels else (args.n or 64)
-    images, frames = _sample_with_frames(run, n, labels, args, options)
+    images, frames = _sample_with_frames(run, n, labels, args, dict(options, contexts=contexts))
     _write_samples(images, labels, out, nrow)
     _say(f"{n} samples: {out}")
     if args.gif:

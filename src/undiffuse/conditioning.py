@@ -49,7 +49,12 @@ def drop_mask(batch: int, p: float, generator: torch.Generator | None, device) -
 
 
 def guided(eps_null: Tensor, eps_ctx: Tensor, w: float) -> Tensor:
-    """Classifier-free guidance (Ho & Salimans 2022, eq. 6 with w' = w - 1)."""
+    """Classifier-free guidance (Ho & Salimans 2022, eq. 6 with w' = w - 1). w = 0 and w = 1 return
+    the unconditional and conditional predictions exactly, without floating-point round-off."""
+    if w == 0:
+        return eps_null
+    if w == 1:
+        return eps_ctx
     return eps_null + w * (eps_ctx - eps_null)
 
 
@@ -100,3 +105,32 @@ def class_id(label: str, class_names: tuple[str, ...] | list[str]) -> int:
             return index
         raise ValueError(f"label {index} is out of range: this model has classes 0..{len(names) - 1}")
     raise ValueError(f"unknown label {label!r}; choose one of {', '.join(names)}")
+
+
+def parse_context(spec: str, names: tuple[str, ...] | list[str]) -> Tensor:
+    """A context vector from text: a name ("hero"), a weighted mixture ("0.6*hero+0.4*food"),
+    class ids in a mixture ("0.5*3+0.5*8"), or the full vector ("1,0,0,0,1")."""
+    names = [str(n) for n in names]
+    k = len(names)
+    if not k:
+        raise ValueError("this model is unconditional: it takes no context")
+    text = spec.replace(" ", "")
+    if "," in text:
+        try:
+            values = [float(v) for v in text.split(",")]
+        except ValueError:
+            raise ValueError(f"context {spec!r}: a vector must be {k} comma-separated numbers") from None
+        if len(values) != k:
+            raise ValueError(f"context {spec!r} has {len(values)} values; this model takes {k} ({', '.join(names)})")
+        return torch.tensor(values)
+    vector = torch.zeros(k)
+    for term in filter(None, text.split("+")):
+        weight, _, name = term.rpartition("*")
+        try:
+            w = float(weight) if weight else 1.0
+        except ValueError:
+            raise ValueError(f"context {spec!r}: {weight!r} is not a number") from None
+        vector[class_id(name, names)] += w
+    if not vector.any():
+        raise ValueError(f"context {spec!r} is empty; name one of {', '.join(names)}")
+    return vector

@@ -68,10 +68,12 @@ def generators(n: int, seed: int, device="cpu") -> list[torch.Generator]:
 
 def sample_images(net: UNet, schedule: NoiseSchedule, prediction: str, n: int, *,
                   image_size: int, labels: list[int] | None = None, num_classes: int = 0,
+                  contexts: Tensor | None = None,
                   sampler: str = "ddim", steps: int | None = None, guidance: float = 1.0, seed: int = 0,
                   clip_denoised: bool = True, batch_size: int = 250, callback: Callback = None,
                   **options) -> Tensor:
-    """n images in [-1, 1], (n, C, H, W). labels: a class id per image for a conditional network.
+    """n images in [-1, 1], (n, C, H, W). For a conditional network: `labels`, a class id per image,
+    or `contexts`, a (n, K) context vector per image (multi-hot, or a mixture: see parse_context).
 
     clip_denoised keeps each step's estimate of the clean image inside the data range [-1, 1]; it
     removes the speckles that a briefly trained model leaves. The callback sees the steps of each
@@ -80,16 +82,18 @@ def sample_images(net: UNet, schedule: NoiseSchedule, prediction: str, n: int, *
     cfg = net.cfg
     side = image_size
     device = next(net.parameters()).device
-    if labels is not None and len(labels) != n:
-        raise ValueError(f"{len(labels)} labels for {n} images")
+    if labels is not None:
+        if len(labels) != n:
+            raise ValueError(f"{len(labels)} labels for {n} images")
+        contexts = one_hot(torch.tensor(labels), num_classes or cfg.context_dim)
+    if contexts is not None and contexts.shape != (n, cfg.context_dim):
+        raise ValueError(f"contexts of shape {tuple(contexts.shape)} for {n} images of a {cfg.context_dim}-context model")
     gens = generators(n, seed)
     out = []
     for start in range(0, n, batch_size):
         stop = min(n, start + batch_size)
         x = randn((stop - start, cfg.channels, side, side), gens[start:stop], device)
-        context = None
-        if labels is not None and cfg.context_dim:
-            context = one_hot(torch.tensor(labels[start:stop]), num_classes or cfg.context_dim).to(device)
+        context = contexts[start:stop].to(device) if contexts is not None and cfg.context_dim else None
         eps_fn = denoiser(net, schedule.to(device), prediction=prediction, context=context, guidance=guidance)
         with torch.inference_mode():
             x = sample(sampler, eps_fn, schedule.to(device), x, steps=steps, generator=gens[start:stop],

@@ -131,3 +131,27 @@ def test_sample_with_a_context_mixture(trained, tmp_path, capsys):
     assert np.load(tmp_path / "mix.npy").shape == (2, 1, 16, 16)
     assert "choose one of" in _fails_cleanly(capsys, ["sample", str(trained), "--context", "ship"])
     assert "not both" in _fails_cleanly(capsys, ["sample", str(trained), "--context", "3", "--label", "3"])
+
+
+def test_sprites_with_multi_hot_contexts_train_and_sample_by_attribute(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "sprites_1788_16x16.npy", rng.integers(0, 256, (24, 16, 16, 3)).astype(np.uint8))
+    contexts = np.zeros((24, 5), np.float64)
+    contexts[np.arange(24), np.arange(24) % 5] = 1
+    np.save(tmp_path / "sprite_labels_nc_1788_16x16.npy", contexts)
+    run = tmp_path / "sprites"
+    assert main(["train", "--data", str(tmp_path / "sprites_1788_16x16.npy"),
+                 "--labels", str(tmp_path / "sprite_labels_nc_1788_16x16.npy"),
+                 "--context-names", "hero,non-hero,food,spell,side-facing",
+                 "--steps", "3", "--batch-size", "8", "--model", "tiny", "--grids", "0", "--quiet",
+                 "--out", str(run)]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["class_names"] == ["hero", "non-hero", "food", "spell", "side-facing"]
+    assert main(["sample", str(run), "--context", "0.6*hero+0.4*food", "--n", "2", "--steps", "2",
+                 "--out", str(tmp_path / "mix.png")]) == 0
+    assert Image.open(tmp_path / "mix.png").mode == "RGB"
+    assert "choose one of hero, non-hero" in _fails_cleanly(capsys, ["sample", str(run), "--context", "villain"])
+    err = _fails_cleanly(capsys, ["train", "--data", str(tmp_path / "sprites_1788_16x16.npy"), "--labels",
+                                  str(tmp_path / "sprite_labels_nc_1788_16x16.npy"), "--context-names", "a,b",
+                                  "--out", str(tmp_path / "bad")])
+    assert "2 context names for 5" in err

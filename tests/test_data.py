@@ -299,7 +299,8 @@ def test_labels_file_overrides_folder_classes(tmp_path, class_folder):
 
 @pytest.mark.parametrize("labels, message", [
     (np.array([0, 1]), "holds 2 labels but the data has 3 images"),
-    (np.zeros((3, 4)), r"context vectors \(N, K\) are not supported yet"),
+    (np.zeros((2, 4)), "2 context vectors but the data has 3 images"),
+    (np.array([[0, 1], [np.nan, 1], [1, 0]]), "finite numbers"),
     (np.array([0, -1, 1]), "ids from -1 to 1"),
     (np.array([0.5, 1, 1]), "not whole numbers"),
 ])
@@ -307,6 +308,18 @@ def test_bad_labels_fail(tmp_path, three_images, labels, message):
     np.save(tmp_path / "y.npy", labels)
     with pytest.raises(DataError, match=message):
         load_data(three_images, labels=str(tmp_path / "y.npy"))
+
+
+def test_multi_hot_contexts_load_as_float_vectors_with_names(tmp_path, three_images):
+    from undiffuse.data import name_contexts
+
+    np.save(tmp_path / "y.npy", np.array([[1, 0, 0, 0, 1], [0, 1, 0, 0, 0], [0, 0, 1, 1, 0]], np.uint8))
+    data = load_data(three_images, labels=str(tmp_path / "y.npy"))
+    assert data.labels.dtype == torch.float32 and data.labels.shape == (3, 5) and data.num_classes == 5
+    named = name_contexts(data, "hero,non-hero,food,spell,side-facing")
+    assert named.class_names[4] == "side-facing"
+    with pytest.raises(DataError, match="3 context names for 5"):
+        name_contexts(data, "a,b,c")
 
 
 def test_error_messages_are_one_line(tmp_path):
@@ -350,3 +363,82 @@ def test_batches_smaller_data_set_than_batch():
     images, labels = batch_at(data, 5, 0, seed=0)
     assert images.shape == (5, 1, 8, 8) and labels is None
     assert set(_take(_indexed(2), 5, 1, seed=0)[0]) == {0, 1}
+
+
+# --- IDX (MNIST, Fashion-MNIST) and CIFAR-10 python batches, written in their real formats ------------
+
+def _write_idx(path: Path, array: np.ndarray, compress: bool = False) -> None:
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    raw = header + array.astype(np.uint8).tobytes()
+    if compress:
+        with gzip.open(path, "wb") as f:
+            f.write(raw)
+    else:
+        path.write_bytes(raw)
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_idx_files_load_with_their_labels(tmp_path, compress):
+    suffix = ".gz" if compress else ""
+    images = np.random.default_rng(0).integers(0, 256, (6, 28, 28))
+    _write_idx(tmp_path / f"train-images-idx3-ubyte{suffix}", images, compress)
+    _write_idx(tmp_path / f"train-labels-idx1-ubyte{suffix}", np.array([0, 1, 2, 9, 9, 3]), compress)
+    for spec in (tmp_path, tmp_path / f"train-images-idx3-ubyte{suffix}"):
+        data = load_data(str(spec))
+        assert data.images.shape == (6, 1, 28, 28) and data.num_classes == 10
+        assert data.labels.tolist() == [0, 1, 2, 9, 9, 3]
+        assert torch.allclose((data.images[2, 0] + 1) / 2 * 255, torch.from_numpy(images[2]).float(), atol=1e-3)
+
+
+def test_truncated_idx_file_fails_cleanly(tmp_path):
+    _write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((4, 28, 28)))
+    raw = (tmp_path / "train-images-idx3-ubyte").read_bytes()
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(raw[:-100])
+    with pytest.raises(DataError, match="truncated"):
+        load_data(str(tmp_path))
+
+
+def _write_cifar(folder: Path, batches: int = 2, per: int = 4) -> np.ndarray:
+    import pickle
+
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    all_data = []
+    for k in range(1, batches + 1):
+        data = rng.integers(0, 256, (per, 3072)).astype(np.uint8)
+        all_data.append(data)
+        batch = {b"batch_label": b"training batch", b"labels": [k % 10] * per, b"data": data}
+        (folder / f"data_batch_{k}").write_bytes(pickle.dumps(batch, protocol=2))
+    names = [n.encode() for n in ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")]
+    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": names}, protocol=2))
+    return np.concatenate(all_data)
+
+
+def test_cifar10_python_folder_loads_with_class_names(tmp_path):
+    raw = _write_cifar(tmp_path / "cifar-10-batches-py")
+    data = load_data(str(tmp_path / "cifar-10-batches-py"))
+    assert data.images.shape == (8, 3, 32, 32) and data.class_names[8] == "ship"
+    assert data.labels.tolist() == [1] * 4 + [2] * 4
+    first = torch.from_numpy(raw[0].reshape(3, 32, 32)).float()
+    assert torch.allclose((data.images[0] + 1) / 2 * 255, first, atol=1e-3)
+
+
+def test_cifar_batch_that_would_run_code_is_refused(tmp_path):
+    import pickle
+
+    _write_cifar(tmp_path / "c")
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    (tmp_path / "c" / "data_batch_1").write_bytes(pickle.dumps({b"data": Evil()}))
+    with pytest.raises(DataError, match="refusing to load builtins.print"):
+        load_data(str(tmp_path / "c"))
+
+
+def test_corrupted_cifar_batch_fails_cleanly(tmp_path):
+    _write_cifar(tmp_path / "c")
+    (tmp_path / "c" / "data_batch_2").write_bytes(b"\x80\x02}q\x00(garbage")
+    with pytest.raises(DataError, match="data_batch_2"):
+        load_data(str(tmp_path / "c"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import pickle
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,8 @@ from PIL import Image, ImageOps
 from torch import Tensor
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-SPEC_HELP = "a spec is 'mnist', 'digits', a folder of images, or a .npy array"
+SPEC_HELP = ("a spec is 'mnist', 'digits', a folder of images, a .npy array, MNIST-style IDX files "
+             "(train-images-idx3-ubyte[.gz]) or a cifar-10-batches-py folder")
 LAYOUTS = "(N, H, W), (N, H, W, C) or (N, C, H, W) with C in 1, 3, 4"
 _GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
 _WIDE_MODES = {"I", "I;16", "I;16L", "I;16B", "I;16N"}  # 16/32-bit integer pixels: scaled by 65535
@@ -37,7 +39,7 @@ class DataError(ValueError):
 @dataclass(frozen=True, eq=False)  # eq=False: comparing tensors field by field is ambiguous
 class ImageData:
     images: Tensor  # float32 (N, C, H, W) in [-1, 1]
-    labels: Tensor | None  # int64 (N,) class ids 0..K-1, or None when unlabelled
+    labels: Tensor | None  # int64 (N,) class ids 0..K-1, float (N, K) context vectors, or None
     class_names: tuple[str, ...]  # () when unlabelled
     source: str  # the spec it came from
     skipped: int = 0  # unreadable image files that were skipped
@@ -113,6 +115,12 @@ def _load_source(spec: str, size: int | None) -> _Loaded:
     if spec == "digits":
         return _load_bundled_digits(spec, "sklearn", ("datasets", "data", "digits.csv.gz"), 8, 16, size or 32)
     path = Path(spec).expanduser()
+    if path.is_dir() and (path / "data_batch_1").is_file():
+        return _load_cifar(path, size)
+    if path.is_dir() and _idx_images_in(path):
+        return _load_idx(_idx_images_in(path), size)
+    if path.is_file() and "idx3-ubyte" in path.name:
+        return _load_idx(path, size)
     if path.is_dir():
         return _load_folder(path, size)
     if path.is_file() and path.suffix.lower() == ".npy":
@@ -258,6 +266,87 @@ def _on_white(img: Image.Image) -> Image.Image:
     return Image.alpha_composite(background, img.convert("RGBA"))
 
 
+# --- MNIST / Fashion-MNIST IDX files and the CIFAR-10 python batches ---------------------------------
+
+def _idx_images_in(folder: Path) -> Path | None:
+    """The training images of an IDX folder (train-images-idx3-ubyte[.gz]), else any images file."""
+    found = sorted(folder.glob("*idx3-ubyte*"), key=lambda p: ("train" not in p.name, p.name))
+    return found[0] if found else None
+
+
+def _read_idx(path: Path, ndim: int) -> np.ndarray:
+    """An IDX array (LeCun's MNIST format): 0, 0, type 0x08 (ubyte), ndim, big-endian int32 sizes, data."""
+    try:
+        raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError) as e:
+        raise DataError(f"IDX file '{path}' cannot be read ({e})") from None
+    if len(raw) < 4 + 4 * ndim or raw[:3] != b"\0\0\x08" or raw[3] != ndim:
+        raise DataError(f"'{path}' is not an IDX file of unsigned bytes with {ndim} dimensions")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    data = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(shape)):
+        raise DataError(f"IDX file '{path}' is truncated: {data.size} bytes for shape {shape}")
+    return data.reshape(shape)
+
+
+def _load_idx(images_path: Path, size: int | None) -> _Loaded:
+    images = _read_idx(images_path, 3)
+    if len(images) == 0:
+        raise DataError(f"IDX file '{images_path}' holds no images")
+    labels_path = images_path.with_name(images_path.name.replace("images-idx3", "labels-idx1"))
+    labels, names = None, ()
+    if labels_path != images_path and labels_path.is_file():
+        ids = _read_idx(labels_path, 1)
+        if len(ids) != len(images):
+            raise DataError(f"'{labels_path}' holds {len(ids)} labels for {len(images)} images")
+        labels = torch.from_numpy(ids.astype(np.int64))
+        names = tuple(str(k) for k in range(int(ids.max()) + 1))
+    unit = torch.from_numpy(images.astype(np.float32) / 255)[:, None]
+    return _Loaded(_fit_square(unit, size or images.shape[1]), labels, names)
+
+
+class _ArraysOnly(pickle.Unpickler):
+    """Unpickles plain containers and numpy arrays, nothing else: a pickle can name any function."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def _load_cifar(folder: Path, size: int | None) -> _Loaded:
+    """The CIFAR-10 python version: data_batch_1..5 (10,000 x 3072 uint8 each) and batches.meta."""
+    images, labels = [], []
+    for path in sorted(folder.glob("data_batch_*")):
+        batch = _unpickle(path)
+        data, ids = batch.get(b"data"), batch.get(b"labels")
+        if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != 3072 or len(ids or ()) != len(data):
+            raise DataError(f"'{path}' is not a CIFAR-10 batch (expected data of shape (N, 3072) and N labels)")
+        images.append(data.reshape(-1, 3, 32, 32))
+        labels += list(ids)
+    names = tuple(str(k) for k in range(10))
+    if (folder / "batches.meta").is_file():
+        meta = _unpickle(folder / "batches.meta").get(b"label_names")
+        if meta and len(meta) == 10:
+            names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in meta)
+    unit = torch.from_numpy(np.concatenate(images).astype(np.float32) / 255)
+    return _Loaded(_fit_square(unit, size or 32), torch.tensor(labels, dtype=torch.int64), names)
+
+
+def _unpickle(path: Path) -> dict:
+    try:
+        with path.open("rb") as f:
+            value = _ArraysOnly(f, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, OSError, ValueError, TypeError, AttributeError) as e:
+        raise DataError(f"'{path}' is not a readable CIFAR-10 batch ({e})") from None
+    if not isinstance(value, dict):
+        raise DataError(f"'{path}' is not a CIFAR-10 batch")
+    return value
+
+
 # --- .npy arrays ----------------------------------------------------------------------------------
 
 def _load_array(path: Path, size: int | None) -> _Loaded:
@@ -326,8 +415,7 @@ def _read_labels(path: str, n: int) -> tuple[Tensor, tuple[str, ...]]:
     if array.ndim == 2 and array.shape[1] == 1:
         array = array[:, 0]
     if array.ndim == 2:
-        raise DataError(f"labels '{path}' has shape {array.shape}: context vectors (N, K) are not "
-                        "supported yet; pass class ids of shape (N,)")
+        return _read_contexts(array, path, n)
     if array.ndim != 1 or array.dtype.kind not in "biuf":
         raise DataError(f"labels '{path}' has shape {array.shape} and dtype {array.dtype}; "
                         "expected non-negative integer class ids of shape (N,)")
@@ -340,6 +428,29 @@ def _read_labels(path: str, n: int) -> tuple[Tensor, tuple[str, ...]]:
                         f"expected class ids 0..K-1 with K <= {_MAX_CLASSES}")
     ids = torch.from_numpy(array.astype(np.int64))
     return ids, tuple(str(i) for i in range(int(ids.max()) + 1 if n else 0))
+
+
+def _read_contexts(array: np.ndarray, path: str, n: int) -> tuple[Tensor, tuple[str, ...]]:
+    """(N, K) context vectors: one-hot, multi-hot or real-valued attributes, as the sprites ship."""
+    if array.dtype.kind not in "biuf" or not np.isfinite(array).all():
+        raise DataError(f"labels '{path}' must hold finite numbers, got dtype {array.dtype}")
+    if len(array) != n:
+        raise DataError(f"labels '{path}' holds {len(array)} context vectors but the data has {n} images")
+    if not 1 <= array.shape[1] <= 1024:
+        raise DataError(f"labels '{path}' has {array.shape[1]} context values per image; expected 1 to 1024")
+    contexts = torch.from_numpy(array.astype(np.float32))
+    return contexts, tuple(str(i) for i in range(array.shape[1]))
+
+
+def name_contexts(data: "ImageData", names: str | list[str] | tuple[str, ...]) -> "ImageData":
+    """Give the classes or context attributes names ("hero,non-hero,food,spell,side-facing")."""
+    names = tuple(n.strip() for n in names.split(",")) if isinstance(names, str) else tuple(names)
+    if data.labels is None:
+        raise DataError("context names were given but the data has no labels")
+    if len(names) != data.num_classes or len(set(names)) != len(names) or not all(names):
+        raise DataError(f"{len(names)} context names for {data.num_classes} classes or attributes; "
+                        "give one distinct name for each")
+    return ImageData(data.images, data.labels, names, data.source, data.skipped)
 
 
 # --- shared tensor steps --------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from .conditioning import PREDICTIONS, drop_mask, one_hot
-from .data import ImageData, batch_at, load_data
+from .data import ImageData, batch_at, load_data, name_contexts
 from .recipe import MIN_IMAGES, MODEL_SIZES, Plan, ema_decay_at, lr_at, plan, unet_config
 from .schedule import SCHEDULES, make_schedule
 from .unet import UNet, UNetConfig
@@ -41,6 +41,7 @@ class TrainConfig:
     image_size: int | None = None  # side in pixels; None: inferred from the data
     channels: int | None = None  # 1 or 3; None: inferred from the data
     conditional: bool = True  # condition on the class when the data has labels
+    context_names: str | None = None  # comma-separated names of the classes or context attributes
     steps: int | None = None  # optimizer steps; None: as many as `minutes` affords
     minutes: float | None = None  # wall-clock budget; used when steps is None (default 10)
     batch_size: int = 128  # images per optimizer step
@@ -154,8 +155,7 @@ class Trainer:
         self.cfg, self.run = cfg, Path(run)
         _check_run_folder(self.run, overwrite)
         self.device = pick_device(cfg.device)
-        self.data = data if data is not None else load_data(
-            cfg.data, labels=cfg.labels, image_size=cfg.image_size, channels=cfg.channels)
+        self.data = data if data is not None else _load(cfg, cfg.image_size, cfg.channels)
         self.context_dim = self.data.num_classes if cfg.conditional and self.data.labels is not None else 0
         self.schedule = make_schedule(cfg.schedule, cfg.T)
         self.size, self.plan = self._choose_model_and_plan()
@@ -178,8 +178,7 @@ class Trainer:
         self = cls.__new__(cls)
         self.cfg, self.run = cfg, run
         self.device = pick_device(cfg.device)
-        self.data = data if data is not None else load_data(
-            cfg.data, labels=cfg.labels, image_size=config["image_size"], channels=config["channels"])
+        self.data = data if data is not None else _load(cfg, config["image_size"], config["channels"])
         self.context_dim = config["unet"]["context_dim"]
         self.schedule = make_schedule(cfg.schedule, cfg.T)
         self.size, self.plan = config["model_size"], Plan(**config["plan"])
@@ -256,7 +255,7 @@ class Trainer:
         images, labels = batch_at(self.data, cfg.batch_size, step, cfg.seed)
         context = null = None
         if self.context_dim:
-            context = one_hot(labels, self.context_dim).to(self.device)
+            context = (labels.float() if labels.ndim == 2 else one_hot(labels, self.context_dim)).to(self.device)
             null = drop_mask(len(labels), cfg.cond_drop, generator, self.device)
         return diffusion_loss(self.model, self.schedule_dev, images.to(self.device), context, null,
                               generator, cfg.prediction, cfg.min_snr)
@@ -361,6 +360,11 @@ class Trainer:
         path.parent.mkdir(exist_ok=True)
         save_grid(images, path, nrow=n)
         return path
+
+
+def _load(cfg: TrainConfig, image_size: int | None, channels: int | None) -> ImageData:
+    data = load_data(cfg.data, labels=cfg.labels, image_size=image_size, channels=channels)
+    return name_contexts(data, cfg.context_names) if cfg.context_names else data
 
 
 class _StopOnSignal:

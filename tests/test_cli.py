@@ -155,3 +155,21 @@ def test_sprites_with_multi_hot_contexts_train_and_sample_by_attribute(tmp_path,
                                   str(tmp_path / "sprite_labels_nc_1788_16x16.npy"), "--context-names", "a,b",
                                   "--out", str(tmp_path / "bad")])
     assert "2 context names for 5" in err
+
+
+def test_finetune_on_one_class_records_its_base(trained, tmp_path, capsys):
+    out = tmp_path / "threes"
+    assert main(["finetune", str(trained), "--data", "digits", "--label", "3", "--steps", "4",
+                 "--batch-size", "8", "--grids", "0", "--quiet", "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["finetuned_from"]["run"] == str(trained.resolve())
+    assert config["train"]["only_label"] == "3" and config["num_images"] == 183  # the 3s of the 8x8 digits
+    assert config["unet"] == json.loads((trained / "config.json").read_text())["unet"]
+    assert main(["sample", str(out), "--guidance", "0", "--n", "2", "--steps", "2",
+                 "--out", str(tmp_path / "u.npy")]) == 0
+    assert main(["train", "--out", str(out), "--resume", "--quiet"]) == 0
+    assert "choose one of" in _fails_cleanly(capsys, ["finetune", str(trained), "--data", "digits", "--label",
+                                                     "ship", "--out", str(tmp_path / "x")])
+    assert "does not exist" in _fails_cleanly(capsys, ["finetune", str(tmp_path / "nope"), "--data", "digits",
+                                                      "--out", str(tmp_path / "y")])
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="undiffuse", description="Denoising diffusion models: train, sample, look.")
     parser.add_argument("--version", action="version", version=f"undiffuse {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for add in (commands.add_demo, commands.add_train, commands.add_sample, commands.add_noise):
+    for add in (commands.add_demo, commands.add_train, commands.add_finetune, commands.add_sample,
+                commands.add_noise):
         add(sub)
     return parser
 

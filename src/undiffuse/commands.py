@@ -85,6 +85,46 @@ def _train_and_report(trainer, progress: bool):
     return result
 
 
+# --- finetune ------------------------------------------------------------------------------------
+
+FINETUNE_FLAGS = ("steps", "minutes", "batch_size", "lr", "warmup", "ema_decay", "cond_drop", "seed",
+                  "checkpoint_minutes", "grids", "device", "labels", "context_names")
+
+
+def add_finetune(sub) -> None:
+    from .train import TrainConfig
+
+    p = sub.add_parser("finetune", help="continue training a run on new data or one class", description=(
+        "Start from RUN's EMA weights and train on DATA (the same image shape), or on one class of it "
+        "with --label; the new run records where it came from. Default budget: 2 minutes."))
+    p.add_argument("base", metavar="RUN", help="the trained run to start from")
+    p.add_argument("--data", required=True, help="data spec, as for train")
+    p.add_argument("--label", default=None, help="train on this class only (name or id)")
+    p.add_argument("--out", required=True, metavar="RUN2", help="the new run folder")
+    p.add_argument("--overwrite", action="store_true", help="replace the existing run folder RUN2")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    skip = {f for f in TrainConfig.__dataclass_fields__ if f not in FINETUNE_FLAGS}
+    add_config_flags(p, TrainConfig, TRAIN_CHOICES, skip=skip)
+    p.set_defaults(handler=run_finetune)
+
+
+def run_finetune(args) -> int:
+    from .train import TrainConfig, Trainer
+
+    values = {k: v for k, v in vars(args).items() if k in FINETUNE_FLAGS}
+    if "steps" not in values and "minutes" not in values:
+        values["minutes"] = 2.0
+    cfg = TrainConfig(data=args.data, base=args.base, only_label=args.label, **values)
+    cfg.validate()
+    trainer = Trainer(cfg, args.out, overwrite=args.overwrite)
+    if trainer.context_dim and trainer.data.labels is None:
+        _say("the data's labels do not match the base run's classes: fine-tuning on the null context")
+    _say(f"fine-tuning {args.base} on {len(trainer.data.images)} images"
+         + (f" of class {args.label}" if args.label is not None else ""))
+    _describe(trainer)
+    return 0 if _train_and_report(trainer, progress=not args.quiet) else 130
+
+
 # --- sample --------------------------------------------------------------------------------------
 
 def add_sample(sub) -> None:

@@ -14,7 +14,7 @@ import math
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Callable
 
@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
-from .conditioning import PREDICTIONS, drop_mask, one_hot
-from .data import ImageData, batch_at, load_data, name_contexts
+from .conditioning import PREDICTIONS, class_id, drop_mask, one_hot
+from .data import DataError, ImageData, batch_at, load_data, name_contexts
 from .recipe import MIN_IMAGES, MODEL_SIZES, Plan, ema_decay_at, lr_at, plan, unet_config
 from .schedule import SCHEDULES, make_schedule
 from .unet import UNet, UNetConfig
@@ -42,6 +42,8 @@ class TrainConfig:
     channels: int | None = None  # 1 or 3; None: inferred from the data
     conditional: bool = True  # condition on the class when the data has labels
     context_names: str | None = None  # comma-separated names of the classes or context attributes
+    base: str | None = None  # fine-tune: the run folder whose EMA weights this run starts from
+    only_label: str | None = None  # fine-tune: train on the images of this class only (name or id)
     steps: int | None = None  # optimizer steps; None: as many as `minutes` affords
     minutes: float | None = None  # wall-clock budget; used when steps is None (default 10)
     batch_size: int = 128  # images per optimizer step
@@ -155,11 +157,21 @@ class Trainer:
         self.cfg, self.run = cfg, Path(run)
         _check_run_folder(self.run, overwrite)
         self.device = pick_device(cfg.device)
+        base = ckpt.load_config(cfg.base) if cfg.base else None
+        if base is not None:  # the base fixes the model, the image shape and the contexts
+            cfg = self.cfg = _finetune_config(cfg, base)
         self.data = data if data is not None else _load(cfg, cfg.image_size, cfg.channels)
         self.context_dim = self.data.num_classes if cfg.conditional and self.data.labels is not None else 0
+        if base is not None:
+            self.data, self.context_dim = _fit_to_base(self.data, base), base["unet"]["context_dim"]
+        self.class_names = tuple(base["class_names"]) if base else self.data.class_names if self.context_dim else ()
+        self.finetuned_from = _base_record(cfg.base)
         self.schedule = make_schedule(cfg.schedule, cfg.T)
         self.size, self.plan = self._choose_model_and_plan()
         self._build(self.size)
+        if base is not None:
+            ckpt.load_weights(self.model, Path(cfg.base) / ckpt.EMA)
+            self.ema.load_state_dict(self.model.state_dict())
         _clear_run_folder(self.run)  # only now: bad data or flags leave no folder behind
         self.step, self.elapsed = 0, 0.0
         ckpt.save_config(self.run, self.describe())
@@ -180,6 +192,9 @@ class Trainer:
         self.device = pick_device(cfg.device)
         self.data = data if data is not None else _load(cfg, config["image_size"], config["channels"])
         self.context_dim = config["unet"]["context_dim"]
+        self.class_names, self.finetuned_from = tuple(config["class_names"]), config.get("finetuned_from")
+        if self.finetuned_from:
+            self.data = _fit_to_base(self.data, config)
         self.schedule = make_schedule(cfg.schedule, cfg.T)
         self.size, self.plan = config["model_size"], Plan(**config["plan"])
         self._build(self.size)
@@ -243,8 +258,9 @@ class Trainer:
             "prediction": self.cfg.prediction,
             "image_size": self.data.image_size,
             "channels": self.data.channels,
-            "class_names": list(self.data.class_names) if self.context_dim else [],
+            "class_names": list(self.class_names),
             "data_source": self.data.source,
+            "finetuned_from": self.finetuned_from,
             "num_images": len(self.data.images),
         }
 
@@ -254,7 +270,10 @@ class Trainer:
         generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step + 1)
         images, labels = batch_at(self.data, cfg.batch_size, step, cfg.seed)
         context = null = None
-        if self.context_dim:
+        if self.context_dim and labels is None:  # unlabelled data for a conditional model: the null context
+            null = torch.ones(len(images), dtype=torch.bool, device=self.device)
+            context = torch.zeros(len(images), self.context_dim, device=self.device)
+        elif self.context_dim:
             context = (labels.float() if labels.ndim == 2 else one_hot(labels, self.context_dim)).to(self.device)
             null = drop_mask(len(labels), cfg.cond_drop, generator, self.device)
         return diffusion_loss(self.model, self.schedule_dev, images.to(self.device), context, null,
@@ -364,7 +383,43 @@ class Trainer:
 
 def _load(cfg: TrainConfig, image_size: int | None, channels: int | None) -> ImageData:
     data = load_data(cfg.data, labels=cfg.labels, image_size=image_size, channels=channels)
-    return name_contexts(data, cfg.context_names) if cfg.context_names else data
+    if cfg.context_names:
+        data = name_contexts(data, cfg.context_names)
+    if cfg.only_label is not None:
+        data = only_class(data, cfg.only_label)
+    return data
+
+
+def only_class(data: ImageData, label: str) -> ImageData:
+    """The images of one class (by name or id), keeping their labels."""
+    if data.labels is None or data.labels.ndim != 1:
+        raise DataError(f"--label {label} picks a class, but {data.source} has no class labels")
+    keep = data.labels == class_id(str(label), data.class_names)
+    return ImageData(data.images[keep], data.labels[keep], data.class_names, data.source, data.skipped)
+
+
+def _base_record(base: str | None) -> dict | None:
+    if base is None:
+        return None
+    _, step = ckpt.load_tensors(Path(base) / ckpt.EMA)
+    return {"run": str(Path(base).resolve()), "step": step}
+
+
+def _finetune_config(cfg: TrainConfig, base: dict) -> TrainConfig:
+    """The settings a fine-tuning run inherits from its base: model, shape, schedule, prediction; a
+    quarter of the base's peak learning rate unless given, so the model adapts without forgetting."""
+    b = base["train"]
+    return replace(cfg, model=base["model_size"], image_size=base["image_size"], channels=base["channels"],
+                   schedule=b["schedule"], T=b["T"], prediction=b["prediction"],
+                   lr=cfg.lr if cfg.lr is not None else base["plan"]["lr"] / 4)
+
+
+def _fit_to_base(data: ImageData, base: dict) -> ImageData:
+    """Keep the labels when they name the base's classes; otherwise train on the null context."""
+    names = tuple(base.get("class_names", []))
+    if data.labels is not None and data.class_names == names:
+        return data
+    return ImageData(data.images, None, (), data.source, data.skipped)
 
 
 class _StopOnSignal:

@@ -85,3 +85,25 @@ def test_recipe_follows_the_budget():
     assert ema_decay_at(0, short) < 0.2 and ema_decay_at(10_000, short) == short.ema_decay
     horizon = 1 / (1 - short.ema_decay)
     assert 0.05 * short.steps <= horizon <= 0.2 * short.steps  # the EMA averages the last tenth or so
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v", "x0"])
+def test_min_snr_weight_turns_the_target_error_into_min_snr_times_the_x0_error(prediction):
+    from undiffuse.schedule import linear
+    from undiffuse.train import min_snr_weight
+
+    s, gamma = linear(1000), 5.0
+    t = torch.tensor([1, 50, 200, 600, 999])
+    x0 = torch.randn(5, 1, 2, 2, dtype=torch.float64)
+    eps = torch.randn(5, 1, 2, 2, dtype=torch.float64)
+    x_t = s.q_sample(x0, t, eps)
+    d = 1e-3 * torch.randn(5, 1, 2, 2, dtype=torch.float64)  # an error in the network's output
+    if prediction == "eps":
+        x0_hat = s.x0_from_eps(x_t, t, eps + d)
+    elif prediction == "v":
+        x0_hat = s.x0_from_eps(x_t, t, s.eps_from_v(x_t, t, s.v_target(x0, t, eps) + d))
+    else:
+        x0_hat = x0 + d
+    weighted = min_snr_weight(s, t, gamma, prediction).double() * d.pow(2).flatten(1).sum(1)
+    x0_err = (x0_hat - x0).pow(2).flatten(1).sum(1)
+    assert torch.allclose(weighted, s.snr[t].clamp(max=gamma) * x0_err, rtol=1e-4)

@@ -55,7 +55,7 @@ class TrainConfig:
     schedule: str = "linear"  # noise schedule: linear or cosine
     T: int = 1000  # diffusion steps
     prediction: str = "eps"  # what the network predicts: eps, x0 or v
-    min_snr: float | None = 5.0  # min-SNR-gamma loss weighting (Hang et al. 2023); None: plain MSE
+    min_snr: float | None = 5.0  # min-SNR-gamma loss weighting (Hang et al. 2023); 0 or None: plain MSE
     cond_drop: float = 0.1  # probability of training on the null context (for guidance)
     seed: int = 0  # seeds the weights, the batches and the noise
     checkpoint_minutes: float = 2.0  # save at least this often
@@ -65,7 +65,9 @@ class TrainConfig:
     def validate(self) -> None:
         """Reject absurd values before any work starts (ValueError with one line)."""
         positive = {"batch_size": self.batch_size, "T": self.T}
-        for name in ("steps", "minutes", "lr", "warmup", "image_size", "checkpoint_minutes", "min_snr"):
+        if self.min_snr is not None and not self.min_snr >= 0:
+            raise ValueError(f"min_snr must be >= 0, got {self.min_snr}")
+        for name in ("steps", "minutes", "lr", "warmup", "image_size", "checkpoint_minutes"):
             if getattr(self, name) is not None:
                 positive[name] = getattr(self, name)
         for name, value in positive.items():
@@ -127,7 +129,7 @@ def diffusion_loss(model: UNet, schedule, x0, context, null, generator, predicti
     else:
         raise ValueError(f"unknown prediction {prediction!r}")
     per_image = (model(x_t, t, context, null) - target).pow(2).flatten(1).mean(1)
-    if min_snr is not None:
+    if min_snr:
         per_image = per_image * min_snr_weight(schedule, t, min_snr, prediction)
     return per_image.mean()
 

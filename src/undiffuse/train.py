@@ -300,7 +300,7 @@ class Trainer:
               on_grid: Callable[[Path], None] | None = None) -> Result:
         """Run to the planned step (or `until`), with a progress bar, log, grids and checkpoints."""
         end = min(self.plan.steps, until if until is not None else self.plan.steps)
-        grid_steps = {round(self.plan.steps * (k + 1) / self.cfg.grids) for k in range(self.cfg.grids)}
+        grid_steps = self._grid_steps()
         log_every = max(1, self.plan.steps // 500)
         losses, recent, step_times = [], [], []
         bar = tqdm(total=self.plan.steps, initial=self.step, disable=not progress, unit="step",
@@ -322,7 +322,7 @@ class Trainer:
                 if self.step == REPLAN_AT and len(step_times) == REPLAN_AT and self.cfg.steps is None:
                     self._replan(sorted(step_times[5:])[len(step_times[5:]) // 2])
                     end = self.plan.steps if until is None else min(self.plan.steps, until)
-                    grid_steps = {round(self.plan.steps * (k + 1) / self.cfg.grids) for k in range(self.cfg.grids)}
+                    grid_steps = self._grid_steps()
                     bar.total = self.plan.steps
                 losses.append(loss)
                 recent.append(loss)
@@ -347,6 +347,10 @@ class Trainer:
             raise KeyboardInterrupt(f"stopped by signal at step {self.step}")
         tail = losses[-max(1, len(losses) // 20):] or [float("nan")]
         return Result(self.run, self.step, self.elapsed, sum(tail) / len(tail))
+
+    def _grid_steps(self) -> set[int]:
+        """The steps after which a sample grid is drawn: evenly through the run, the last included."""
+        return {round(self.plan.steps * (k + 1) / self.cfg.grids) for k in range(self.cfg.grids)}
 
     def _replan(self, seconds_per_step: float) -> None:
         """Re-fit a time budget's step count to the speed of real steps (the calibration before

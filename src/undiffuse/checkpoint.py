@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 CONFIG, MODEL, EMA, STATE = "config.json", "model.safetensors", "ema.safetensors", "train_state.safetensors"
@@ -74,16 +74,22 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], step: int) -> Non
     atomic_write(path, lambda p: save_file(tensors, str(p), metadata={"step": str(step)}))
 
 
-def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], int]:
-    """Tensors and the step they were saved at. safetensors holds raw arrays only: no code runs."""
+def saved_step(path: Path) -> int:
+    """The step a weight file was saved at, read from its header alone (-1 when absent)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path} is missing")
     try:
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as f:
-            step = int((f.metadata() or {}).get("step", -1))
+            return int((f.metadata() or {}).get("step", -1))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({e})") from None
+
+
+def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], int]:
+    """Tensors and the step they were saved at. safetensors holds raw arrays only: no code runs."""
+    step = saved_step(path)
+    try:
         return load_file(str(path)), step
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path} is not a readable safetensors file ({e})") from None

@@ -67,7 +67,7 @@ def generators(n: int, seed: int, device="cpu") -> list[torch.Generator]:
 
 
 def sample_images(net: UNet, schedule: NoiseSchedule, prediction: str, n: int, *,
-                  image_size: int, labels: list[int] | None = None, num_classes: int = 0,
+                  image_size: int, labels: list[int] | None = None,
                   contexts: Tensor | None = None,
                   sampler: str = "ddim", steps: int | None = None, guidance: float = 1.0, seed: int = 0,
                   clip_denoised: bool = True, batch_size: int = 250, callback: Callback = None,
@@ -85,7 +85,7 @@ def sample_images(net: UNet, schedule: NoiseSchedule, prediction: str, n: int, *
     if labels is not None:
         if len(labels) != n:
             raise ValueError(f"{len(labels)} labels for {n} images")
-        contexts = one_hot(torch.tensor(labels), num_classes or cfg.context_dim)
+        contexts = one_hot(torch.tensor(labels), cfg.context_dim)
     if contexts is not None and contexts.shape != (n, cfg.context_dim):
         raise ValueError(f"contexts of shape {tuple(contexts.shape)} for {n} images of a {cfg.context_dim}-context model")
     gens = generators(n, seed)
@@ -104,5 +104,5 @@ def sample_images(net: UNet, schedule: NoiseSchedule, prediction: str, n: int, *
 
 def generate(run: LoadedRun, n: int, **options) -> Tensor:
     """sample_images with the run's own schedule, prediction, size and classes."""
-    return sample_images(run.net, run.schedule, run.prediction, n, num_classes=run.num_classes,
+    return sample_images(run.net, run.schedule, run.prediction, n,
                          image_size=run.image_size, **options)

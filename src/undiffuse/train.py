@@ -378,8 +378,7 @@ class Trainer:
         labels = list(range(self.context_dim)) if self.context_dim else None
         n = len(labels) if labels else 8
         images = sample_images(self.ema, self.schedule, self.cfg.prediction, n, labels=labels,
-                               image_size=self.data.image_size,
-                               num_classes=self.context_dim, sampler="ddim", steps=20, seed=0,
+                               image_size=self.data.image_size, sampler="ddim", steps=20, seed=0,
                                guidance=DEFAULT_GUIDANCE if labels else 1.0)
         path = self.run / "samples" / f"step{self.step:07d}.png"
         path.parent.mkdir(exist_ok=True)
@@ -407,8 +406,7 @@ def only_class(data: ImageData, label: str) -> ImageData:
 def _base_record(base: str | None) -> dict | None:
     if base is None:
         return None
-    _, step = ckpt.load_tensors(Path(base) / ckpt.EMA)
-    return {"run": str(Path(base).resolve()), "step": step}
+    return {"run": str(Path(base).resolve()), "step": ckpt.saved_step(Path(base) / ckpt.EMA)}
 
 
 def _finetune_config(cfg: TrainConfig, base: dict) -> TrainConfig:

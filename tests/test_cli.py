@@ -67,9 +67,38 @@ def test_sample_png_npy_and_gif(trained, tmp_path, capsys):
 
 def test_sample_is_reproducible_by_seed(trained, tmp_path):
     for name in ("a", "b"):
-        main(["sample", str(trained), "--n", "1", "--steps", "3", "--eta", "1", "--seed", "4",
+        main(["sample", str(trained), "--n", "1", "--sampler", "ddim", "--steps", "3", "--eta", "1", "--seed", "4",
               "--out", str(tmp_path / f"{name}.npy")])
     assert np.array_equal(np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy"))
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "euler", "euler-a", "heun", "dpmpp-2m", "dpmpp-3m"])
+def test_every_sampler_from_the_command_line_with_guidance_and_animation(sampler, trained, tmp_path):
+    out, gif = tmp_path / "s.npy", tmp_path / "s.gif"
+    assert main(["sample", str(trained), "--n", "1", "--sampler", sampler, "--steps", "4", "--guidance", "3",
+                 "--spacing", "karras", "--out", str(out), "--gif", str(gif)]) == 0
+    images = np.load(out)
+    assert images.shape == (10, 1, 16, 16) and np.isfinite(images).all()
+    assert Image.open(gif).n_frames >= 3  # one frame a step (identical frames may merge)
+
+
+def test_sigmoid_zero_snr_v_prediction_trains_and_samples(tmp_path, capsys):
+    run = tmp_path / "z"
+    assert main(["train", *TRAIN, "--schedule", "sigmoid", "--zero-snr", "--prediction", "v",
+                 "--out", str(run)]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["schedule"] == {"name": "sigmoid", "T": 1000, "zero_snr": True}
+    assert main(["sample", str(run), "--n", "1", "--sampler", "dpmpp-3m", "--steps", "5",
+                 "--out", str(tmp_path / "z.npy")]) == 0
+    assert np.isfinite(np.load(tmp_path / "z.npy")).all()
+    err = _fails_cleanly(capsys, ["train", *TRAIN, "--zero-snr", "--out", str(tmp_path / "eps")])
+    assert "prediction v or x0" in err
+
+
+def test_sampler_flags_that_do_not_fit_are_refused(trained, capsys):
+    assert "eta" in _fails_cleanly(capsys, ["sample", str(trained), "--sampler", "heun", "--eta", "0.5"])
+    assert "spacing" in _fails_cleanly(capsys, ["sample", str(trained), "--sampler", "ddpm", "--spacing", "karras"])
+    assert "invalid choice" in _fails_cleanly(capsys, ["sample", str(trained), "--sampler", "plms"])
 
 
 def test_noise_strip_from_an_image_and_from_a_data_set(tmp_path):

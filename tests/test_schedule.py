@@ -76,3 +76,29 @@ def test_conversions_are_inverses():
     mid = t[2:6]
     x0_hat = s.x0_from_eps(x_t[2:6], mid, eps[2:6])
     assert torch.allclose(s.eps_from_x0(x_t[2:6], mid, x0_hat), eps[2:6], atol=1e-9)
+
+
+def test_sigmoid_schedule_follows_its_formula():
+    from undiffuse.schedule import sigmoid
+
+    T, start, end = 1000, -3.0, 3.0
+    s = sigmoid(T)
+    tau = torch.arange(1, T + 1, dtype=torch.float64) / T
+    sig = lambda z: 1 / (1 + math.exp(-z))  # noqa: E731
+    expected = (sig(end) - torch.sigmoid(tau * (end - start) + start)) / (sig(end) - sig(start))
+    # betas are clamped at 0.999, which touches only the very last step
+    assert torch.allclose(s.alpha_bar[:-1], expected[:-1], rtol=1e-9)
+    assert bool((s.alpha_bar[1:] < s.alpha_bar[:-1]).all())
+
+
+def test_zero_terminal_snr_rescaling():
+    from undiffuse.schedule import make_schedule
+
+    for name in ("linear", "cosine", "sigmoid"):
+        plain, zero = make_schedule(name), make_schedule(name, zero_snr=True)
+        assert zero.snr[-1].item() < 1.01e-9 and zero.snr[-1].item() < plain.snr[-1].item()
+        assert zero.alpha_bar[0].item() == pytest.approx(plain.alpha_bar[0].item(), rel=1e-12)
+        # Lin et al. alg. 1: sqrt(alpha_bar) is shifted and scaled, an affine map of the original
+        root_p, root_z = plain.alpha_bar.sqrt()[:-1], zero.alpha_bar.sqrt()[:-1]
+        slope = (root_z[0] - root_z[1]) / (root_p[0] - root_p[1])
+        assert torch.allclose(root_z, root_z[0] + slope * (root_p - root_p[0]), atol=1e-12)

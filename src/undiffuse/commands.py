@@ -128,7 +128,8 @@ def run_finetune(args) -> int:
 # --- sample --------------------------------------------------------------------------------------
 
 def add_sample(sub) -> None:
-    from .samplers import SAMPLERS
+    from .generate import DEFAULT_SAMPLER
+    from .samplers import DEFAULT_STEPS, SAMPLERS, SPACINGS
 
     p = sub.add_parser("sample", help="generate images from a trained run", description=(
         "Generate images with a trained run's EMA weights. A conditional run draws a grid with one "
@@ -136,9 +137,15 @@ def add_sample(sub) -> None:
     p.add_argument("run", metavar="RUN", help="a run folder written by `undiffuse train`")
     p.add_argument("--n", type=int, default=None,
                    help="images (per class with --label all; default 8 per class, or 64)")
-    p.add_argument("--sampler", default="ddim", choices=sorted(SAMPLERS), help="default: ddim")
-    p.add_argument("--steps", type=int, default=None, help="network evaluations (ddim; default 50)")
-    p.add_argument("--eta", type=float, default=None, help="ddim's noise scale: 0 deterministic, 1 DDPM-like")
+    p.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=list(SAMPLERS),
+                   help=f"default: {DEFAULT_SAMPLER} (see BENCHMARKS.md, quality per step)")
+    defaults = ", ".join(f"{k} {v}" for k, v in DEFAULT_STEPS.items())
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"sampling steps (heun makes 2 network calls a step; ddpm always walks all T); default: {defaults}")
+    p.add_argument("--spacing", default=None, choices=SPACINGS,
+                   help="where the steps fall: uniform in t (trailing, the default; leading; linspace) or karras")
+    p.add_argument("--eta", type=float, default=None,
+                   help="noise scale of ddim and euler-a: 0 deterministic, 1 DDPM-like (euler-a default 1)")
     p.add_argument("--no-noise", action="store_true",
                    help="ddpm without its extra noise (samples collapse to blurry averages: for teaching)")
     p.add_argument("--label", default=None, help="class name or id, or 'all' (default for conditional runs)")
@@ -211,17 +218,20 @@ def _sampler_options(args) -> dict:
 
     options = {"guidance": DEFAULT_GUIDANCE if args.guidance is None else args.guidance, "seed": args.seed,
                "sampler": args.sampler, "steps": args.steps, "clip_denoised": not args.no_clip}
+    if args.no_noise and args.sampler != "ddpm":
+        raise UsageError("--no-noise applies to ddpm only")
+    if args.eta is not None and args.sampler not in ("ddim", "euler-a"):
+        raise UsageError("--eta applies to ddim and euler-a only")
+    if args.spacing is not None and args.sampler == "ddpm":
+        raise UsageError("ddpm walks every step: --spacing does not apply")
     if args.sampler == "ddpm":
-        if args.eta is not None:
-            raise UsageError("--eta applies to ddim only")
         options["add_noise"] = not args.no_noise
-    else:
-        if args.no_noise:
-            raise UsageError("--no-noise applies to ddpm only")
-        if args.eta is not None:
-            if not 0 <= args.eta <= 1:
-                raise UsageError(f"--eta must lie in [0, 1], got {args.eta}")
-            options["eta"] = args.eta
+    if args.eta is not None:
+        if not 0 <= args.eta <= 1:
+            raise UsageError(f"--eta must lie in [0, 1], got {args.eta}")
+        options["eta"] = args.eta
+    if args.spacing is not None:
+        options["spacing"] = args.spacing
     return options
 
 
@@ -336,14 +346,13 @@ def run_demo(args) -> int:
 
 def _demo_pictures(trainer, run: Path) -> None:
     from .generate import DEFAULT_GUIDANCE, generate, load_run
-    from .schedule import make_schedule
     from .viz import forward_strip, image_grid, keep_frames, save_gif
 
     loaded = load_run(run, device=trainer.device)
     k = loaded.num_classes
     _say("sampling the grid and the animation ...")
     labels = [c for c in range(k) for _ in range(10)]
-    grid = generate(loaded, len(labels), labels=labels, sampler="ddim", steps=50, seed=0,
+    grid = generate(loaded, len(labels), labels=labels, seed=0,
                     guidance=DEFAULT_GUIDANCE)
     image_grid(grid, nrow=10).save(run / "samples.png")
     _say(f"samples, one row per digit: {run / 'samples.png'}")
@@ -362,7 +371,7 @@ def _demo_pictures(trainer, run: Path) -> None:
 
     real = trainer.data.images[[int((trainer.data.labels == c).nonzero()[0]) for c in range(min(4, k))]]
     ts = [int(s) for s in FORWARD_STEPS.split(",")]
-    forward_strip(real, make_schedule("linear"), ts).save(run / "forward.png")
+    forward_strip(real, trainer.schedule, ts).save(run / "forward.png")
     _say(f"forward process on real digits: {run / 'forward.png'}")
     _say(f"loss curve: {run / 'loss.png'}")
 

@@ -20,6 +20,7 @@ from .unet import UNet, UNetConfig
 # Guidance 2 with x0 clipping: on the demo model, 95% of DDIM-50 digits are recognised as the digit asked
 # for, against 72% at guidance 1 (benchmarks/digit_quality.py); clipping alone takes 85% to 95%.
 DEFAULT_GUIDANCE = 2.0
+DEFAULT_SAMPLER = "ddim"  # the best quality per network call measured by benchmarks/quality_vs_steps.py
 
 
 @dataclass
@@ -46,7 +47,7 @@ def load_run(run: str | Path, *, weights: str = "ema", device: str | torch.devic
         schedule_cfg = config["schedule"]
         if schedule_cfg["name"] not in SCHEDULES or config["prediction"] not in PREDICTIONS:
             raise ValueError("unknown schedule or prediction")
-        schedule = make_schedule(schedule_cfg["name"], int(schedule_cfg["T"]))
+        schedule = make_schedule(schedule_cfg["name"], int(schedule_cfg["T"]), bool(schedule_cfg.get("zero_snr")))
         names = tuple(str(n) for n in config.get("class_names", []))
         size, channels = int(config["image_size"]), int(config["channels"])
     except (KeyError, TypeError, ValueError) as e:
@@ -69,7 +70,7 @@ def generators(n: int, seed: int, device="cpu") -> list[torch.Generator]:
 def sample_images(net: UNet, schedule: NoiseSchedule, prediction: str, n: int, *,
                   image_size: int, labels: list[int] | None = None,
                   contexts: Tensor | None = None,
-                  sampler: str = "ddim", steps: int | None = None, guidance: float = 1.0, seed: int = 0,
+                  sampler: str = DEFAULT_SAMPLER, steps: int | None = None, guidance: float = 1.0, seed: int = 0,
                   clip_denoised: bool = True, batch_size: int = 250, callback: Callback = None,
                   **options) -> Tensor:
     """n images in [-1, 1], (n, C, H, W). For a conditional network: `labels`, a class id per image,

@@ -9,6 +9,9 @@ Glossary, used everywhere in undiffuse (Ho et al. 2020, "Denoising Diffusion Pro
     x0         a clean image; x_t = sqrt(alpha_bar_t) * x0 + sqrt(1 - alpha_bar_t) * eps  (eq. 4).
     v          sqrt(alpha_bar) * eps - sqrt(1 - alpha_bar) * x0  (Salimans & Ho 2022).
     snr        alpha_bar / (1 - alpha_bar).
+    sigma      sqrt((1 - alpha_bar) / alpha_bar): the noise level of x_t / sqrt(alpha_bar) = x0 + sigma eps,
+               the "variance exploding" view in which the ODE samplers (Euler, Heun, DPM-Solver) step.
+    lambda     log(sqrt(alpha_bar) / sqrt(1 - alpha_bar)) = -log sigma, half the log-SNR.
 
 All tensors are float64 so that products over 1000 steps keep their precision; the functions that
 touch images cast the few coefficients they need to the images' dtype and device.
@@ -21,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-SCHEDULES = ("linear", "cosine")
+SCHEDULES = ("linear", "cosine", "sigmoid")
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,10 @@ class NoiseSchedule:
     @property
     def snr(self) -> Tensor:
         return self.alpha_bar / (1.0 - self.alpha_bar)
+
+    @property
+    def sigmas(self) -> Tensor:
+        return ((1.0 - self.alpha_bar) / self.alpha_bar).sqrt()
 
     @property
     def posterior_variance(self) -> Tensor:
@@ -126,10 +133,37 @@ def cosine(T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> NoiseSch
     return NoiseSchedule(betas.clamp(max=max_beta))
 
 
-def make_schedule(name: str, T: int = 1000) -> NoiseSchedule:
-    if name == "linear":
-        return linear(T)
-    elif name == "cosine":
-        return cosine(T)
-    else:
+def sigmoid(T: int = 1000, start: float = -3.0, end: float = 3.0, tau: float = 1.0,
+            max_beta: float = 0.999) -> NoiseSchedule:
+    """Jabri et al. 2022 ("Scalable adaptive computation", alg. 1): alpha_bar follows a falling sigmoid
+    in t; it keeps more signal than cosine early on, which suits larger images."""
+    v_start, v_end = torch.sigmoid(torch.tensor(start / tau)), torch.sigmoid(torch.tensor(end / tau))
+    steps = torch.arange(T + 1, dtype=torch.float64) / T
+    f = (v_end - torch.sigmoid((steps * (end - start) + start) / tau)) / (v_end - v_start)
+    betas = 1 - f[1:] / f[:-1]
+    return NoiseSchedule(betas.clamp(max=max_beta))
+
+
+def zero_terminal_snr(schedule: NoiseSchedule) -> NoiseSchedule:
+    """Lin et al. 2023, alg. 1: shift and scale sqrt(alpha_bar) so that the last step holds no signal
+    (as at sampling time, where x_{T-1} is pure noise) while the first step keeps its value.
+
+    Train such a schedule with prediction v or x0: with no signal left, eps says nothing about x0.
+    """
+    root = schedule.alpha_bar.sqrt()
+    first, last = root[0], root[-1]
+    alpha_bar = ((root - last) * first / (first - last)) ** 2
+    # Exactly zero would make x0 = (x_t - s eps) / a undefined at the first sampling step. An SNR of
+    # 1e-9 is zero for all practical purposes, and keeps a = sqrt(alpha_bar) large enough for float32
+    # to carry a v-prediction through that conversion (to about 0.1%).
+    alpha_bar[-1] = min(alpha_bar[-2].item() / 4, 1e-9)
+    previous = torch.cat([alpha_bar.new_ones(1), alpha_bar[:-1]])
+    return NoiseSchedule(1 - alpha_bar / previous)
+
+
+def make_schedule(name: str, T: int = 1000, zero_snr: bool = False) -> NoiseSchedule:
+    makers = {"linear": linear, "cosine": cosine, "sigmoid": sigmoid}
+    if name not in makers:
         raise ValueError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
+    schedule = makers[name](T)
+    return zero_terminal_snr(schedule) if zero_snr else schedule

@@ -52,7 +52,8 @@ class TrainConfig:
     warmup: int | None = None  # warm-up steps; None: from the recipe
     ema_decay: float | None = None  # None: the EMA averages over about the last tenth of the run
     grad_clip: float = 1.0  # max global gradient norm
-    schedule: str = "linear"  # noise schedule: linear or cosine
+    schedule: str = "linear"  # noise schedule: linear, cosine or sigmoid
+    zero_snr: bool = False  # rescale the schedule to zero terminal SNR (Lin et al. 2023); needs prediction v or x0
     T: int = 1000  # diffusion steps
     prediction: str = "eps"  # what the network predicts: eps, x0 or v
     min_snr: float | None = 5.0  # min-SNR-gamma loss weighting (Hang et al. 2023); 0 or None: plain MSE
@@ -75,6 +76,9 @@ class TrainConfig:
                 raise ValueError(f"{name} must be positive, got {value}")
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("prediction", self.prediction, PREDICTIONS)
+        if self.zero_snr and self.prediction == "eps":
+            raise ValueError("zero_snr needs prediction v or x0: with no signal left at the last step, "
+                             "the noise says nothing about the image")
         _choice("model", self.model, ("auto", *MODEL_SIZES))
         if not 0 <= self.cond_drop < 1:
             raise ValueError(f"cond_drop must lie in [0, 1), got {self.cond_drop}")
@@ -168,7 +172,7 @@ class Trainer:
             self.data, self.context_dim = _fit_to_base(self.data, base), base["unet"]["context_dim"]
         self.class_names = tuple(base["class_names"]) if base else self.data.class_names if self.context_dim else ()
         self.finetuned_from = _base_record(cfg.base)
-        self.schedule = make_schedule(cfg.schedule, cfg.T)
+        self.schedule = make_schedule(cfg.schedule, cfg.T, cfg.zero_snr)
         self.size, self.plan = self._choose_model_and_plan()
         self._build(self.size)
         if base is not None:
@@ -197,7 +201,7 @@ class Trainer:
         self.class_names, self.finetuned_from = tuple(config["class_names"]), config.get("finetuned_from")
         if self.finetuned_from:
             self.data = _fit_to_base(self.data, config)
-        self.schedule = make_schedule(cfg.schedule, cfg.T)
+        self.schedule = make_schedule(cfg.schedule, cfg.T, cfg.zero_snr)
         self.size, self.plan = config["model_size"], Plan(**config["plan"])
         self._build(self.size)
         self.step = ckpt.load_weights(self.model, run / ckpt.MODEL)
@@ -256,7 +260,7 @@ class Trainer:
             "unet": self.model.cfg.to_dict(),
             "model_size": self.size,
             "plan": asdict(self.plan),
-            "schedule": {"name": self.cfg.schedule, "T": self.cfg.T},
+            "schedule": {"name": self.cfg.schedule, "T": self.cfg.T, "zero_snr": self.cfg.zero_snr},
             "prediction": self.cfg.prediction,
             "image_size": self.data.image_size,
             "channels": self.data.channels,
@@ -378,7 +382,7 @@ class Trainer:
         labels = list(range(self.context_dim)) if self.context_dim else None
         n = len(labels) if labels else 8
         images = sample_images(self.ema, self.schedule, self.cfg.prediction, n, labels=labels,
-                               image_size=self.data.image_size, sampler="ddim", steps=20, seed=0,
+                               image_size=self.data.image_size, steps=20, seed=0,
                                guidance=DEFAULT_GUIDANCE if labels else 1.0)
         path = self.run / "samples" / f"step{self.step:07d}.png"
         path.parent.mkdir(exist_ok=True)
@@ -414,7 +418,8 @@ def _finetune_config(cfg: TrainConfig, base: dict) -> TrainConfig:
     quarter of the base's peak learning rate unless given, so the model adapts without forgetting."""
     b = base["train"]
     return replace(cfg, model=base["model_size"], image_size=base["image_size"], channels=base["channels"],
-                   schedule=b["schedule"], T=b["T"], prediction=b["prediction"],
+                   schedule=b["schedule"], T=b["T"], zero_snr=b.get("zero_snr", False),
+                   prediction=b["prediction"],
                    lr=cfg.lr if cfg.lr is not None else base["plan"]["lr"] / 4)
 
 

@@ -441,7 +441,8 @@ class Trainer:
         bar = tqdm(total=self.plan.steps, initial=self.step, disable=not (progress and main), unit="step",
                    dynamic_ncols=True, desc=self.run.name)
         last_save = time.perf_counter()
-        with _StopOnSignal() as stop, _open_log(self.run / LOG, main) as log:
+        with _StopOnSignal() as stop, _open_log(self.run / LOG, main) as log_file:
+            log = csv.writer(log_file) if log_file else None
             start, start_step = time.perf_counter(), self.step
             while self.step < end and not dist.any_rank(stop.requested, self.world, self.device):
                 t0 = time.perf_counter()
@@ -464,6 +465,7 @@ class Trainer:
                     mean = sum(recent) / len(recent) if recent else float("nan")
                     log.writerow([self.step, f"{mean:.6f}", f"{lr_at(self.step - 1, self.plan):.3e}",
                                   f"{rate:.1f}", f"{self.elapsed:.2f}", skipped])
+                    log_file.flush()  # for `tail -f`, and so that a kill loses no row before the checkpoint
                     bar.set_postfix(loss=f"{mean:.4f}", img_s=f"{rate:.0f}")
                     recent = []
                 bar.update(1)
@@ -625,15 +627,14 @@ def _clear_run_folder(run: Path) -> None:
 
 @contextlib.contextmanager
 def _open_log(path: Path, write: bool):
-    """A csv writer appending to the run's log, or None on the ranks that do not write."""
+    """The run's log opened for appending (with its header), or None on the ranks that do not write."""
     if not write:
         yield None
         return
     with path.open("a", newline="") as f:
-        log = csv.writer(f)
         if f.tell() == 0:
-            log.writerow(LOG_COLUMNS)
-        yield log
+            csv.writer(f).writerow(LOG_COLUMNS)
+        yield f
 
 
 def _truncate_log(path: Path, step: int) -> None:

@@ -318,8 +318,9 @@ class Trainer:
         ckpt.load_optimizer_tensors(self.optimizer, state)
         self.elapsed = float(state["elapsed"])
         if self.scaler.is_enabled() and "scaler.scale" in state:
-            self.scaler.load_state_dict({"scale": float(state["scaler.scale"]),
-                                         "_growth_tracker": int(state["scaler.growth_tracker"])})
+            scaler = self.scaler.state_dict()
+            scaler.update(scale=float(state["scaler.scale"]), _growth_tracker=int(state["scaler.growth_tracker"]))
+            self.scaler.load_state_dict(scaler)
 
     def _choose_model_and_plan(self) -> tuple[str, Plan]:
         """With a step budget: the size asked for (auto: small). With a time budget: time a step of

@@ -262,6 +262,9 @@ class Trainer:
         self.schedule = make_schedule(cfg.schedule, cfg.T)
         self.size, self.plan = config["model_size"], Plan(**config["plan"])
         self._build(self.size)
+        if not _same_unet(self.model.cfg, config["unet"]):
+            raise ckpt.CheckpointError(f"{run / ckpt.CONFIG}: its 'unet' does not match a {self.size} model for "
+                                       "this data; the folder was edited or written by another version")
         self.step, self.elapsed, self.bad_steps, self.saved_step = 0, 0.0, 0, -1
         self.skipped_checkpoints = []
         found = ckpt.latest_checkpoint(run)
@@ -638,6 +641,13 @@ def _open_log(path: Path, write: bool):
         yield f
 
 
+def _same_unet(cfg: UNetConfig, described) -> bool:
+    try:
+        return UNetConfig(**described) == cfg
+    except (TypeError, ValueError):
+        return False
+
+
 def _truncate_log(path: Path, step: int) -> None:
     """Drop log rows written after the checkpoint we resume from, so the log has no duplicates, and
     the half-written row a kill can leave at the end."""
@@ -645,7 +655,8 @@ def _truncate_log(path: Path, step: int) -> None:
         return
     rows = list(csv.reader(path.open()))
     kept = rows[:1] + [r for r in rows[1:] if len(r) == len(rows[0]) and r[0].isdigit() and int(r[0]) <= step]
-    ckpt.atomic_write(path, lambda p: p.write_text("".join(",".join(r) + "\n" for r in kept)))
+    if kept != rows:
+        ckpt.atomic_write(path, lambda p: p.write_text("".join(",".join(r) + "\r\n" for r in kept)))
 
 
 def read_log(run: str | Path) -> tuple[list[int], list[float]]:

@@ -171,7 +171,10 @@ def _link(source: Path, target: Path) -> None:
 
 def _prune(folder: Path, keep: int) -> None:
     """Delete all but the newest `keep` checkpoints, and temporary folders a crash left behind."""
-    for old in checkpoint_folders(folder.parent)[keep:] + list(folder.glob(".tmp-*")):
+    for old in checkpoint_folders(folder.parent)[keep:]:
+        # renamed first, so that a kill while deleting never leaves a half checkpoint under a step name
+        os.replace(old, folder / f".tmp-old-{old.name}")
+    for old in folder.glob(".tmp-*"):
         shutil.rmtree(old, ignore_errors=True)
 
 

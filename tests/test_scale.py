@@ -66,6 +66,21 @@ def test_two_gloo_processes_under_torchrun_equal_one_process(tmp_path):
     assert json.loads((run / ckpt.CONFIG).read_text())["train"]["batch_size"] == 12
 
 
+def test_ranks_agree_on_the_model_and_steps_a_time_budget_picks(tmp_path):
+    """Rank 0 times the sizes and re-fits the step count after REPLAN_AT steps; had the ranks
+    disagreed, one would wait forever for the other's gradients (the timeout would fail the test)."""
+    run = tmp_path / "budget"
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "undiffuse", "train", "--data", "digits", "--image-size", "16", "--minutes", "0.04",
+                           "--batch-size", "8", "--grids", "0", "--quiet", "--out", str(run)],
+                          env=ENV, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    config = json.loads((run / ckpt.CONFIG).read_text())
+    steps = read_log(run)[0]
+    assert steps[-1] == config["plan"]["steps"] > 25  # re-planned, and every rank ran to the same end
+    assert steps == sorted(set(steps))
+
+
 def test_gradient_accumulation_equals_one_big_batch(tmp_path):
     whole = Trainer(_cfg(), tmp_path / "a")
     whole.train(progress=False)

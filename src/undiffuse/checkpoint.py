@@ -85,11 +85,6 @@ def load_config(run: Path) -> dict:
     return config
 
 
-def save_tensors(path: Path, tensors: dict[str, torch.Tensor], step: int) -> None:
-    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    atomic_write(path, lambda p: save_file(tensors, str(p), metadata={"step": str(step)}))
-
-
 def saved_step(path: Path) -> int:
     """The step a weight file was saved at, read from its header alone (-1 when absent)."""
     path = Path(path)

@@ -7,7 +7,6 @@ import inspect
 import re
 import sys
 from dataclasses import MISSING, fields
-from pathlib import Path
 from typing import get_type_hints
 
 EXIT_USAGE = 2
@@ -37,10 +36,16 @@ def main(argv: list[str] | None = None) -> int:
         from .checkpoint import CheckpointError
         from .data import DataError
 
-        if isinstance(e, (UsageError, DataError, CheckpointError, ValueError, OSError)):
+        if isinstance(e, (UsageError, DataError, CheckpointError, ValueError, OSError)) or _diverged(e):
             print(f"undiffuse: error: {_one_line(e)}", file=sys.stderr)
             return EXIT_USAGE
         raise
+
+
+def _diverged(e: Exception) -> bool:
+    """A training run stopped by non-finite losses (its module is loaded if it ran)."""
+    train = sys.modules.get("undiffuse.train")
+    return train is not None and isinstance(e, train.TrainingDiverged)
 
 
 def _one_line(e: Exception) -> str:

@@ -1,7 +1,7 @@
 """The subcommands of `undiffuse`: each `add_*` declares its flags, each `run_*` calls the library."""
 from __future__ import annotations
 
-import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -10,7 +10,8 @@ from .recipe import MODEL_SIZES
 from .schedule import SCHEDULES
 from .conditioning import PREDICTIONS
 
-TRAIN_CHOICES = {"schedule": SCHEDULES, "prediction": PREDICTIONS, "model": ("auto", *MODEL_SIZES)}
+TRAIN_CHOICES = {"schedule": SCHEDULES, "prediction": PREDICTIONS, "model": ("auto", *MODEL_SIZES),
+                 "precision": ("fp32", "bf16", "fp16")}
 FORWARD_STEPS = "0,50,100,200,300,500,700,999"
 
 
@@ -45,9 +46,13 @@ def run_train(args) -> int:
             raise UsageError(f"--resume continues {args.out} with its own settings; drop "
                              + ", ".join("--" + k.replace("_", "-") for k in values))
         trainer = Trainer.resume(args.out)
-        _say(f"resuming {args.out} at step {trainer.step} of {trainer.plan.steps}")
+        if trainer.world.is_main:
+            for problem in trainer.skipped_checkpoints:
+                print(f"undiffuse: warning: {problem}; using an older checkpoint", file=sys.stderr)
+            _say(f"resuming {args.out} at step {trainer.step} of {trainer.plan.steps}"
+                 + ("" if trainer.saved_step >= 0 else " (it had no checkpoint yet)"))
     else:
-        cfg = TrainConfig(**values)
+        cfg = TrainConfig.from_dict(values)
         cfg.validate()  # before the data is read, so that a bad flag costs nothing
         trainer = Trainer(cfg, args.out, overwrite=args.overwrite)
         _describe(trainer)
@@ -57,27 +62,38 @@ def run_train(args) -> int:
 def _describe(trainer) -> None:
     from .unet import count_parameters
 
+    if not trainer.world.is_main:
+        return
     data, plan = trainer.data, trainer.plan
     kind = f"{data.num_classes} classes" if trainer.context_dim else "unconditional"
     skipped = f", {data.skipped} unreadable files skipped" if data.skipped else ""
     _say(f"data: {data.source}: {len(data.images)} images {data.channels}x{data.image_size}x{data.image_size}, "
          f"{kind}{skipped}")
-    _say(f"model: {trainer.size}, {count_parameters(trainer.model) / 1e6:.2f}M parameters on {trainer.device}; "
+    where = f"{trainer.world.size} processes on {trainer.device.type}" if trainer.world.active else trainer.device
+    _say(f"model: {trainer.size}, {count_parameters(trainer.model) / 1e6:.2f}M parameters on {where}; "
          f"{plan.steps} steps of {trainer.cfg.batch_size}, lr {plan.lr:.2g}, warm-up {plan.warmup}, "
          f"EMA {plan.ema_decay:.4f}")
 
 
 def _train_and_report(trainer, progress: bool):
     """The training Result, or None when a signal stopped it (after saving)."""
+    from . import distributed
     from .train import read_log
     from .viz import save_loss_curve
 
     try:
         result = trainer.train(progress=progress)
     except KeyboardInterrupt:  # the trainer saved at the last step boundary
-        print(f"undiffuse: interrupted; saved step {trainer.step}. Continue with: "
-              f"undiffuse train --out {trainer.run} --resume", file=sys.stderr)
+        if trainer.world.is_main:
+            print(f"undiffuse: interrupted; step {trainer.saved_step} is saved in {trainer.run}. "
+                  f"Continue with: {resume_command(trainer)}", file=sys.stderr)
         return None
+    finally:
+        distributed.teardown(trainer.world)
+    if not trainer.world.is_main:
+        return result
+    if result.skipped:
+        _say(f"{result.skipped} steps were skipped for a non-finite loss")
     steps, losses = read_log(trainer.run)
     curve = save_loss_curve(steps, losses, trainer.run / "loss.png", title=f"training loss: {trainer.run.name}")
     _say(f"trained {result.steps} steps in {result.seconds / 60:.1f} min, final loss {result.final_loss:.4f}")
@@ -85,10 +101,19 @@ def _train_and_report(trainer, progress: bool):
     return result
 
 
+def resume_command(trainer) -> str:
+    """The command that continues a run, as the user would type it."""
+    command = f"undiffuse train --out {shlex.quote(str(trainer.run))} --resume"
+    if trainer.world.active:
+        command = f"torchrun --nproc-per-node {trainer.world.size} -m " + command
+    return command
+
+
 # --- finetune ------------------------------------------------------------------------------------
 
 FINETUNE_FLAGS = ("steps", "minutes", "batch_size", "lr", "warmup", "ema_decay", "cond_drop", "seed",
-                  "checkpoint_minutes", "grids", "device", "labels", "context_names")
+                  "checkpoint_minutes", "grids", "device", "labels", "context_names", "keep_checkpoints",
+                  "max_bad_steps", "precision", "grad_accum", "compile", "channels_last", "grad_checkpointing")
 
 
 def add_finetune(sub) -> None:
@@ -238,19 +263,19 @@ def _sampler_options(args) -> dict:
 def _sample_with_frames(run, n, labels, args, options):
     """Sample; when a GIF is wanted, keep ~40 intermediate frames of the predicted clean image."""
     from .generate import generate
+    from .samplers import DEFAULT_STEPS
     from .viz import keep_frames
 
     frames = []
-    callback = None
-    if args.gif:
-        total = run.schedule.T if options["sampler"] == "ddpm" else (options["steps"] or 50)
-        keep = keep_frames(total)
+    sampler = options["sampler"]
+    keep = keep_frames(run.schedule.T if sampler == "ddpm" else options["steps"] or DEFAULT_STEPS[sampler])
 
-        def callback(step):
-            if step["i"] in keep:
-                frames.append(step["x"].clamp(-1, 1).cpu())
+    def keep_frame(step):
+        if step["i"] in keep:
+            frames.append(step["x"].clamp(-1, 1).cpu())
 
-    return generate(run, n, labels=labels, callback=callback, **options), frames
+    images = generate(run, n, labels=labels, callback=keep_frame if args.gif else None, **options)
+    return images, frames
 
 
 def _write_samples(images, labels, out: Path, nrow: int) -> None:

@@ -223,9 +223,15 @@ def load_image(path: str | Path, image_size: int | None = None, channels: int | 
     if not path.is_file():
         raise DataError(f"image '{path}': no such file")
     try:
-        with Image.open(path) as img:
-            side = image_size or min(1024, max(8, min(img.size)))
-        image = _read_image(path, side)
+        with warnings.catch_warnings():
+            # PIL warns above MAX_IMAGE_PIXELS and refuses above twice that: both mean "too large" here
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                side = image_size or min(1024, max(8, min(img.size)))
+            image = _read_image(path, side)
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise DataError(f"image '{path}' is too large to decode safely (more than {Image.MAX_IMAGE_PIXELS} "
+                        "pixels; a decompression bomb?)") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise DataError(f"image '{path}' cannot be read ({e})") from None
     return _to_model_range(_set_channels(image[None], channels or image.shape[0]))[0]

@@ -5,24 +5,31 @@ an EMA of the weights (what sampling uses), and a recipe whose every knob follow
 (see recipe.py). Every random draw of step s comes from a generator seeded by (seed, s), and the
 mini-batch of step s is a pure function of (seed, s) too, so `resume` continues exactly where the
 run stopped: same batches, same noise, same weights as an uninterrupted run.
+
+Never losing a run: checkpoints are atomic and kept K deep (checkpoint.py); SIGINT/SIGTERM save
+at the next step boundary; a step whose loss or gradient is not finite is skipped (no optimizer or
+EMA update) and counted, and `max_bad_steps` of them in a row stop the run with the last good
+checkpoint kept. Under torchrun the same loop runs data-parallel (see distributed.py).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import math
+import shutil
 import signal
 import threading
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, get_type_hints
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
+from . import distributed as dist
 from .conditioning import PREDICTIONS, class_id, drop_mask, one_hot
 from .data import DataError, ImageData, batch_at, load_data, name_contexts
 from .recipe import MIN_IMAGES, MODEL_SIZES, Plan, ema_decay_at, lr_at, plan, unet_config
@@ -30,8 +37,14 @@ from .schedule import SCHEDULES, make_schedule
 from .unet import UNet, UNetConfig
 
 LOG = "log.csv"
+LOG_COLUMNS = ["step", "loss", "lr", "images_per_s", "seconds", "skipped"]
 REPLAN_AT = 25  # a time-budgeted run re-fits its step count to the speed of its first steps
 DEFAULT_MINUTES = 10.0
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class TrainingDiverged(ArithmeticError):
+    """The loss stayed non-finite for max_bad_steps steps in a row; the message is one line."""
 
 
 @dataclass(frozen=True)
@@ -62,10 +75,18 @@ class TrainConfig:
     checkpoint_minutes: float = 2.0  # save at least this often
     grids: int = 4  # sample grids written to RUN/samples during training
     device: str = "auto"  # auto, cpu, cuda, cuda:N
+    keep_checkpoints: int = 2  # checkpoints kept in RUN/checkpoints; resume falls back to an older one
+    max_bad_steps: int = 5  # non-finite losses in a row (each step skipped) before training stops
+    precision: str = "fp32"  # fp32, bf16 or fp16: autocast (fp16 adds loss scaling; slow on a CPU)
+    grad_accum: int = 1  # micro-batches per step: the same update with 1/K of the activation memory
+    compile: bool = False  # torch.compile the network (on a CPU it needs a C compiler)
+    channels_last: bool = False  # NHWC memory layout: faster convolutions on recent GPUs
+    grad_checkpointing: bool = False  # recompute activations in the backward pass: less memory, slower
 
     def validate(self) -> None:
         """Reject absurd values before any work starts (ValueError with one line)."""
-        positive = {"batch_size": self.batch_size, "T": self.T}
+        positive = {"batch_size": self.batch_size, "T": self.T, "keep_checkpoints": self.keep_checkpoints,
+                    "max_bad_steps": self.max_bad_steps, "grad_accum": self.grad_accum}
         if self.min_snr is not None and not self.min_snr >= 0:
             raise ValueError(f"min_snr must be >= 0, got {self.min_snr}")
         for name in ("steps", "minutes", "lr", "warmup", "image_size", "checkpoint_minutes"):
@@ -80,6 +101,9 @@ class TrainConfig:
             raise ValueError("zero_snr needs prediction v or x0: with no signal left at the last step, "
                              "the noise says nothing about the image")
         _choice("model", self.model, ("auto", *MODEL_SIZES))
+        _choice("precision", self.precision, PRECISIONS)
+        if self.grad_accum > self.batch_size:
+            raise ValueError(f"grad_accum {self.grad_accum} splits a batch of {self.batch_size} into empty parts")
         if not 0 <= self.cond_drop < 1:
             raise ValueError(f"cond_drop must lie in [0, 1), got {self.cond_drop}")
         if self.ema_decay is not None and not 0 <= self.ema_decay < 1:
@@ -95,7 +119,22 @@ class TrainConfig:
         unknown = set(values) - known
         if unknown:
             raise ValueError(f"unknown training option(s): {', '.join(sorted(unknown))}")
+        hints = get_type_hints(cls)
+        for name, value in values.items():  # a JSON or TOML value of the wrong type fails here, not mid-run
+            if not _has_type(value, hints[name]):
+                raise ValueError(f"training option {name} must be {hints[name]}, got {value!r}")
         return cls(**values)
+
+
+def _has_type(value, hint) -> bool:
+    kinds = getattr(hint, "__args__", (hint,))
+    if value is None:
+        return type(None) in kinds
+    if isinstance(value, bool):
+        return bool in kinds
+    if isinstance(value, int) and float in kinds:
+        return True
+    return any(k is not type(None) and isinstance(value, k) for k in kinds)
 
 
 def _choice(name: str, value: str, options) -> None:
@@ -120,9 +159,18 @@ def diffusion_loss(model: UNet, schedule, x0, context, null, generator, predicti
     min(snr, gamma): the many nearly clean steps stop dominating the gradient (Hang et al. 2023,
     eq. 7), which several times speeds up convergence. None gives Ho et al.'s plain MSE.
     """
-    b = x0.shape[0]
-    t = torch.randint(schedule.T, (b,), generator=generator).to(x0.device)
-    noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+    t, noise = draw_noise(schedule.T, x0.shape, generator)
+    t, noise = t.to(x0.device), noise.to(x0.device)
+    return per_image_loss(model, schedule, x0, t, noise, context, null, prediction, min_snr).mean()
+
+
+def draw_noise(T: int, shape, generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """t uniform in [0, T) per image and the Gaussian noise eps of shape (B, C, H, W)."""
+    return torch.randint(T, (shape[0],), generator=generator), torch.randn(shape, generator=generator)
+
+
+def per_image_loss(model, schedule, x0, t, noise, context, null, prediction: str, min_snr: float | None):
+    """(B,) squared errors of the target, min-SNR weighted; computed in float32 under autocast."""
     x_t = schedule.q_sample(x0, t, noise)
     if prediction == "eps":
         target = noise
@@ -132,10 +180,10 @@ def diffusion_loss(model: UNet, schedule, x0, context, null, generator, predicti
         target = schedule.v_target(x0, t, noise)
     else:
         raise ValueError(f"unknown prediction {prediction!r}")
-    per_image = (model(x_t, t, context, null) - target).pow(2).flatten(1).mean(1)
+    per_image = (model(x_t, t, context, null).float() - target).pow(2).flatten(1).mean(1)
     if min_snr:
         per_image = per_image * min_snr_weight(schedule, t, min_snr, prediction)
-    return per_image.mean()
+    return per_image
 
 
 def min_snr_weight(schedule, t, gamma: float, prediction: str):
@@ -153,16 +201,21 @@ class Result:
     steps: int  # steps taken in total
     seconds: float  # training wall-clock time in total
     final_loss: float  # mean loss over the last few percent of steps
+    skipped: int = 0  # steps of this session skipped for a non-finite loss or gradient
 
 
 class Trainer:
-    """Trains one run folder. `Trainer(cfg, run).train()`; `Trainer.resume(run).train()` continues it."""
+    """Trains one run folder. `Trainer(cfg, run).train()`; `Trainer.resume(run).train()` continues it.
+
+    Under torchrun every process builds its own Trainer on the same data; rank 0 alone writes to the
+    run folder, and rank 0's decisions (model size, step count) are broadcast to the others.
+    """
 
     def __init__(self, cfg: TrainConfig, run: str | Path, *, overwrite: bool = False, data: ImageData | None = None):
         cfg.validate()
         self.cfg, self.run = cfg, Path(run)
         _check_run_folder(self.run, overwrite)
-        self.device = pick_device(cfg.device)
+        self._setup_device()
         base = ckpt.load_config(cfg.base) if cfg.base else None
         if base is not None:  # the base fixes the model, the image shape and the contexts
             cfg = self.cfg = _finetune_config(cfg, base)
@@ -173,19 +226,27 @@ class Trainer:
         self.class_names = tuple(base["class_names"]) if base else self.data.class_names if self.context_dim else ()
         self.finetuned_from = _base_record(cfg.base)
         self.schedule = make_schedule(cfg.schedule, cfg.T, cfg.zero_snr)
-        self.size, self.plan = self._choose_model_and_plan()
+        self.step, self.elapsed, self.bad_steps, self.saved_step = 0, 0.0, 0, -1
+        choice = self._choose_model_and_plan() if self.world.is_main else None
+        self.size, self.plan = dist.broadcast(choice, self.world)
         self._build(self.size)
         if base is not None:
             ckpt.load_weights(self.model, Path(cfg.base) / ckpt.EMA)
             self.ema.load_state_dict(self.model.state_dict())
-        _clear_run_folder(self.run)  # only now: bad data or flags leave no folder behind
-        self.step, self.elapsed = 0, 0.0
-        ckpt.save_config(self.run, self.describe())
+        dist.barrier(self.world)  # every rank has checked the folder before rank 0 replaces it
+        if self.world.is_main:
+            _clear_run_folder(self.run)  # only now: bad data or flags leave no folder behind
+            ckpt.save_config(self.run, self.describe())
         self.save()
+        self._prepare()
 
     @classmethod
     def resume(cls, run: str | Path, data: ImageData | None = None) -> "Trainer":
-        """Continue a run from its last checkpoint: weights, EMA, optimizer, step and clock."""
+        """Continue a run from its newest readable checkpoint: weights, EMA, optimizer, step, clock.
+
+        A run killed before its first checkpoint starts again from step 0 (the seed fixes it);
+        `skipped_checkpoints` lists the newer checkpoints that were damaged and passed over.
+        """
         run = Path(run)
         config = ckpt.load_config(run)
         try:
@@ -195,7 +256,7 @@ class Trainer:
             raise ckpt.CheckpointError(f"{run / ckpt.CONFIG} has a bad 'train' section ({e})") from None
         self = cls.__new__(cls)
         self.cfg, self.run = cfg, run
-        self.device = pick_device(cfg.device)
+        self._setup_device()
         self.data = data if data is not None else _load(cfg, config["image_size"], config["channels"])
         self.context_dim = config["unet"]["context_dim"]
         self.class_names, self.finetuned_from = tuple(config["class_names"]), config.get("finetuned_from")
@@ -204,24 +265,68 @@ class Trainer:
         self.schedule = make_schedule(cfg.schedule, cfg.T, cfg.zero_snr)
         self.size, self.plan = config["model_size"], Plan(**config["plan"])
         self._build(self.size)
-        self.step = ckpt.load_weights(self.model, run / ckpt.MODEL)
-        ema_step = ckpt.load_weights(self.ema, run / ckpt.EMA)
-        state, state_step = ckpt.load_tensors(run / ckpt.STATE)
-        if not self.step == ema_step == state_step:
-            raise ckpt.CheckpointError(f"{run}: the checkpoint files belong to different steps")
-        ckpt.load_optimizer_tensors(self.optimizer, state)
-        self.elapsed = float(state["elapsed"])
-        _truncate_log(run / LOG, self.step)
+        if not _same_unet(self.model.cfg, config["unet"]):
+            raise ckpt.CheckpointError(f"{run / ckpt.CONFIG}: its 'unet' does not match a {self.size} model for "
+                                       "this data; the folder was edited or written by another version")
+        self.step, self.elapsed, self.bad_steps, self.saved_step = 0, 0.0, 0, -1
+        self.skipped_checkpoints = []
+        found = ckpt.latest_checkpoint(run)
+        if found is not None:
+            tensors, self.step, self.skipped_checkpoints = found
+            self._load_state(tensors, run)
+            self.saved_step = self.step
+        if self.world.is_main:
+            _truncate_log(run / LOG, self.step)
+        self._prepare()
         return self
 
     # --- set-up -------------------------------------------------------------------------------
+    def _setup_device(self) -> None:
+        device = pick_device(self.cfg.device)
+        self.world = dist.setup(device)
+        self.device = dist.local_device(device, self.world)
+
     def _build(self, size: str) -> None:
-        torch.manual_seed(self.cfg.seed)  # the initial weights
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)  # the initial weights
         unet = unet_config(size, self.data.image_size, self.data.channels, self.context_dim)
         self.model = UNet(unet).to(self.device)
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.model.grad_checkpointing = cfg.grad_checkpointing
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=0.0, weight_decay=0.0)  # lr set per step
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
         self.schedule_dev = self.schedule.to(self.device)
+        self.net, self.ddp = self.model, None  # what the loss calls; wrapped by _prepare
+
+    def _prepare(self) -> None:
+        """Wrap the network for training: DistributedDataParallel across processes, then compile."""
+        cfg, world = self.cfg, self.world
+        if world.size * cfg.grad_accum > cfg.batch_size:
+            raise ValueError(f"a batch of {cfg.batch_size} cannot be split into {cfg.grad_accum} micro-batches "
+                             f"on each of {world.size} processes")
+        net = self.model
+        if world.active:
+            from torch.nn.parallel import DistributedDataParallel
+
+            unused = bool(self.context_dim) and self.data.labels is None  # only the null context is trained
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            net = self.ddp = DistributedDataParallel(net, device_ids=ids, find_unused_parameters=unused)
+        self.net = torch.compile(net) if cfg.compile else net
+
+    def _load_state(self, tensors: dict, run: Path) -> None:
+        ckpt.check_fits(self.model, tensors[ckpt.MODEL], run / ckpt.MODEL)
+        ckpt.check_fits(self.ema, tensors[ckpt.EMA], run / ckpt.EMA)
+        self.model.load_state_dict(tensors[ckpt.MODEL])
+        self.ema.load_state_dict(tensors[ckpt.EMA])
+        state = tensors[ckpt.STATE]
+        ckpt.load_optimizer_tensors(self.optimizer, state)
+        self.elapsed = float(state["elapsed"])
+        if self.scaler.is_enabled() and "scaler.scale" in state:
+            scaler = self.scaler.state_dict()
+            scaler.update(scale=float(state["scaler.scale"]), _growth_tracker=int(state["scaler.growth_tracker"]))
+            self.scaler.load_state_dict(scaler)
 
     def _choose_model_and_plan(self) -> tuple[str, Plan]:
         """With a step budget: the size asked for (auto: small). With a time budget: time a step of
@@ -246,7 +351,7 @@ class Trainer:
         times = []
         for i in range(repeats + 1):
             start = time.perf_counter()
-            self._loss(i).backward()
+            self._backward(i)
             self.model.zero_grad(set_to_none=True)
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
@@ -271,86 +376,131 @@ class Trainer:
         }
 
     # --- the loop -----------------------------------------------------------------------------
-    def _loss(self, step: int) -> torch.Tensor:
+    def _batch(self, step: int) -> tuple:
+        """The global batch of a step with all its random draws, identical on every rank:
+        (x0, context, null, t, noise), context and null None for an unconditional model."""
         cfg = self.cfg
         generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step + 1)
         images, labels = batch_at(self.data, cfg.batch_size, step, cfg.seed)
         context = null = None
         if self.context_dim and labels is None:  # unlabelled data for a conditional model: the null context
-            null = torch.ones(len(images), dtype=torch.bool, device=self.device)
-            context = torch.zeros(len(images), self.context_dim, device=self.device)
+            null = torch.ones(len(images), dtype=torch.bool)
+            context = torch.zeros(len(images), self.context_dim)
         elif self.context_dim:
-            context = (labels.float() if labels.ndim == 2 else one_hot(labels, self.context_dim)).to(self.device)
-            null = drop_mask(len(labels), cfg.cond_drop, generator, self.device)
-        return diffusion_loss(self.model, self.schedule_dev, images.to(self.device), context, null,
-                              generator, cfg.prediction, cfg.min_snr)
+            context = labels.float() if labels.ndim == 2 else one_hot(labels, self.context_dim)
+            null = drop_mask(len(labels), cfg.cond_drop, generator, "cpu")
+        t, noise = draw_noise(self.schedule.T, images.shape, generator)
+        return images, context, null, t, noise
+
+    def _backward(self, step: int) -> torch.Tensor:
+        """Forward and backward over this rank's part of each micro-batch of `step`. Returns this
+        rank's summed loss divided by the global batch size: summed over ranks, the batch's mean."""
+        cfg, world = self.cfg, self.world
+        batch = self._batch(step)
+        micro_batches = torch.arange(cfg.batch_size).tensor_split(cfg.grad_accum)
+        total = torch.zeros((), device=self.device)
+        for k, micro in enumerate(micro_batches):
+            index = micro[dist.shard(len(micro), world)]
+            x0, context, null, t, noise = (None if v is None else v[index].to(self.device) for v in batch)
+            if cfg.channels_last:
+                x0, noise = (v.contiguous(memory_format=torch.channels_last) for v in (x0, noise))
+            last = k == len(micro_batches) - 1
+            with contextlib.nullcontext() if last or self.ddp is None else self.ddp.no_sync():
+                with torch.autocast(self.device.type, dtype=PRECISIONS[cfg.precision],
+                                    enabled=cfg.precision != "fp32"):
+                    loss = per_image_loss(self.net, self.schedule_dev, x0, t, noise, context, null,
+                                          cfg.prediction, cfg.min_snr).sum() / cfg.batch_size
+                # times world.size: DDP averages the ranks' gradients, and we want their sum
+                self.scaler.scale(loss * world.size).backward()
+            total += loss.detach()
+        return total
 
     def train_step(self) -> float:
+        """One optimizer step; returns the batch's mean loss. A non-finite loss or gradient skips the
+        update (weights, EMA and optimizer untouched) and counts in `bad_steps`."""
         lr = lr_at(self.step, self.plan)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        loss = self._loss(self.step)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-        self.optimizer.step()
-        decay = ema_decay_at(self.step, self.plan)
-        ema, raw = list(self.ema.parameters()), list(self.model.parameters())
-        torch._foreach_lerp_(ema, raw, 1.0 - decay)
+        loss = dist.total(self._backward(self.step), self.world).item()
+        self.scaler.unscale_(self.optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip).item()
+        if math.isfinite(loss) and math.isfinite(norm):
+            self.scaler.step(self.optimizer)
+            decay = ema_decay_at(self.step, self.plan)
+            ema, raw = list(self.ema.parameters()), list(self.model.parameters())
+            torch._foreach_lerp_(ema, raw, 1.0 - decay)
+        # fp16: an overflowing gradient is the loss scaler's business (it lowers the scale), not an error
+        bad = not math.isfinite(loss) or (not math.isfinite(norm) and not self.scaler.is_enabled())
+        self.scaler.update()
+        self.bad_steps = self.bad_steps + 1 if bad else 0
         self.step += 1
-        return loss.item()
+        return loss
 
     def train(self, *, until: int | None = None, progress: bool = True,
               on_grid: Callable[[Path], None] | None = None) -> Result:
         """Run to the planned step (or `until`), with a progress bar, log, grids and checkpoints."""
+        main = self.world.is_main
         end = min(self.plan.steps, until if until is not None else self.plan.steps)
         grid_steps = self._grid_steps()
         log_every = max(1, self.plan.steps // 500)
-        losses, recent, step_times = [], [], []
-        bar = tqdm(total=self.plan.steps, initial=self.step, disable=not progress, unit="step",
+        losses, recent, step_times, skipped = [], [], [], 0
+        bar = tqdm(total=self.plan.steps, initial=self.step, disable=not (progress and main), unit="step",
                    dynamic_ncols=True, desc=self.run.name)
         last_save = time.perf_counter()
-        with _StopOnSignal() as stop, (self.run / LOG).open("a", newline="") as log_file:
-            log = csv.writer(log_file)
-            if log_file.tell() == 0:
-                log.writerow(["step", "loss", "lr", "images_per_s", "seconds"])
+        with _StopOnSignal() as stop, _open_log(self.run / LOG, main) as log_file:
+            log = csv.writer(log_file) if log_file else None
             start, start_step = time.perf_counter(), self.step
-            while self.step < end and not stop.requested:
+            while self.step < end and not dist.any_rank(stop.requested, self.world, self.device):
                 t0 = time.perf_counter()
                 loss = self.train_step()
-                if not math.isfinite(loss):
-                    raise FloatingPointError(f"the loss became {loss} at step {self.step}; "
-                                             "lower the learning rate (--lr) and resume")
                 self.elapsed += time.perf_counter() - t0
                 step_times.append(time.perf_counter() - t0)
+                if self.bad_steps:
+                    skipped += 1
+                    self._check_diverged(loss, bar)
+                else:
+                    losses.append(loss)
+                    recent.append(loss)
                 if self.step == REPLAN_AT and len(step_times) == REPLAN_AT and self.cfg.steps is None:
                     self._replan(sorted(step_times[5:])[len(step_times[5:]) // 2])
                     end = self.plan.steps if until is None else min(self.plan.steps, until)
                     grid_steps = self._grid_steps()
                     bar.total = self.plan.steps
-                losses.append(loss)
-                recent.append(loss)
-                if self.step % log_every == 0 or self.step == end:
+                if log is not None and (self.step % log_every == 0 or self.step == end):
                     rate = self.cfg.batch_size * (self.step - start_step) / max(1e-9, time.perf_counter() - start)
-                    log.writerow([self.step, f"{sum(recent) / len(recent):.6f}", f"{lr_at(self.step - 1, self.plan):.3e}",
-                                  f"{rate:.1f}", f"{self.elapsed:.2f}"])
-                    bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", img_s=f"{rate:.0f}")
+                    mean = sum(recent) / len(recent) if recent else float("nan")
+                    log.writerow([self.step, f"{mean:.6f}", f"{lr_at(self.step - 1, self.plan):.3e}",
+                                  f"{rate:.1f}", f"{self.elapsed:.2f}", skipped])
+                    log_file.flush()  # for `tail -f`, and so that a kill loses no row before the checkpoint
+                    bar.set_postfix(loss=f"{mean:.4f}", img_s=f"{rate:.0f}")
                     recent = []
                 bar.update(1)
-                if self.step in grid_steps:
+                if main and self.step in grid_steps:
                     path = self.write_grid()
                     if on_grid is not None:
                         on_grid(path)
                 if time.perf_counter() - last_save > 60 * self.cfg.checkpoint_minutes:
-                    log_file.flush()
                     self.save()
                     last_save = time.perf_counter()
         bar.close()
         self.save()
-        if stop.requested:  # after the save: a signal never loses the steps already taken
+        if dist.any_rank(stop.requested, self.world, self.device):  # after the save: no step is lost
             raise KeyboardInterrupt(f"stopped by signal at step {self.step}")
         tail = losses[-max(1, len(losses) // 20):] or [float("nan")]
-        return Result(self.run, self.step, self.elapsed, sum(tail) / len(tail))
+        return Result(self.run, self.step, self.elapsed, sum(tail) / len(tail), skipped)
+
+    def _check_diverged(self, loss: float, bar) -> None:
+        """Tell about a skipped step; stop when too many came in a row, without saving this state."""
+        if self.bad_steps < self.cfg.max_bad_steps:
+            if self.world.is_main and not bar.disable:
+                bar.write(f"step {self.step}: loss {loss}, update skipped ({self.bad_steps} in a row)")
+            return
+        bar.close()
+        kept = f"the last good checkpoint (step {self.saved_step}) is kept" if self.saved_step >= 0 else \
+            "no checkpoint was written"
+        raise TrainingDiverged(f"the loss was not finite for {self.bad_steps} steps in a row (up to step "
+                               f"{self.step}); stopped and {kept}; check the data or lower --lr")
 
     def _grid_steps(self) -> set[int]:
         """The steps after which a sample grid is drawn: evenly through the run, the last included."""
@@ -362,17 +512,23 @@ class Trainer:
         cfg = self.cfg
         left = 0.92 * 60 * (cfg.minutes or DEFAULT_MINUTES) - self.elapsed
         steps = max(self.step + 1, self.step + int(left / seconds_per_step))
-        self.plan = plan(steps, cfg.batch_size, cfg.lr, cfg.warmup, cfg.ema_decay)
-        ckpt.save_config(self.run, self.describe())
+        self.plan = dist.broadcast(plan(steps, cfg.batch_size, cfg.lr, cfg.warmup, cfg.ema_decay), self.world)
+        if self.world.is_main:
+            ckpt.save_config(self.run, self.describe())
 
     # --- outputs ------------------------------------------------------------------------------
     def save(self) -> None:
+        """Write a checkpoint of the current step (rank 0 only; the others hold the same state)."""
+        if not self.world.is_main:
+            return
         state = ckpt.optimizer_tensors(self.optimizer)
         state["elapsed"] = torch.tensor(self.elapsed, dtype=torch.float64)
-        # Weights first, then the state: a crash in between leaves mismatched steps, which resume detects.
-        ckpt.save_tensors(self.run / ckpt.MODEL, self.model.state_dict(), self.step)
-        ckpt.save_tensors(self.run / ckpt.EMA, self.ema.state_dict(), self.step)
-        ckpt.save_tensors(self.run / ckpt.STATE, state, self.step)
+        if self.scaler.is_enabled():
+            state["scaler.scale"] = torch.tensor(self.scaler.get_scale(), dtype=torch.float64)
+            state["scaler.growth_tracker"] = torch.tensor(self.scaler.state_dict()["_growth_tracker"])
+        tensors = {ckpt.MODEL: self.model.state_dict(), ckpt.EMA: self.ema.state_dict(), ckpt.STATE: state}
+        ckpt.save_checkpoint(self.run, self.step, tensors, self.cfg.keep_checkpoints)
+        self.saved_step = self.step
 
     def write_grid(self) -> Path:
         """A small grid from the EMA weights (one image per class, or 8 unconditional)."""
@@ -471,18 +627,40 @@ def _clear_run_folder(run: Path) -> None:
     """Create the run folder, or empty the files of the run it replaces (checked by _check_run_folder)."""
     for name in (ckpt.MODEL, ckpt.EMA, ckpt.STATE, LOG, "loss.png", "samples.png"):
         (run / name).unlink(missing_ok=True)
+    shutil.rmtree(run / ckpt.CHECKPOINTS, ignore_errors=True)
     for old in (run / "samples").glob("step*.png") if (run / "samples").is_dir() else ():
         old.unlink()
     run.mkdir(parents=True, exist_ok=True)
 
 
+@contextlib.contextmanager
+def _open_log(path: Path, write: bool):
+    """The run's log opened for appending (with its header), or None on the ranks that do not write."""
+    if not write:
+        yield None
+        return
+    with path.open("a", newline="") as f:
+        if f.tell() == 0:
+            csv.writer(f).writerow(LOG_COLUMNS)
+        yield f
+
+
+def _same_unet(cfg: UNetConfig, described) -> bool:
+    try:
+        return UNetConfig(**described) == cfg
+    except (TypeError, ValueError):
+        return False
+
+
 def _truncate_log(path: Path, step: int) -> None:
-    """Drop log rows written after the checkpoint we resume from, so the log has no duplicates."""
+    """Drop log rows written after the checkpoint we resume from, so the log has no duplicates, and
+    the half-written row a kill can leave at the end."""
     if not path.is_file():
         return
     rows = list(csv.reader(path.open()))
-    kept = rows[:1] + [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= step]
-    ckpt.atomic_write(path, lambda p: p.write_text("".join(",".join(r) + "\n" for r in kept)))
+    kept = rows[:1] + [r for r in rows[1:] if len(r) == len(rows[0]) and r[0].isdigit() and int(r[0]) <= step]
+    if kept != rows:
+        ckpt.atomic_write(path, lambda p: p.write_text("".join(",".join(r) + "\r\n" for r in kept)))
 
 
 def read_log(run: str | Path) -> tuple[list[int], list[float]]:
@@ -490,8 +668,9 @@ def read_log(run: str | Path) -> tuple[list[int], list[float]]:
     steps, losses = [], []
     with (Path(run) / LOG).open() as f:
         for row in csv.DictReader(f):
-            steps.append(int(row["step"]))
-            losses.append(float(row["loss"]))
+            if math.isfinite(float(row["loss"] or "nan")):  # a window of only skipped steps logs nan
+                steps.append(int(row["step"]))
+                losses.append(float(row["loss"]))
     return steps, losses
 
 
@@ -501,4 +680,5 @@ def train(cfg: TrainConfig, run: str | Path, **options) -> Result:
     return Trainer(cfg, run, overwrite=overwrite).train(**options)
 
 
-__all__ = ["TrainConfig", "Trainer", "Result", "train", "read_log", "diffusion_loss", "pick_device"]
+__all__ = ["TrainConfig", "Trainer", "Result", "TrainingDiverged", "train", "read_log", "diffusion_loss",
+           "pick_device"]

@@ -1,0 +1,181 @@
+"""Never lose a run: kill -9 at random moments, SIGTERM, non-finite losses, a full disk, damaged checkpoints.
+
+The subprocess tests run the real `python -m undiffuse train` on the 8x8 digits at 16x16 with a tiny
+model, one thread each (bit-exact comparisons need the same thread count on both sides).
+"""
+import errno
+import importlib
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from undiffuse import checkpoint as ckpt
+from undiffuse.cli import main
+from undiffuse.train import TrainConfig, Trainer, TrainingDiverged, read_log
+
+train_module = importlib.import_module("undiffuse.train")  # the package exports a function of that name
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+TRAIN = ["train", "--data", "digits", "--image-size", "16", "--batch-size", "16", "--model", "tiny",
+         "--grids", "0", "--quiet", "--seed", "1"]
+
+
+def undiffuse(*args) -> list[str]:
+    return [sys.executable, "-m", "undiffuse", *map(str, args)]
+
+
+def _cfg(**kw):
+    base = dict(data="digits", image_size=16, steps=8, batch_size=16, model="tiny", grids=0, seed=2)
+    return TrainConfig(**{**base, **kw})
+
+
+def _state(folder: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint but the wall clock."""
+    tensors, _ = ckpt.load_checkpoint(folder)
+    return {f"{name}/{k}": v for name, part in tensors.items() for k, v in part.items() if k != "elapsed"}
+
+
+def _assert_same_state(a: Path, b: Path) -> None:
+    sa, sb = _state(a), _state(b)
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), key
+
+
+@pytest.mark.parametrize("kills,steps", [(3, 40), pytest.param(10, 150, marks=pytest.mark.slow)])
+def test_kill_9_at_random_moments_and_resume_equals_an_uninterrupted_run(tmp_path, kills, steps):
+    args = [*TRAIN, "--steps", steps, "--checkpoint-minutes", "0.0001"]  # a checkpoint after every step
+    start = time.perf_counter()
+    subprocess.run(undiffuse(*args, "--out", tmp_path / "whole"), env=ENV, check=True, capture_output=True)
+    seconds = time.perf_counter() - start
+    run, rng = tmp_path / "killed", random.Random(kills)
+    for _ in range(kills):
+        resume = (run / ckpt.CONFIG).is_file()
+        command = undiffuse("train", "--out", run, "--resume", "--quiet") if resume else undiffuse(*args, "--out", run)
+        process = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.3, seconds))
+        process.kill()  # SIGKILL: no handler runs, whatever the process was writing stays half-written
+        process.wait()
+    done = subprocess.run(undiffuse("train", "--out", run, "--resume", "--quiet"), env=ENV, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr
+    _assert_same_state(tmp_path / "whole", run)
+    _assert_same_state(tmp_path / "whole" / ckpt.CHECKPOINTS / f"step{steps:08d}", run)
+    assert read_log(run) == read_log(tmp_path / "whole")  # every step logged once, with the same loss
+
+
+def test_sigterm_saves_and_says_how_to_resume(tmp_path):
+    run = tmp_path / "r un"  # the printed command quotes the space
+    process = subprocess.Popen(undiffuse(*TRAIN, "--steps", "1000", "--out", run), env=ENV,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (run / train_module.LOG).is_file() or len((run / train_module.LOG).read_text().splitlines()) < 3:
+        if time.time() > deadline or process.poll() is not None:
+            process.kill()
+            pytest.fail(f"training did not start: {process.communicate()}")
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err
+    assert lines[0].endswith(f"Continue with: undiffuse train --out '{run}' --resume")
+    _, step, problems = ckpt.latest_checkpoint(run)
+    assert step > 0 and not problems and f"step {step} is saved" in lines[0]
+
+
+def _flaky_loss(monkeypatch, trainer, bad_steps):
+    real = train_module.per_image_loss
+
+    def loss(*args, **kwargs):
+        out = real(*args, **kwargs)
+        return out * float("nan") if trainer.step in bad_steps else out
+
+    monkeypatch.setattr(train_module, "per_image_loss", loss)
+
+
+def test_a_non_finite_loss_skips_the_update_and_is_counted(tmp_path, monkeypatch):
+    trainer = Trainer(_cfg(), tmp_path / "r")
+    _flaky_loss(monkeypatch, trainer, {3, 4})
+    trainer.train(until=3, progress=False)
+    before = [p.clone() for p in (*trainer.model.parameters(), *trainer.ema.parameters())]
+    result = trainer.train(until=5, progress=False)
+    after = list((*trainer.model.parameters(), *trainer.ema.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before, after))  # steps 3 and 4 changed nothing
+    assert result.skipped == 2 and trainer.bad_steps == 2
+    result = trainer.train(progress=False)
+    assert trainer.bad_steps == 0 and result.steps == 8
+    assert int(trainer.optimizer.state_dict()["state"][0]["step"]) == 6  # 8 steps, 2 of them skipped
+    assert trainer.optimizer.state_dict()["state"][0]["exp_avg"].isfinite().all()
+
+
+def test_too_many_non_finite_losses_in_a_row_stop_with_exit_2_keeping_the_checkpoint(tmp_path, monkeypatch, capsys):
+    real = train_module.per_image_loss
+    monkeypatch.setattr(train_module, "per_image_loss", lambda *a, **k: real(*a, **k) * float("inf"))
+    run = tmp_path / "r"
+    code = main(["train", "--data", "digits", "--image-size", "16", "--steps", "20", "--batch-size", "8",
+                 "--model", "tiny", "--grids", "0", "--quiet", "--max-bad-steps", "3", "--out", str(run)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "not finite for 3 steps in a row" in err and "checkpoint (step 0) is kept" in err
+    _, step, _ = ckpt.latest_checkpoint(run)
+    assert step == 0
+    with pytest.raises(TrainingDiverged):
+        Trainer.resume(run).train(progress=False)
+
+
+@pytest.mark.parametrize("error", [OSError(errno.ENOSPC, "No space left on device"),
+                                   PermissionError(errno.EACCES, "Permission denied")])
+def test_a_full_disk_or_unwritable_folder_is_one_line_and_keeps_the_checkpoint(tmp_path, monkeypatch, capsys, error):
+    run = tmp_path / "r"
+    Trainer(_cfg(checkpoint_minutes=1e-6), run).train(until=4, progress=False)
+    before = _state(run)
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(ckpt, "save_file", fail)
+    code = main(["train", "--out", str(run), "--resume", "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "cannot write the checkpoint of step 5" in err and "previous checkpoint is intact" in err
+    assert ("disk is full" in err) == (error.errno == errno.ENOSPC)
+    after = _state(run)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not list((run / ckpt.CHECKPOINTS).glob(".tmp-*"))  # no half-written folder left behind
+
+
+def test_keeps_the_last_k_checkpoints_and_falls_back_when_the_newest_is_truncated(tmp_path, capsys):
+    run = tmp_path / "r"
+    Trainer(_cfg(checkpoint_minutes=1e-6, keep_checkpoints=2), run).train(until=5, progress=False)
+    assert [p.name for p in ckpt.checkpoint_folders(run)] == ["step00000005", "step00000004"]
+    newest = run / ckpt.CHECKPOINTS / "step00000005" / ckpt.EMA
+    newest.write_bytes(newest.read_bytes()[:1000])  # as a dying disk or a careless copy leaves it
+    resumed = Trainer.resume(run)
+    assert resumed.step == 4 and "step00000005" in resumed.skipped_checkpoints[0]
+    assert main(["train", "--out", str(run), "--resume", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "using an older checkpoint" in captured.err and "resuming" in captured.out and "step 4 of 8" in captured.out
+    whole = tmp_path / "whole"
+    Trainer(_cfg(), whole).train(progress=False)
+    _assert_same_state(whole, run)
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_again(tmp_path):
+    run = tmp_path / "r"
+    Trainer(_cfg(), run)
+    shutil.rmtree(run / ckpt.CHECKPOINTS)  # as if killed before the first rename
+    for name in ckpt.FILES:
+        (run / name).unlink()
+    resumed = Trainer.resume(run)
+    assert resumed.step == 0 and resumed.saved_step == -1
+    assert resumed.train(progress=False).steps == 8

@@ -96,3 +96,14 @@ def test_eval_bad_input_gets_one_line_and_exit_code_2(trained, tmp_path, capsys,
 
 def test_eval_of_a_missing_run_fails_cleanly(tmp_path, capsys):
     assert "does not exist" in _fails_cleanly(capsys, ["eval", str(tmp_path / "nothing")])
+
+
+def test_eval_help_names_its_options(capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    out = capsys.readouterr().out
+    for flag in ("--samples", "--against", "--features", "--inception-weights", "--n", "--guidance"):
+        assert flag in out
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "eval" in capsys.readouterr().out

@@ -413,7 +413,6 @@ def add_eval(sub) -> None:
 
 def run_eval(args) -> int:
     import json
-    import time
 
     from .checkpoint import atomic_write, load_config
     from .evaluate import default_features, free_path, read_samples, real_images
@@ -438,24 +437,25 @@ def run_eval(args) -> int:
     features = args.features or default_features(spec)
     device = pick_device(args.device)
     extract = feature_extractor(features, args.inception_weights, device, batch_size=args.batch_size)
-    start = time.perf_counter()
     if args.samples:
         fake, source = read_samples(args.samples, channels, size), {"samples": str(args.samples)}
     else:
         fake, source = _eval_samples(args, device)
-    seconds = time.perf_counter() - start
     result = {**score_features(extract(real), extract(fake)), "features": features, "run": str(args.run),
               "against": spec, **source}
-    if not args.samples:
-        result["samples_per_second"] = len(fake) / seconds
+    out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, lambda p: p.write_text(json.dumps(result, indent=2) + "\n"))
-    _say(f"{result['n_fake']} samples of {args.run} against {result['n_real']} images of {spec}, "
-         f"{features} features")
+    _print_scores(result)
+    _say(f"written: {out}")
+    return 0
+
+
+def _print_scores(result: dict) -> None:
+    _say(f"{result['n_fake']} samples of {result['run']} against {result['n_real']} images of "
+         f"{result['against']}, {result['features']} features")
     _say("| metric | value |\n|---|---|\n"
          f"| FID | {result['fid']:.3f} |\n| KID | {result['kid']:.5f} ± {result['kid_std']:.5f} |\n"
          f"| precision | {result['precision']:.3f} |\n| recall | {result['recall']:.3f} |")
-    _say(f"written: {out}")
-    return 0
 
 
 def _eval_output(args, free_path) -> Path:
@@ -466,12 +466,13 @@ def _eval_output(args, free_path) -> Path:
         raise UsageError(f"--out must end in .json, got '{out}'")
     if out.exists() and not args.overwrite:
         raise UsageError(f"{out} exists; choose another --out or add --overwrite")
-    out.parent.mkdir(parents=True, exist_ok=True)
     return out
 
 
 def _eval_samples(args, device):
     """Generate --n samples; conditional runs cycle through their classes."""
+    import time
+
     from .evaluate import generate_in_batches
     from .generate import load_run
 
@@ -481,9 +482,10 @@ def _eval_samples(args, device):
     if not run.num_classes and args.guidance is not None:
         raise UsageError(f"{args.run} is an unconditional model: it takes no --guidance")
     seed = options.pop("seed")
+    start = time.perf_counter()
     images = generate_in_batches(run, args.n, batch_size=args.batch_size, seed=seed, progress=not args.quiet,
                                  **options)
-    steps = options["steps"]
-    source = {"sampler": options["sampler"], "steps": steps, "guidance": options["guidance"] if run.num_classes else None,
-              "seed": seed}
+    source = {"sampler": options["sampler"], "steps": options["steps"],
+              "guidance": options["guidance"] if run.num_classes else None, "seed": seed,
+              "samples_per_second": args.n / (time.perf_counter() - start)}
     return images, source

@@ -72,7 +72,11 @@ def main() -> None:
         f"Command: `{command}`. Reference: 2,500 real digits (half A of the bundled 5,000); "
         "features: the digit network shipped with undiffuse (standardised, so a feature's real spread is 1); "
         "KID: mean ± std over 100 subsets of up to 1,000; precision/recall with k = 3.",
-        "", "| scored set | n | FID | KID | precision | recall |", "|---|---|---|---|---|---|", *rows])
+        "", "| scored set | n | FID | KID | precision | recall |", "|---|---|---|---|---|---|", *rows, "",
+        "FID here is a squared distance in units of the real digits' feature spread: it orders degradations "
+        "of one kind, not of different kinds (strong blur lands farther from digits than noise does). "
+        "Precision falls when images leave the real manifold, recall when they cover too little of it "
+        "(blur smooths away the variety; one digit of ten covers a tenth)."])
     print(text)
     if not args.no_write:
         write_section("metric_scale", "What the digit-feature scores mean", text)

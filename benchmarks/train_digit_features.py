@@ -31,7 +31,7 @@ def split(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 def train_digit_net(epochs: int = 12, seed: int = 0) -> tuple[DigitNet, float]:
     """The trained network (eval mode) and its accuracy on the held-out real digits."""
     data = load_data("mnist")
-    test, train = split(seed)
+    _, train = split(seed)
     g = torch.Generator().manual_seed(seed + 1)
     torch.manual_seed(seed)
     net = DigitNet()

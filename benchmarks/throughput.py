@@ -61,8 +61,10 @@ def _reset_peak_rss() -> None:
 
 
 def measure(size: str, side: int, channels: int, batch: int, samplers: list[str], sample_n: int,
-            sample_steps: int, repeats: int) -> dict:
+            sample_steps: int, repeats: int, threads: int | None = None) -> dict:
     """One configuration, in a fresh process: its figures as a table row."""
+    if threads:
+        torch.set_num_threads(threads)
     from undiffuse.recipe import unet_config
     from undiffuse.unet import UNet, count_parameters
 
@@ -91,8 +93,13 @@ def main() -> None:
     parser.add_argument("--samplers", default="ddim,ddpm")
     parser.add_argument("--sample-n", type=int, default=64, help="images per sampling run")
     parser.add_argument("--sample-steps", type=int, default=50, help="steps of the samplers other than ddpm")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's choice). On a CPU shared with other busy "
+                             "processes, 1 thread can be many times faster than 2: waiting threads spin")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     shapes = [tuple(int(v) for v in r.split("x")) for r in args.resolutions.split(",")]
     limit = matmul_gflops()
     print(f"fp32 matmul: {limit:.0f} GFLOP/s", flush=True)
@@ -102,7 +109,7 @@ def main() -> None:
         for side, channels in shapes:
             with spawn.Pool(1) as pool:
                 row = pool.apply(measure, (size, side, channels, args.batch_size, args.samplers.split(","),
-                                           args.sample_n, args.sample_steps, args.repeats))
+                                           args.sample_n, args.sample_steps, args.repeats, args.threads))
             row["of matmul limit"] = f"{float(row['train GFLOP/s']) / limit:.0%}"
             print(row, flush=True)
             rows.append(row)
@@ -111,7 +118,8 @@ def main() -> None:
     table += ["| " + " | ".join(r.get(h, "") for h in header) + " |" for r in rows]
     command = (f"python benchmarks/throughput.py --sizes {args.sizes} --resolutions {args.resolutions} "
                f"--batch-size {args.batch_size} --repeats {args.repeats} --samplers {args.samplers} "
-               f"--sample-n {args.sample_n} --sample-steps {args.sample_steps}")
+               f"--sample-n {args.sample_n} --sample-steps {args.sample_steps}"
+               + (f" --threads {args.threads}" if args.threads else ""))
     machine = (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
                f"torch {torch.__version__}, fp32; fp32 matmul limit measured at {limit:.0f} GFLOP/s")
     text = "\n".join([f"Command: `{command}`. Machine: {machine}. Sampling at guidance 1, 10 classes.",

@@ -25,16 +25,16 @@ from undiffuse.unet import UNet, count_parameters
 from report import write_section
 
 
-def forward_flops(net: UNet, size: int) -> float:
-    x, t, c = torch.randn(1, 1, size, size), torch.tensor([500]), torch.eye(10)[:1]
+def forward_flops(net: UNet, size: int, channels: int = 1) -> float:
+    x, t, c = torch.randn(1, channels, size, size), torch.tensor([500]), torch.eye(10)[:1]
     with FlopCounterMode(display=False) as counter:
         net(x, t, c)
     return counter.get_total_flops()
 
 
-def train_images_per_second(net: UNet, size: int, batch: int, repeats: int = 8) -> float:
+def train_images_per_second(net: UNet, size: int, batch: int, repeats: int = 8, channels: int = 1) -> float:
     schedule, opt = linear(), torch.optim.AdamW(net.parameters(), lr=1e-4)
-    x = torch.randn(batch, 1, size, size)
+    x = torch.randn(batch, channels, size, size)
     c = one_hot(torch.randint(10, (batch,)), 10)
     g = torch.Generator().manual_seed(0)
     times = []

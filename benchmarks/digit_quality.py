@@ -2,9 +2,9 @@
 
     .venv/bin/python benchmarks/digit_quality.py RUN [--per-digit 100] [--guidance 0,1,2,4]
 
-A small CNN (digit_judge.py) is trained on the real bundled digits; fidelity is the fraction of the
-samples asked to be digit k that it classifies as k, diversity the spread of its features within a
-digit relative to real digits (1.0 = as varied as the real ones). DDIM, 50 steps, x0 clipping.
+The digit CNN shipped with undiffuse (digit_judge.py, trained by train_digit_features.py) judges:
+fidelity is the fraction of the samples asked to be digit k that it classifies as k, diversity the
+spread of its features within a digit relative to real digits (1.0 = as varied as the real ones). DDIM, 50 steps, x0 clipping.
 """
 from __future__ import annotations
 

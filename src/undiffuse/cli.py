@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"undiffuse {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for add in (commands.add_demo, commands.add_train, commands.add_finetune, commands.add_sample,
-                commands.add_noise):
+                commands.add_noise, commands.add_eval):
         add(sub)
     return parser
 

@@ -409,3 +409,117 @@ def _free_folder(base: Path) -> Path:
     while Path(f"{base}-{k}").exists():
         k += 1
     return Path(f"{base}-{k}")
+
+
+# --- eval ----------------------------------------------------------------------------------------
+
+def add_eval(sub) -> None:
+    from .metrics import FEATURES
+    from .samplers import SAMPLERS
+
+    p = sub.add_parser("eval", help="score a run's samples against real images (FID, KID, precision/recall)",
+                       description=(
+        "Generate --n samples with a trained run (or read --samples), and score them against the run's "
+        "training data (or --against SPEC): FID, KID with its standard error, and precision/recall "
+        "(k = 3). Digit runs are scored in the space of a small digit classifier shipped with undiffuse; "
+        "other runs by Inception-v3 as in FID (its weights must be on the machine). Prints a table and "
+        "writes RUN/eval.json (eval-2.json, ... when taken)."))
+    p.add_argument("run", metavar="RUN", help="a run folder written by `undiffuse train`")
+    p.add_argument("--n", type=int, default=5000, help="samples to generate (default 5000)")
+    p.add_argument("--samples", default=None, metavar="FILE.npy",
+                   help="score these images instead: float32 N x C x H x W in [0, 1], as `sample --out F.npy` writes")
+    p.add_argument("--sampler", default=None, choices=sorted(SAMPLERS), help="default: ddim")
+    p.add_argument("--steps", type=int, default=None, help="network evaluations (default: the sampler's)")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale w (default 2)")
+    p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i (default 0)")
+    p.add_argument("--against", default=None, metavar="SPEC", help="real images (default: the run's training data)")
+    p.add_argument("--features", default=None, choices=FEATURES,
+                   help="feature space (default: digits for mnist/digits runs, else inception)")
+    p.add_argument("--inception-weights", default=None, metavar="PATH",
+                   help="pt_inception-2015-12-05-6726825d.pth (default: torch's hub cache)")
+    p.add_argument("--batch-size", type=int, default=250, help="images per batch (default 250)")
+    p.add_argument("--out", default=None, metavar="FILE.json", help="default: RUN/eval.json, or eval-N.json")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=run_eval, eta=None, no_noise=False, no_clip=False)
+
+
+def run_eval(args) -> int:
+    import json
+
+    from .checkpoint import atomic_write, load_config
+    from .evaluate import default_features, free_path, read_samples, real_images
+    from .metrics import feature_extractor, score_features
+    from .train import pick_device
+
+    config = load_config(args.run)
+    out = _eval_output(args, free_path)
+    if not 1 <= args.batch_size <= 100_000:
+        raise UsageError(f"--batch-size must lie in [1, 100000], got {args.batch_size}")
+    sampling = [f for f, v in (("--sampler", args.sampler), ("--steps", args.steps), ("--guidance", args.guidance))
+                if v is not None]
+    if args.samples and sampling:
+        raise UsageError(f"--samples scores a file; drop {', '.join(sampling)}")
+    if not args.samples and not 10 <= args.n <= 100_000:
+        raise UsageError(f"--n must lie in [10, 100000], got {args.n}")
+    spec = args.against or config.get("data_source")
+    if not spec:
+        raise UsageError(f"{args.run} does not record its training data; give --against SPEC")
+    size, channels = int(config["image_size"]), int(config["channels"])
+    real = real_images(spec, size, channels)
+    features = args.features or default_features(spec)
+    device = pick_device(args.device)
+    extract = feature_extractor(features, args.inception_weights, device, batch_size=args.batch_size)
+    if args.samples:
+        fake, source = read_samples(args.samples, channels, size), {"samples": str(args.samples)}
+    else:
+        fake, source = _eval_samples(args, device)
+    result = {**score_features(extract(real), extract(fake)), "features": features, "run": str(args.run),
+              "against": spec, **source}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, lambda p: p.write_text(json.dumps(result, indent=2) + "\n"))
+    _print_scores(result)
+    _say(f"written: {out}")
+    return 0
+
+
+def _print_scores(result: dict) -> None:
+    _say(f"{result['n_fake']} samples of {result['run']} against {result['n_real']} images of "
+         f"{result['against']}, {result['features']} features")
+    _say("| metric | value |\n|---|---|\n"
+         f"| FID | {result['fid']:.3f} |\n| KID | {result['kid']:.5f} ± {result['kid_std']:.5f} |\n"
+         f"| precision | {result['precision']:.3f} |\n| recall | {result['recall']:.3f} |")
+
+
+def _eval_output(args, free_path) -> Path:
+    if args.out is None:
+        return free_path(Path(args.run))
+    out = Path(args.out)
+    if out.suffix.lower() != ".json":
+        raise UsageError(f"--out must end in .json, got '{out}'")
+    if out.exists() and not args.overwrite:
+        raise UsageError(f"{out} exists; choose another --out or add --overwrite")
+    return out
+
+
+def _eval_samples(args, device):
+    """Generate --n samples; conditional runs cycle through their classes."""
+    import time
+
+    from .evaluate import generate_in_batches
+    from .generate import load_run
+
+    args.sampler = args.sampler or "ddim"
+    options = _sampler_options(args)
+    run = load_run(args.run, device=device)
+    if not run.num_classes and args.guidance is not None:
+        raise UsageError(f"{args.run} is an unconditional model: it takes no --guidance")
+    seed = options.pop("seed")
+    start = time.perf_counter()
+    images = generate_in_batches(run, args.n, batch_size=args.batch_size, seed=seed, progress=not args.quiet,
+                                 **options)
+    source = {"sampler": options["sampler"], "steps": options["steps"],
+              "guidance": options["guidance"] if run.num_classes else None, "seed": seed,
+              "samples_per_second": args.n / (time.perf_counter() - start)}
+    return images, source

@@ -1,0 +1,109 @@
+"""`undiffuse eval`: scores written as JSON next to the run, never over an earlier one; --samples files;
+bad input -> one line on stderr and exit code 2."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from undiffuse.cli import main
+from undiffuse.data import load_data
+from undiffuse.evaluate import balanced_labels, generate_in_batches
+from undiffuse.generate import generate, load_run
+
+TRAIN = ["--data", "digits", "--image-size", "16", "--steps", "8", "--batch-size", "16", "--model", "tiny",
+         "--grids", "0", "--quiet"]
+KEYS = {"fid", "kid", "kid_std", "precision", "recall", "n_real", "n_fake", "features", "run", "against"}
+
+
+def _fails_cleanly(capsys, argv) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith("undiffuse: error:"), err
+    return err
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    run = tmp_path_factory.mktemp("eval") / "run"
+    assert main(["train", *TRAIN, "--out", str(run)]) == 0
+    return run
+
+
+def _unit_npy(images, path):
+    np.save(path, ((images + 1) / 2).numpy().astype(np.float32))
+    return path
+
+
+def test_eval_samples_scores_and_never_replaces_an_earlier_eval(trained, capsys):
+    argv = ["eval", str(trained), "--n", "20", "--steps", "2", "--quiet"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "FID" in out and "precision" in out and "eval.json" in out
+    result = json.loads((trained / "eval.json").read_text())
+    assert KEYS <= set(result) and result["n_fake"] == 20 and result["n_real"] == 1797
+    assert result["features"] == "digits" and result["against"] == "digits" and result["sampler"] == "ddim"
+    assert main(argv) == 0
+    assert json.loads((trained / "eval-2.json").read_text())["fid"] == pytest.approx(result["fid"])
+
+
+def test_eval_of_real_images_beats_noise(trained, tmp_path, capsys):
+    real = load_data("digits", image_size=16).images
+    order = torch.randperm(len(real), generator=torch.Generator().manual_seed(0))
+    against = _unit_npy(real[order[:300]], tmp_path / "against.npy")  # fewer real images: a faster test
+    noise = torch.rand(300, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    scores = {}
+    for name, images in (("real", real[order[300:600]]), ("noise", noise)):
+        path = _unit_npy(images, tmp_path / f"{name}.npy")
+        assert main(["eval", str(trained), "--samples", str(path), "--against", str(against), "--features", "digits",
+                     "--out", str(tmp_path / f"{name}.json")]) == 0
+        scores[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    print(scores)
+    assert scores["real"]["fid"] < 0.05 * scores["noise"]["fid"]
+    assert scores["real"]["precision"] > 0.8 and scores["noise"]["precision"] < 0.1
+    assert scores["real"]["samples"].endswith("real.npy")
+
+
+def test_batches_do_not_change_the_samples_and_classes_are_balanced(trained):
+    run = load_run(trained)
+    labels = balanced_labels(run, 12)
+    assert labels == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
+    batched = generate_in_batches(run, 12, batch_size=5, seed=3, steps=2)
+    assert torch.allclose(batched, generate(run, 12, labels=labels, seed=3, steps=2), atol=1e-5)
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--n", "5"], "--n must lie"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--samples", "{tmp}/small.npy", "--steps", "3"], "drop --steps"),
+    (["--samples", "{tmp}/wrong.npy"], "expected float images"),
+    (["--samples", "{tmp}/missing.npy"], "not an existing .npy"),
+    (["--samples", "{tmp}/small.npy", "--out", "{tmp}/taken.json"], "--overwrite"),
+    (["--samples", "{tmp}/small.npy", "--out", "{tmp}/x.txt"], ".json"),
+    (["--samples", "{tmp}/small.npy", "--against", "{tmp}/nowhere"], "no such file"),
+    (["--samples", "{tmp}/small.npy", "--features", "inception"], "pt_inception-2015-12-05"),
+])
+def test_eval_bad_input_gets_one_line_and_exit_code_2(trained, tmp_path, capsys, monkeypatch, extra, needle):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))  # no Inception weights here
+    np.save(tmp_path / "small.npy", np.full((12, 1, 16, 16), 0.5, np.float32))
+    np.save(tmp_path / "wrong.npy", np.zeros((12, 3, 16, 16), np.float32))
+    (tmp_path / "taken.json").write_text("{}")
+    err = _fails_cleanly(capsys, ["eval", str(trained), *[a.replace("{tmp}", str(tmp_path)) for a in extra]])
+    assert needle in err
+    assert (tmp_path / "taken.json").read_text() == "{}"
+
+
+def test_eval_of_a_missing_run_fails_cleanly(tmp_path, capsys):
+    assert "does not exist" in _fails_cleanly(capsys, ["eval", str(tmp_path / "nothing")])
+
+
+def test_eval_help_names_its_options(capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    out = capsys.readouterr().out
+    for flag in ("--samples", "--against", "--features", "--inception-weights", "--n", "--guidance"):
+        assert flag in out
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "eval" in capsys.readouterr().out

@@ -67,7 +67,7 @@ def main() -> None:
     if args.write_keys:
         with open(args.write_keys, "w") as f:
             f.write("# parameter names and shapes of torch-fidelity's FeatureExtractorInceptionV3 "
-                    f"(benchmarks/check_inception.py)\n")
+                    "(benchmarks/check_inception.py)\n")
             f.writelines(f"{k} {','.join(map(str, s))}\n" for k, s in shapes.items())
         print(f"reference names: {args.write_keys}")
 

@@ -4,7 +4,7 @@
 
 The digit CNN shipped with undiffuse (digit_judge.py, trained by train_digit_features.py) judges:
 fidelity is the fraction of the samples asked to be digit k that it classifies as k, diversity the
-spread of its features within a digit relative to real digits (1.0 = as varied as the real ones). DDIM, 50 steps, x0 clipping.
+spread of its features within a digit relative to real digits (1.0 = as varied as the real ones). The default sampler, x0 clipping.
 """
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ import torch
 
 from digit_judge import diversity, fidelity, judge
 from report import write_section
-from undiffuse.generate import generate, load_run
+from undiffuse.generate import DEFAULT_SAMPLER, generate, load_run
+from undiffuse.samplers import DEFAULT_STEPS
 
 
 def main() -> None:
@@ -23,7 +24,8 @@ def main() -> None:
     parser.add_argument("run")
     parser.add_argument("--per-digit", type=int, default=100)
     parser.add_argument("--guidance", default="0,1,2,4")
-    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--sampler", default=DEFAULT_SAMPLER)
+    parser.add_argument("--steps", type=int, default=None, help="default: the sampler's own")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     net, accuracy = judge()
@@ -32,7 +34,8 @@ def main() -> None:
     rows = []
     for w in [float(g) for g in args.guidance.split(",")]:
         start = time.perf_counter()
-        images = generate(run, len(labels), labels=labels, sampler="ddim", steps=args.steps, guidance=w, seed=0)
+        images = generate(run, len(labels), labels=labels, sampler=args.sampler, steps=args.steps,
+                          guidance=w, seed=0)
         seconds = time.perf_counter() - start
         lab = torch.tensor(labels)
         rows.append(f"| {w:g} | {fidelity(net, images, lab):.3f} | {diversity(net, images, lab):.2f} | "
@@ -42,7 +45,7 @@ def main() -> None:
     text = "\n".join([
         f"Command: `python benchmarks/digit_quality.py RUN --per-digit {args.per_digit}`. RUN: `{args.run}` "
         f"({cfg['model_size']} model, {cfg['plan']['steps']} steps of {cfg['train']['batch_size']} images). "
-        f"Judge: a CNN with held-out accuracy {accuracy:.3f} on real digits. DDIM {args.steps} steps, x0 clipping.",
+        f"Judge: a CNN with held-out accuracy {accuracy:.3f} on real digits. Sampler {args.sampler}, {args.steps or DEFAULT_STEPS[args.sampler]} steps, x0 clipping.",
         "", "| guidance | fidelity | diversity | samples/s |", "|---|---|---|---|", *rows])
     print(text)
     if not args.no_write:

@@ -428,7 +428,7 @@ def add_eval(sub) -> None:
     p.add_argument("--n", type=int, default=5000, help="samples to generate (default 5000)")
     p.add_argument("--samples", default=None, metavar="FILE.npy",
                    help="score these images instead: float32 N x C x H x W in [0, 1], as `sample --out F.npy` writes")
-    p.add_argument("--sampler", default=None, choices=sorted(SAMPLERS), help="default: ddim")
+    p.add_argument("--sampler", default=None, choices=list(SAMPLERS), help="default: the sample command's")
     p.add_argument("--steps", type=int, default=None, help="network evaluations (default: the sampler's)")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale w (default 2)")
     p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i (default 0)")
@@ -442,7 +442,7 @@ def add_eval(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(handler=run_eval, eta=None, no_noise=False, no_clip=False)
+    p.set_defaults(handler=run_eval, eta=None, no_noise=False, no_clip=False, spacing=None)
 
 
 def run_eval(args) -> int:
@@ -508,9 +508,9 @@ def _eval_samples(args, device):
     import time
 
     from .evaluate import generate_in_batches
-    from .generate import load_run
+    from .generate import DEFAULT_SAMPLER, load_run
 
-    args.sampler = args.sampler or "ddim"
+    args.sampler = args.sampler or DEFAULT_SAMPLER
     options = _sampler_options(args)
     run = load_run(args.run, device=device)
     if not run.num_classes and args.guidance is not None:

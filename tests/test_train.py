@@ -1,4 +1,6 @@
 """Short real training runs on the bundled 8x8 digits (at 16x16, a tiny model): seconds each."""
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -107,3 +109,21 @@ def test_min_snr_weight_turns_the_target_error_into_min_snr_times_the_x0_error(p
     weighted = min_snr_weight(s, t, gamma, prediction).double() * d.pow(2).flatten(1).sum(1)
     x0_err = (x0_hat - x0).pow(2).flatten(1).sum(1)
     assert torch.allclose(weighted, s.snr[t].clamp(max=gamma) * x0_err, rtol=1e-4)
+
+
+def test_a_time_budget_is_refit_early_and_again_a_quarter_of_the_way_in(tmp_path):
+    cfg = TrainConfig(data="digits", image_size=16, minutes=0.05, model="tiny", batch_size=8, grids=0)
+    trainer = Trainer(cfg, tmp_path / "r")
+    refits = []
+
+    def replan(seconds_per_step):
+        refits.append((trainer.step, seconds_per_step))
+        trainer.plan = replace(trainer.plan, steps=1000)
+
+    trainer._replan = replan
+    times = []
+    for step in range(1, 600):
+        trainer.step = step
+        times.append(0.2 if step <= 25 else 0.1)  # the first steps run slow
+        trainer._replan_now(times)
+    assert refits == [(25, 0.2), (250, 0.1)]

@@ -7,17 +7,11 @@ from PIL import Image
 
 from undiffuse.cli import main
 
+from cli_helpers import fails_cleanly
+
 TRAIN = ["--data", "digits", "--image-size", "16", "--steps", "8", "--batch-size", "16", "--model", "tiny",
          "--grids", "0", "--quiet"]
 
-
-def _fails_cleanly(capsys, argv) -> str:
-    code = main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert len(err.splitlines()) == 1 and err.startswith("undiffuse: error:"), err
-    assert "Traceback" not in err
-    return err
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +28,7 @@ def test_train_writes_a_complete_run(trained):
 
 
 def test_train_refuses_an_existing_run_then_resumes_it(trained, capsys):
-    err = _fails_cleanly(capsys, ["train", *TRAIN, "--out", str(trained)])
+    err = fails_cleanly(capsys, ["train", *TRAIN, "--out", str(trained)])
     assert "--resume" in err
     assert main(["train", "--out", str(trained), "--resume", "--quiet"]) == 0  # already done: a no-op
     assert "step 8 of 8" in capsys.readouterr().out
@@ -47,7 +41,7 @@ def test_train_reads_a_toml_config_and_flags_win(tmp_path, capsys):
     config = json.loads((tmp_path / "r" / "config.json").read_text())
     assert config["train"]["steps"] == 2 and config["train"]["seed"] == 5
     toml.write_text("stepz = 3\n")
-    assert "unknown key" in _fails_cleanly(capsys, ["train", "--config", str(toml), "--out", str(tmp_path / "q")])
+    assert "unknown key" in fails_cleanly(capsys, ["train", "--config", str(toml), "--out", str(tmp_path / "q")])
 
 
 def test_sample_png_npy_and_gif(trained, tmp_path, capsys):
@@ -91,14 +85,14 @@ def test_sigmoid_zero_snr_v_prediction_trains_and_samples(tmp_path, capsys):
     assert main(["sample", str(run), "--n", "1", "--sampler", "dpmpp-3m", "--steps", "5",
                  "--out", str(tmp_path / "z.npy")]) == 0
     assert np.isfinite(np.load(tmp_path / "z.npy")).all()
-    err = _fails_cleanly(capsys, ["train", *TRAIN, "--zero-snr", "--out", str(tmp_path / "eps")])
+    err = fails_cleanly(capsys, ["train", *TRAIN, "--zero-snr", "--out", str(tmp_path / "eps")])
     assert "prediction v or x0" in err
 
 
 def test_sampler_flags_that_do_not_fit_are_refused(trained, capsys):
-    assert "eta" in _fails_cleanly(capsys, ["sample", str(trained), "--sampler", "heun", "--eta", "0.5"])
-    assert "spacing" in _fails_cleanly(capsys, ["sample", str(trained), "--sampler", "ddpm", "--spacing", "karras"])
-    assert "invalid choice" in _fails_cleanly(capsys, ["sample", str(trained), "--sampler", "plms"])
+    assert "eta" in fails_cleanly(capsys, ["sample", str(trained), "--sampler", "heun", "--eta", "0.5"])
+    assert "spacing" in fails_cleanly(capsys, ["sample", str(trained), "--sampler", "ddpm", "--spacing", "karras"])
+    assert "invalid choice" in fails_cleanly(capsys, ["sample", str(trained), "--sampler", "plms"])
 
 
 def test_noise_strip_from_an_image_and_from_a_data_set(tmp_path):
@@ -130,16 +124,16 @@ def test_bad_input_gets_one_line_and_exit_code_2(tmp_path, capsys, argv, needle)
     (tmp_path / "empty").mkdir()
     (tmp_path / "broken.npy").write_bytes(b"\x93NUMPY garbage")
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    err = _fails_cleanly(capsys, [a.replace("{tmp}", str(tmp_path)) for a in argv])
+    err = fails_cleanly(capsys, [a.replace("{tmp}", str(tmp_path)) for a in argv])
     assert needle in err
     assert not (tmp_path / "r").exists()
 
 
 def test_sample_rejects_labels_the_model_does_not_have(trained, capsys):
-    assert "out of range" in _fails_cleanly(capsys, ["sample", str(trained), "--label", "12"])
-    assert "choose one of" in _fails_cleanly(capsys, ["sample", str(trained), "--label", "ship"])
-    assert "--out" in _fails_cleanly(capsys, ["sample", str(trained), "--out", "x.jpg"])
-    assert "steps" in _fails_cleanly(capsys, ["sample", str(trained), "--steps", "0"])
+    assert "out of range" in fails_cleanly(capsys, ["sample", str(trained), "--label", "12"])
+    assert "choose one of" in fails_cleanly(capsys, ["sample", str(trained), "--label", "ship"])
+    assert "--out" in fails_cleanly(capsys, ["sample", str(trained), "--out", "x.jpg"])
+    assert "steps" in fails_cleanly(capsys, ["sample", str(trained), "--steps", "0"])
 
 
 def test_help_lists_every_command(capsys):
@@ -158,8 +152,8 @@ def test_sample_with_a_context_mixture(trained, tmp_path, capsys):
     assert main(["sample", str(trained), "--context", "0.5*3+0.5*8", "--n", "2", "--steps", "3",
                  "--out", str(tmp_path / "mix.npy")]) == 0
     assert np.load(tmp_path / "mix.npy").shape == (2, 1, 16, 16)
-    assert "choose one of" in _fails_cleanly(capsys, ["sample", str(trained), "--context", "ship"])
-    assert "not both" in _fails_cleanly(capsys, ["sample", str(trained), "--context", "3", "--label", "3"])
+    assert "choose one of" in fails_cleanly(capsys, ["sample", str(trained), "--context", "ship"])
+    assert "not both" in fails_cleanly(capsys, ["sample", str(trained), "--context", "3", "--label", "3"])
 
 
 def test_sprites_with_multi_hot_contexts_train_and_sample_by_attribute(tmp_path, capsys):
@@ -179,8 +173,8 @@ def test_sprites_with_multi_hot_contexts_train_and_sample_by_attribute(tmp_path,
     assert main(["sample", str(run), "--context", "0.6*hero+0.4*food", "--n", "2", "--steps", "2",
                  "--out", str(tmp_path / "mix.png")]) == 0
     assert Image.open(tmp_path / "mix.png").mode == "RGB"
-    assert "choose one of hero, non-hero" in _fails_cleanly(capsys, ["sample", str(run), "--context", "villain"])
-    err = _fails_cleanly(capsys, ["train", "--data", str(tmp_path / "sprites_1788_16x16.npy"), "--labels",
+    assert "choose one of hero, non-hero" in fails_cleanly(capsys, ["sample", str(run), "--context", "villain"])
+    err = fails_cleanly(capsys, ["train", "--data", str(tmp_path / "sprites_1788_16x16.npy"), "--labels",
                                   str(tmp_path / "sprite_labels_nc_1788_16x16.npy"), "--context-names", "a,b",
                                   "--out", str(tmp_path / "bad")])
     assert "2 context names for 5" in err
@@ -197,8 +191,8 @@ def test_finetune_on_one_class_records_its_base(trained, tmp_path, capsys):
     assert main(["sample", str(out), "--guidance", "0", "--n", "2", "--steps", "2",
                  "--out", str(tmp_path / "u.npy")]) == 0
     assert main(["train", "--out", str(out), "--resume", "--quiet"]) == 0
-    assert "choose one of" in _fails_cleanly(capsys, ["finetune", str(trained), "--data", "digits", "--label",
+    assert "choose one of" in fails_cleanly(capsys, ["finetune", str(trained), "--data", "digits", "--label",
                                                      "ship", "--out", str(tmp_path / "x")])
-    assert "does not exist" in _fails_cleanly(capsys, ["finetune", str(tmp_path / "nope"), "--data", "digits",
+    assert "does not exist" in fails_cleanly(capsys, ["finetune", str(tmp_path / "nope"), "--data", "digits",
                                                       "--out", str(tmp_path / "y")])
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

@@ -11,17 +11,12 @@ from undiffuse.data import load_data
 from undiffuse.evaluate import balanced_labels, generate_in_batches
 from undiffuse.generate import generate, load_run
 
+from cli_helpers import fails_cleanly
+
 TRAIN = ["--data", "digits", "--image-size", "16", "--steps", "8", "--batch-size", "16", "--model", "tiny",
          "--grids", "0", "--quiet"]
 KEYS = {"fid", "kid", "kid_std", "precision", "recall", "n_real", "n_fake", "features", "run", "against"}
 
-
-def _fails_cleanly(capsys, argv) -> str:
-    code = main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert len(err.splitlines()) == 1 and err.startswith("undiffuse: error:"), err
-    return err
 
 
 @pytest.fixture(scope="module")
@@ -89,13 +84,13 @@ def test_eval_bad_input_gets_one_line_and_exit_code_2(trained, tmp_path, capsys,
     np.save(tmp_path / "small.npy", np.full((12, 1, 16, 16), 0.5, np.float32))
     np.save(tmp_path / "wrong.npy", np.zeros((12, 3, 16, 16), np.float32))
     (tmp_path / "taken.json").write_text("{}")
-    err = _fails_cleanly(capsys, ["eval", str(trained), *[a.replace("{tmp}", str(tmp_path)) for a in extra]])
+    err = fails_cleanly(capsys, ["eval", str(trained), *[a.replace("{tmp}", str(tmp_path)) for a in extra]])
     assert needle in err
     assert (tmp_path / "taken.json").read_text() == "{}"
 
 
 def test_eval_of_a_missing_run_fails_cleanly(tmp_path, capsys):
-    assert "does not exist" in _fails_cleanly(capsys, ["eval", str(tmp_path / "nothing")])
+    assert "does not exist" in fails_cleanly(capsys, ["eval", str(tmp_path / "nothing")])
 
 
 def test_eval_help_names_its_options(capsys):

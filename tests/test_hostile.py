@@ -18,15 +18,10 @@ from undiffuse.cli import UsageError, main, read_toml
 from undiffuse.data import DataError, load_data
 from undiffuse.train import TrainConfig
 
+from cli_helpers import fails_cleanly
+
 TINY = ["--image-size", "16", "--steps", "2", "--batch-size", "8", "--model", "tiny", "--grids", "0", "--quiet"]
 
-
-def _fails_cleanly(capsys, argv) -> str:
-    code = main([str(a) for a in argv])
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert len(err.splitlines()) == 1 and err.startswith("undiffuse: error:"), err
-    return err
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +53,7 @@ def _npy(tmp_path, name, array):
     (lambda d: _npy(d, "five_d.npy", np.zeros((2, 1, 3, 8, 8), np.uint8)), "shape (2, 1, 3, 8, 8)"),
 ])
 def test_bad_arrays_are_refused_by_train(tmp_path, capsys, make, needle):
-    err = _fails_cleanly(capsys, ["train", "--data", make(tmp_path), *TINY, "--out", tmp_path / "r"])
+    err = fails_cleanly(capsys, ["train", "--data", make(tmp_path), *TINY, "--out", tmp_path / "r"])
     assert needle in err and not (tmp_path / "r").exists()
 
 
@@ -70,7 +65,7 @@ def test_bad_arrays_are_refused_by_train(tmp_path, capsys, make, needle):
 ])
 def test_labels_that_do_not_match_the_images_are_refused(tmp_path, capsys, labels, needle):
     data = _npy(tmp_path, "x.npy", np.zeros((4, 8, 8), np.uint8))
-    err = _fails_cleanly(capsys, ["train", "--data", data, "--labels", _npy(tmp_path, "y.npy", labels), *TINY,
+    err = fails_cleanly(capsys, ["train", "--data", data, "--labels", _npy(tmp_path, "y.npy", labels), *TINY,
                                   "--out", tmp_path / "r"])
     assert needle in err and not (tmp_path / "r").exists()
 
@@ -101,9 +96,9 @@ def test_decompression_bombs_are_skipped_or_refused(tmp_path, capsys, monkeypatc
         Image.new("L", (64, 64), 255).save(folder / f"{k}.png")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # and no DecompressionBombWarning leaks onto the terminal
-        assert "none of its 2 image files" in _fails_cleanly(capsys, ["train", "--data", folder, *TINY,
+        assert "none of its 2 image files" in fails_cleanly(capsys, ["train", "--data", folder, *TINY,
                                                                       "--out", tmp_path / "r"])
-        assert "too large" in _fails_cleanly(capsys, ["noise", folder / "0.png", "--out", tmp_path / "s.png"])
+        assert "too large" in fails_cleanly(capsys, ["noise", folder / "0.png", "--out", tmp_path / "s.png"])
     assert not (tmp_path / "r").exists() and not (tmp_path / "s.png").exists()
 
 
@@ -141,8 +136,8 @@ def test_truncated_safetensors_are_refused(runs, tmp_path, capsys):
     run = _copy(runs, tmp_path)
     for path in [run / ckpt.EMA, *run.glob(f"{ckpt.CHECKPOINTS}/*/*.safetensors")]:
         path.write_bytes(path.read_bytes()[:200])
-    assert "not a readable safetensors file" in _fails_cleanly(capsys, ["sample", run, "--out", tmp_path / "s.png"])
-    assert "no readable checkpoint" in _fails_cleanly(capsys, ["train", "--out", run, "--resume"])
+    assert "not a readable safetensors file" in fails_cleanly(capsys, ["sample", run, "--out", tmp_path / "s.png"])
+    assert "no readable checkpoint" in fails_cleanly(capsys, ["train", "--out", run, "--resume"])
 
 
 class _RunsCode:
@@ -155,9 +150,9 @@ def test_pickle_files_are_refused_without_running_code(runs, tmp_path, capsys):
     marker.unlink(missing_ok=True)
     run = _copy(runs, tmp_path)
     torch.save({"weights": _RunsCode()}, run / ckpt.EMA)  # a .pt file under the safetensors name
-    assert "not a readable safetensors file" in _fails_cleanly(capsys, ["sample", run, "--out", tmp_path / "s.png"])
+    assert "not a readable safetensors file" in fails_cleanly(capsys, ["sample", run, "--out", tmp_path / "s.png"])
     (run / ckpt.MODEL).write_bytes(pickle.dumps(_RunsCode()))
-    _fails_cleanly(capsys, ["sample", run, "--weights", "raw", "--out", tmp_path / "s.png"])
+    fails_cleanly(capsys, ["sample", run, "--weights", "raw", "--out", tmp_path / "s.png"])
     assert not marker.exists()
 
 
@@ -181,7 +176,7 @@ def test_pickle_files_are_refused_without_running_code(runs, tmp_path, capsys):
 def test_absurd_train_flags_are_refused_before_any_work(tmp_path, capsys, flags, needle):
     argv = ["train", "--data", "digits", "--image-size", "16", "--steps", "2", "--model", "tiny", *flags,
             "--out", tmp_path / "r"]
-    assert needle in _fails_cleanly(capsys, argv)
+    assert needle in fails_cleanly(capsys, argv)
     assert not (tmp_path / "r").exists()
 
 
@@ -196,7 +191,7 @@ def test_absurd_train_flags_are_refused_before_any_work(tmp_path, capsys, flags,
     ("uncond", ["--label", "2"], "unconditional model"),
 ])
 def test_absurd_sample_flags_are_refused(runs, tmp_path, capsys, name, flags, needle):
-    assert needle in _fails_cleanly(capsys, ["sample", runs / name, *flags, "--out", tmp_path / "s.png"])
+    assert needle in fails_cleanly(capsys, ["sample", runs / name, *flags, "--out", tmp_path / "s.png"])
     assert not (tmp_path / "s.png").exists()
 
 

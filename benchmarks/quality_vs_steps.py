@@ -108,7 +108,7 @@ def main() -> None:
         "that depends on n only, so compare within the table; KID is unbiased.", "", *rows, "",
         (f"Best at 20 calls: {best[1][0]}{' (' + best[1][1] + ')' if best[1][1] else ''}, FID {best[0]:.2f} "
          f"vs DDPM-1000's {ddpm_fid:.2f} ({best[0] / ddpm_fid:.2f}x)." if best else ""),
-        "", f"![FID per network call]({PLOT.name})"])
+        "", f"![FID per network call](benchmarks/{PLOT.name})"])
     print(text)
     if not args.no_write:
         write_section("quality_vs_steps", "Quality per network call: samplers vs 1000-step DDPM", text)

@@ -149,7 +149,7 @@ def ddpm(eps_fn: EpsFn, schedule: NoiseSchedule, x: Tensor, *, add_noise: bool =
 
 
 @torch.no_grad()
-def ddim(eps_fn: EpsFn, schedule: NoiseSchedule, x: Tensor, *, steps: int = 50, eta: float = 0.0,
+def ddim(eps_fn: EpsFn, schedule: NoiseSchedule, x: Tensor, *, steps: int = 20, eta: float = 0.0,
          spacing: str = "trailing", clip_denoised: bool = False, generator: Generator = None,
          callback: Callback = None) -> Tensor:
     """Song et al. 2021, eq. 12, over explicit (t, t_next) pairs. eta=0: deterministic; eta=1 with all
@@ -186,7 +186,7 @@ def ddim_invert(eps_fn: EpsFn, schedule: NoiseSchedule, x0: Tensor, *, steps: in
 
 
 @torch.no_grad()
-def euler(eps_fn: EpsFn, schedule: NoiseSchedule, x: Tensor, *, steps: int = 50, spacing: str = "trailing",
+def euler(eps_fn: EpsFn, schedule: NoiseSchedule, x: Tensor, *, steps: int = 20, spacing: str = "trailing",
           clip_denoised: bool = False, generator: Generator = None, callback: Callback = None) -> Tensor:
     """Euler's method on the probability-flow ODE, written for z = x_t / a = x0 + sigma eps, where it
     reads dz/dsigma = eps (Karras et al. 2022, eq. 4). In exact arithmetic this is DDIM with eta=0."""
@@ -195,7 +195,7 @@ def euler(eps_fn: EpsFn, schedule: NoiseSchedule, x: Tensor, *, steps: int = 50,
 
 
 @torch.no_grad()
-def euler_ancestral(eps_fn: EpsFn, schedule: NoiseSchedule, x: Tensor, *, steps: int = 50, eta: float = 1.0,
+def euler_ancestral(eps_fn: EpsFn, schedule: NoiseSchedule, x: Tensor, *, steps: int = 20, eta: float = 1.0,
                     spacing: str = "trailing", clip_denoised: bool = False, generator: Generator = None,
                     callback: Callback = None) -> Tensor:
     """Euler to a noise level sigma_down below the next one, then fresh noise of std sigma_up back up
@@ -217,7 +217,7 @@ def euler_ancestral(eps_fn: EpsFn, schedule: NoiseSchedule, x: Tensor, *, steps:
 
 
 @torch.no_grad()
-def heun(eps_fn: EpsFn, schedule: NoiseSchedule, x: Tensor, *, steps: int = 25, spacing: str = "trailing",
+def heun(eps_fn: EpsFn, schedule: NoiseSchedule, x: Tensor, *, steps: int = 10, spacing: str = "trailing",
          clip_denoised: bool = False, generator: Generator = None, callback: Callback = None) -> Tensor:
     """Heun's method (the trapezoid rule with an Euler predictor) on dz/dsigma = eps, Karras et al.
     2022, alg. 1: two network calls a step, except the last into sigma = 0, which is an Euler step."""
@@ -309,7 +309,7 @@ def _integrate_newton(history: list[tuple[float, Tensor]], h: float) -> Tensor:
 
 SAMPLERS = {"ddpm": ddpm, "ddim": ddim, "euler": euler, "euler-a": euler_ancestral, "heun": heun,
             "dpmpp-2m": dpmpp_2m, "dpmpp-3m": dpmpp_3m}
-DEFAULT_STEPS = {"ddim": 50, "euler": 50, "euler-a": 50, "heun": 25, "dpmpp-2m": 20, "dpmpp-3m": 20}
+DEFAULT_STEPS = {"ddim": 20, "euler": 20, "euler-a": 20, "heun": 10, "dpmpp-2m": 20, "dpmpp-3m": 20}  # ~20 calls
 STOCHASTIC = ("ddpm", "euler-a")  # the others map a noise image to one image
 
 

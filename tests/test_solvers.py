@@ -37,7 +37,7 @@ def _reference(data, schedule, x):
     """Where the exact flow takes x from t = T-1 to t = 0, then the final step to the clean image,
     which every sampler takes with the denoiser itself: x0 = D(x_0)."""
     sigmas = schedule.sigmas
-    x_0 = data.flow(x, sigmas[-1].item(), sigmas[0].item(), steps=300)
+    x_0 = data.flow(x, sigmas[-1].item(), sigmas[0].item(), steps=1000)  # RK4 error ~1e-11
     ab = schedule.alpha_bar[0].item()
     return data.x0(x_0, math.sqrt(ab), math.sqrt(1 - ab))
 
@@ -46,23 +46,27 @@ def _rms(a, b):
     return (a - b).pow(2).mean().sqrt().item()
 
 
-@pytest.fixture(scope="module")
-def fine_problem():
+@pytest.fixture(scope="module", params=["gaussian", "mixture"])
+def fine_problem(request):
+    data = {"gaussian": GAUSSIAN, "mixture": MIXTURE}[request.param]
     schedule = log_snr_uniform()
     x = _noise(64)
-    return schedule, x, _reference(MIXTURE, schedule, x)
+    return data, schedule, x, _reference(data, schedule, x)
 
 
 @pytest.mark.parametrize("name", ORDERS)
 def test_each_deterministic_solver_converges_at_its_order(name, fine_problem):
     """Twice the steps divide the error by 2^order; the slope is fitted on fine grids, where the
-    asymptotic order shows."""
-    schedule, x, ref = fine_problem
-    eps_fn = MIXTURE.eps_fn(schedule)
+    asymptotic order shows. For a single Gaussian the flow is affine; for the mixture it bends."""
+    data, schedule, x, ref = fine_problem
+    eps_fn = data.eps_fn(schedule)
     errors = [_rms(sample(name, eps_fn, schedule, x, steps=n, spacing="linspace"), ref) for n in GRIDS]
     slopes = [math.log2(errors[k] / errors[k + 1]) for k in range(len(errors) - 1)]
     assert errors[-1] < 0.01, errors
-    assert slopes[-1] == pytest.approx(ORDERS[name], abs=0.2), (errors, slopes)
+    if data is MIXTURE:
+        assert slopes[-1] == pytest.approx(ORDERS[name], abs=0.2), (errors, slopes)
+    else:  # an affine denoiser can make the leading error term vanish: at least the order
+        assert min(slopes) > ORDERS[name] - 0.2, (errors, slopes)
 
 
 def test_multistep_solvers_beat_ddim_at_the_same_network_calls():

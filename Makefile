@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-all bench clean
+.PHONY: demo test test-all bench bench-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -25,6 +25,11 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/core.py
+
+# The peers for benchmarks/peers.py and benchmarks/quality_at_budget.py (never a package dependency).
+bench-deps: $(STAMP)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[bench]'
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps denoising-diffusion-pytorch
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,205 @@
+"""undiffuse and its peers behind one small interface, at matched model sizes, for peers.py and
+quality_at_budget.py.
+
+A Contender is one library's network together with its own training step (the loss, optimizer,
+learning rate, gradient clipping and EMA of its documented recipe) and its own sampler. The peers
+come from PyPI (`pip install -e '.[bench]'`, then `pip install --no-deps denoising-diffusion-pytorch`:
+its torchvision requirement would replace the CPU build of torch). denoising-diffusion-pytorch imports
+torchvision at the top for its Trainer's data pipeline, which we do not use; a stand-in module takes
+its place (after diffusers is imported, since diffusers probes for torchvision).
+
+Matched sizes: the same base width, channel multipliers and attention resolutions as the undiffuse
+size (recipe.unet_config). diffusers' UNet2DModel matches block for block; lucidrains' Unet has its
+fixed layout (two residual blocks per level and linear attention at the levels without full
+attention), so it is larger at the same width: parameters and FLOPs are reported beside each rate.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import tempfile
+import types
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+LIBRARIES = ("undiffuse", "diffusers", "lucidrains")
+
+
+@dataclass
+class Contender:
+    name: str
+    net: nn.Module  # the noise network alone, for parameters and FLOPs
+    forward: Callable[[Tensor, Tensor], Tensor]  # net(x, t): for FLOP counting
+    batch_size: int  # the documented recipe's batch (throughput runs override it)
+    step: Callable[[Tensor], float]  # one optimizer step on a batch in [-1, 1]; returns the loss
+    sample: Callable[[int, int, int], Tensor]  # (n, steps, seed) -> images in [-1, 1], deterministic DDIM
+    recipe: str  # one line for the report
+
+
+def _levels(size: str, side: int, channels: int):
+    from undiffuse.recipe import unet_config
+
+    cfg = unet_config(size, side, channels, 0)
+    return cfg, [cfg.base * m for m in cfg.mults], [i in cfg.attention for i in range(len(cfg.mults))]
+
+
+def build(library: str, size: str, side: int, channels: int, *, batch_size: int | None = None,
+          planned_steps: int = 1000, data=None, workdir: str | None = None, conditional: bool = False) -> Contender:
+    """`planned_steps` sizes the learning-rate schedules that need a length (undiffuse's, diffusers')."""
+    makers = {"undiffuse": _undiffuse, "diffusers": _diffusers, "lucidrains": _lucidrains}
+    if library not in makers:
+        raise ValueError(f"unknown library {library!r}; choose one of {', '.join(LIBRARIES)}")
+    torch.manual_seed(0)
+    return makers[library](size, side, channels, batch_size, planned_steps, data, workdir, conditional)
+
+
+# --- undiffuse: its own Trainer, so that the timed step is the one a user runs --------------------
+
+def _undiffuse(size, side, channels, batch_size, planned_steps, data, workdir, conditional):
+    from undiffuse.data import ImageData
+    from undiffuse.generate import DEFAULT_GUIDANCE, sample_images
+    from undiffuse.train import TrainConfig, Trainer
+
+    if data is None:
+        data = ImageData(torch.rand(512, channels, side, side) * 2 - 1, None, (), "random")
+    folder = workdir or tempfile.mkdtemp(prefix="undiffuse-bench-")
+    cfg = TrainConfig(data="(in memory)", steps=planned_steps, batch_size=batch_size or 128, model=size,
+                      conditional=conditional, grids=0, checkpoint_minutes=1e9)
+    trainer = Trainer(cfg, folder, overwrite=True, data=data)
+    net = trainer.model
+
+    def step(_batch: Tensor) -> float:  # the Trainer draws its own batches from `data`
+        return trainer.train_step()
+
+    def sample(n: int, steps: int, seed: int) -> Tensor:
+        k = net.cfg.context_dim
+        labels = [i % k for i in range(n)] if k else None
+        return sample_images(trainer.ema, trainer.schedule, cfg.prediction, n, image_size=side, labels=labels,
+                             sampler="ddim", steps=steps, guidance=DEFAULT_GUIDANCE if k else 1.0, seed=seed)
+
+    context = torch.zeros(1, net.cfg.context_dim) if net.cfg.context_dim else None
+    return Contender("undiffuse", net, lambda x, t: net(x, t, context), cfg.batch_size, step, sample,
+                     f"AdamW, peak lr {trainer.plan.lr:.1e}, warm-up + cosine, EMA, min-SNR-5, eps, linear schedule")
+
+
+# --- Hugging Face diffusers: the "Train a diffusion model" tutorial's loop -------------------------
+
+def _diffusers(size, side, channels, batch_size, planned_steps, data, workdir, conditional):
+    import diffusers
+    from diffusers import DDIMPipeline, DDIMScheduler, DDPMScheduler, UNet2DModel
+    from diffusers.optimization import get_cosine_schedule_with_warmup
+
+    diffusers.utils.logging.disable_progress_bar()
+    cfg, widths, attend = _levels(size, side, channels)
+    down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attend)
+    net = UNet2DModel(sample_size=side, in_channels=channels, out_channels=channels, block_out_channels=tuple(widths),
+                      layers_per_block=cfg.blocks, down_block_types=down,
+                      up_block_types=tuple(b.replace("Down", "Up") for b in reversed(down)),
+                      norm_num_groups=cfg.groups, attention_head_dim=cfg.head_channels)
+    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    # tutorial: AdamW lr 1e-4, 500 warm-up steps then a cosine over the run, gradient norm clipped at 1
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    lr_schedule = get_cosine_schedule_with_warmup(optimizer, min(500, planned_steps // 10), planned_steps)
+    gen = torch.Generator().manual_seed(0)
+
+    def step(x0: Tensor) -> float:
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, 1000, (x0.shape[0],), generator=gen)
+        loss = nn.functional.mse_loss(net(scheduler.add_noise(x0, noise, t), t).sample, noise)
+        loss.backward()
+        nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        optimizer.step()
+        lr_schedule.step()
+        optimizer.zero_grad()
+        return loss.item()
+
+    def sample(n: int, steps: int, seed: int) -> Tensor:
+        net.eval()
+        pipe = DDIMPipeline(net, DDIMScheduler.from_config(scheduler.config))
+        pipe.set_progress_bar_config(disable=True)
+        out = pipe(batch_size=n, num_inference_steps=steps, output_type="np", eta=0.0,
+                   generator=torch.Generator().manual_seed(seed)).images
+        net.train()
+        return torch.from_numpy(out).permute(0, 3, 1, 2).float() * 2 - 1
+
+    return Contender("diffusers", net, lambda x, t: net(x, t).sample, batch_size or 16, step, sample,
+                     "AdamW lr 1e-4, 500 warm-up steps + cosine, no EMA, eps, linear schedule (tutorial)")
+
+
+# --- lucidrains' denoising-diffusion-pytorch: its README's settings and its Trainer's step ---------
+
+def _import_lucidrains():
+    import diffusers  # noqa: F401  (must see the real absence of torchvision before the stand-in exists)
+
+    if "torchvision" not in sys.modules:
+        try:
+            import torchvision  # noqa: F401
+        except Exception:
+            stand_in = types.ModuleType("torchvision")
+            stand_in.transforms, stand_in.utils = types.SimpleNamespace(), types.SimpleNamespace()
+            sys.modules["torchvision"] = stand_in
+    import denoising_diffusion_pytorch
+
+    return denoising_diffusion_pytorch
+
+
+def _lucidrains(size, side, channels, batch_size, planned_steps, data, workdir, conditional):
+    ddp = _import_lucidrains()
+    from ema_pytorch import EMA
+
+    cfg, widths, attend = _levels(size, side, channels)
+    net = ddp.Unet(dim=cfg.base, dim_mults=cfg.mults, channels=channels, full_attn=tuple(attend),
+                   attn_dim_head=cfg.head_channels)
+    diffusion = ddp.GaussianDiffusion(net, image_size=side, timesteps=1000)  # pred_v, sigmoid schedule
+    # README: Adam lr 8e-5, batch 32; Trainer: betas (0.9, 0.99), EMA 0.995 every 10 steps, clip 1
+    optimizer = torch.optim.Adam(diffusion.parameters(), lr=8e-5, betas=(0.9, 0.99))
+    ema = EMA(diffusion, beta=0.995, update_every=10)
+
+    def step(x0: Tensor) -> float:
+        loss = diffusion((x0 + 1) / 2)  # it normalises [0, 1] to [-1, 1] itself
+        loss.backward()
+        nn.utils.clip_grad_norm_(diffusion.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+        ema.update()
+        return loss.item()
+
+    def sample(n: int, steps: int, seed: int) -> Tensor:
+        model = ema.ema_model.eval()
+        model.sampling_timesteps, model.is_ddim_sampling, model.ddim_sampling_eta = steps, steps < 1000, 0.0
+        torch.manual_seed(seed)
+        with torch.inference_mode():
+            images = model.sample(batch_size=n)
+        return images * 2 - 1
+
+    return Contender("lucidrains", net, lambda x, t: net(x, t), batch_size or 32, step, sample,
+                     "Adam lr 8e-5 (constant), EMA 0.995 every 10 steps, clip 1, pred_v, sigmoid schedule (README)")
+
+
+def forward_flops(contender: Contender, side: int, channels: int) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x, t = torch.randn(1, channels, side, side), torch.tensor([500])
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        contender.forward(x, t)
+    return counter.get_total_flops()
+
+
+def parameters(contender: Contender) -> int:
+    return sum(p.numel() for p in contender.net.parameters())
+
+
+def epoch_batches(images: Tensor, batch_size: int, seed: int = 0):
+    """Endless shuffled batches without replacement within an epoch."""
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        order = torch.randperm(len(images), generator=g)
+        for start in range(0, len(order) - batch_size + 1, batch_size):
+            yield images[order[start:start + batch_size]]
+
+
+def cosine_steps_for(seconds: float, seconds_per_step: float) -> int:
+    return max(1, math.floor(seconds / seconds_per_step))

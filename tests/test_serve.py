@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -15,12 +16,13 @@ pytest.importorskip("starlette")
 pytest.importorskip("httpx")
 from starlette.testclient import TestClient  # noqa: E402
 
-from undiffuse import serve_jobs  # noqa: E402
+from undiffuse import edit, serve_jobs  # noqa: E402
 from undiffuse.cli import main  # noqa: E402
 from undiffuse.generate import LoadedRun, load_run  # noqa: E402
 from undiffuse.schedule import linear  # noqa: E402
 from undiffuse.serve import make_app  # noqa: E402
 from undiffuse.unet import UNet, UNetConfig  # noqa: E402
+from undiffuse.viz import to_uint8  # noqa: E402
 
 from cli_helpers import fails_cleanly  # noqa: E402
 
@@ -169,6 +171,61 @@ def test_the_mask_is_read_from_its_alpha_and_cropped_like_the_image(trained):
     assert got.shape == (16, 16) and got[:, :8].all() and not got[:, 8:].any()
     with pytest.raises(serve_jobs.RequestError, match="mask is empty"):
         serve_jobs.decode_mask(data_url(Image.new("RGBA", (32, 32))), run)
+
+
+def _pattern(side=16) -> Image.Image:
+    ramp = np.add.outer(np.arange(side), np.arange(side)) * (255 // (2 * side - 2))
+    return Image.fromarray(ramp.astype(np.uint8))
+
+
+def _cells(final: dict) -> np.ndarray:
+    """The images of a final grid at the model's resolution, uint8 (n, S, S)."""
+    grid, cell, pad, scale = np.asarray(png(final["png"])), final["cell"], final["pad"], final["cell"] // 16
+    return np.stack([grid[pad + (i // final["nrow"]) * (cell + pad):][:cell:scale,
+                          pad + (i % final["nrow"]) * (cell + pad):][:, :cell:scale] for i in range(final["n"])])
+
+
+def _model_view(trained, img: Image.Image) -> np.ndarray:
+    return to_uint8(serve_jobs.decode_image(data_url(img), load_run(trained), "image")[None])[0, ..., 0]
+
+
+@pytest.mark.parametrize("method", ["replace", "repaint"])
+def test_inpaint_streams_and_keeps_the_unmasked_pixels(client, trained, method):
+    mask = Image.new("RGBA", (16, 16))
+    mask.paste((255, 0, 0, 255), (0, 0, 8, 16))  # regenerate the left half
+    body = {"image": data_url(_pattern()), "mask": data_url(mask), "method": method, "steps": 6, "n": 3, "seed": 1}
+    walk = {"jump": 2, "resample": 3} if method == "repaint" else {}
+    got = events(client.post("/api/inpaint", json={**body, **walk}))
+    frames = [e for e in got if e["type"] == "frame"]
+    assert got[0] == {"type": "start", "total": len(frames), "kind": "inpaint", "n": 3} and got[-1]["type"] == "image"
+    calls = edit.network_calls(edit.inpaint_moves(1000, method, 6, **walk))
+    assert len(frames) == calls == (6 if method == "replace" else 14)  # RePaint: 2 steps again, twice at each of 2 levels
+    cells, known = _cells(got[-1]), _model_view(trained, _pattern())
+    assert (cells[:, :, 8:] == known[:, 8:]).all()  # exactly the image where the mask is clear
+    assert (cells[:, :, :8] != known[:, :8]).any()
+
+
+def test_img2img_at_strength_0_returns_the_image_and_at_1_the_sample(client, trained):
+    image = data_url(_pattern())
+    kept = events(client.post("/api/img2img", json={"image": image, "strength": 0, "n": 2, "label": "none"}))
+    assert (_cells(kept[-1]) == _model_view(trained, _pattern())).all()
+    body = {"n": 2, "label": "4", "seed": 5, "steps": 6}
+    fresh = events(client.post("/api/img2img", json={**body, "image": image, "strength": 1}))
+    assert fresh[-1]["png"] == events(client.post("/api/generate", json=body))[-1]["png"]
+    assert sum(e["type"] == "frame" for e in fresh) == 6
+
+
+@pytest.mark.parametrize("body, words", [
+    ({"method": "blend"}, "unknown method 'blend'"),
+    ({"method": "replace", "resample": 3}, "belong to the repaint method"),
+    ({"resample": 50}, "resample must lie in [1, 20]"),
+    ({"mask": None}, "no mask"),
+    ({"strength": 0.5}, "unknown field(s) strength"),
+])
+def test_bad_inpaint_requests_are_refused(client, body, words):
+    mask = Image.new("L", (16, 16), 255)
+    response = client.post("/api/inpaint", json={"image": data_url(_pattern()), "mask": data_url(mask), **body})
+    assert response.status_code == 400 and words in response.json()["error"], response.text
 
 
 def test_one_job_at_a_time_and_the_second_waits_its_turn(client, monkeypatch):

@@ -42,15 +42,12 @@ PAGE_HEADERS = {
 
 def describe(run, name: str) -> dict:
     """What the page needs to build its form."""
+    from . import edit
     from .generate import DEFAULT_GUIDANCE, DEFAULT_SAMPLER
     from .samplers import DEFAULT_STEPS, SAMPLERS
 
-    try:
-        from . import edit
-        edits = {"methods": list(edit.METHODS), "steps": edit.DEFAULT_STEPS, "resample": edit.DEFAULT_RESAMPLE,
-                 "jump": edit.DEFAULT_JUMP}
-    except ImportError:  # a version without editing: the page hides its Edit panel
-        edits = None
+    edits = {"methods": list(edit.METHODS), "steps": edit.DEFAULT_STEPS, "resample": edit.DEFAULT_RESAMPLE,
+             "jump": edit.DEFAULT_JUMP}
     return {
         "name": name, "image_size": run.image_size, "channels": run.channels, "class_names": list(run.class_names),
         "T": run.schedule.T, "samplers": list(SAMPLERS), "default_sampler": DEFAULT_SAMPLER,
@@ -187,9 +184,14 @@ def _listen(host: str, port: int) -> socket.socket:
 def _serve(app, sock: socket.socket) -> None:
     import uvicorn
 
-    config = uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=2)
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets=None):
+            app.state.queue.close()  # running jobs stop at their next step, so that their streams end
+            await super().shutdown(sockets)
+
+    config = uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=5)
     try:
-        uvicorn.Server(config).run(sockets=[sock])
+        Server(config).run(sockets=[sock])
     finally:
         app.state.queue.close()
         sock.close()

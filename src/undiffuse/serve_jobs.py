@@ -97,11 +97,9 @@ def parse_inpaint(run: LoadedRun, body: dict) -> Job:
     if method == "repaint":
         options["resample"] = _int(body, "resample", edit.DEFAULT_RESAMPLE, 1, MAX_RESAMPLE)
         options["jump"] = _int(body, "jump", edit.DEFAULT_JUMP, 1, steps)
-        total = len(edit.repaint_moves(run.schedule.T, steps, options["jump"], options["resample"]))
-    else:
-        if body.get("resample") is not None or body.get("jump") is not None:
-            raise RequestError("resample and jump belong to the repaint method")
-        total = steps
+    elif body.get("resample") is not None or body.get("jump") is not None:
+        raise RequestError("resample and jump belong to the repaint method")
+    total = edit.network_calls(edit.inpaint_moves(run.schedule.T, **options))
     image = decode_image(body.get("image"), run, "image")
     mask = decode_mask(body.get("mask"), run)
     conditioning, n, nrow = _conditioning(run, body, default_n=4)
@@ -109,13 +107,14 @@ def parse_inpaint(run: LoadedRun, body: dict) -> Job:
 
 
 def parse_img2img(run: LoadedRun, body: dict) -> Job:
+    from . import edit
+
     _known(body, COMMON | {"image", "strength", "sampler", "steps"})
     options = _sampler(run, body)
     strength = _float(body, "strength", 0.6, 0.0, 1.0)
     image = decode_image(body.get("image"), run, "image")
     conditioning, n, nrow = _conditioning(run, body, default_n=4)
-    steps = run.schedule.T if options["sampler"] == "ddpm" else options["steps"] or DEFAULT_STEPS[options["sampler"]]
-    total = max(1, math.ceil(strength * steps))
+    total = max(1, edit.sdedit_plan(run.schedule.T, strength, options["sampler"], options["steps"])[1])
     return Job("img2img", n, nrow, total, _show(body),
                {**options, **conditioning, "strength": strength, "seed": _seed(body)}, image)
 

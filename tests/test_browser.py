@@ -18,10 +18,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from undiffuse.cli import main
-
-TRAIN = ["--data", "digits", "--image-size", "16", "--steps", "8", "--batch-size", "16", "--model", "tiny",
-         "--grids", "0", "--quiet"]
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -43,10 +39,9 @@ def _chromium() -> str:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """`undiffuse serve` on a free port, as a user starts it; yields its URL."""
-    run = tmp_path_factory.mktemp("browser") / "run"
-    assert main(["train", *TRAIN, "--out", str(run)]) == 0
+def server(trained, tmp_path_factory):
+    """`undiffuse serve` on conftest.py's tiny run and a free port, as a user starts it; yields its URL."""
+    run = trained
     log = open(tmp_path_factory.mktemp("log") / "serve.log", "w+")
     proc = subprocess.Popen([sys.executable, "-m", "undiffuse", "serve", str(run), "--port", "0"],
                             stdout=subprocess.PIPE, stderr=log, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})

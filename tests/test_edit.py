@@ -1,14 +1,19 @@
 """Editing: inpainting against the Gaussian conditional in closed form, SDEdit's two ends and its
 monotone middle, slerp, the high-level functions on a small random network, and the commands."""
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from undiffuse import edit
+from undiffuse.cli import main
+from undiffuse.data import load_image
 from undiffuse.generate import LoadedRun, generate
 from undiffuse.samplers import ddim, timesteps
 from undiffuse.schedule import linear
 from undiffuse.unet import UNet, UNetConfig
 
+from cli_helpers import fails_cleanly
 from gaussian import Mixture, exact_eps
 
 SCHEDULE = linear(1000)
@@ -215,3 +220,134 @@ def test_high_level_functions_refuse_bad_shapes(run):
         edit.inpaint(run, _image(), torch.ones(8, 8), method="smudge")
     with pytest.raises(ValueError, match="labels for"):
         edit.inpaint(run, _image(), torch.ones(8, 8), n=2, labels=[0])
+
+
+# --- the commands, on the tiny trained run of conftest.py (16x16 digits, 10 classes) ---------------
+
+QUICK = ["--steps", "6", "--n", "2"]
+
+
+def _cli(argv) -> int:
+    return main([str(a) for a in argv])
+
+
+@pytest.fixture
+def files(tmp_path):
+    """A 24x24 digit-like picture, a mask of its right half (white = regenerate), and broken files."""
+    picture = np.zeros((24, 24), np.uint8)
+    picture[4:20, 8:12] = 255
+    Image.fromarray(picture).save(tmp_path / "img.png")
+    mask = np.zeros((48, 48), np.uint8)
+    mask[:, 24:] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")  # twice the image's size: resized like it
+    Image.fromarray(np.zeros((24, 24), np.uint8)).save(tmp_path / "black.png")
+    Image.fromarray(mask[:, :30]).save(tmp_path / "narrow.png")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    return tmp_path
+
+
+def _unit(path, size=16):
+    return ((load_image(path, size, 1) + 1) / 2).numpy()
+
+
+def test_inpaint_command_keeps_the_image_outside_the_mask(trained, files, capsys):
+    for method in ("repaint", "replace"):
+        out = files / f"{method}.npy"
+        assert _cli(["inpaint", trained, "--image", files / "img.png", "--mask", files / "mask.png", "--method",
+                     method, *QUICK, "--label", "3", "--out", out]) == 0
+        results, image = np.load(out), _unit(files / "img.png")
+        assert results.shape == (2, 1, 16, 16) and np.load(files / f"{method}.labels.npy").tolist() == [3, 3]
+        assert np.abs(results[:, :, :, :8] - image[:, :, :8]).max() < 1e-6  # the left half is the image
+    assert _cli(["inpaint", trained, "--image", files / "img.png", "--mask", files / "mask.png", "--jump", "2",
+                 "--resample", "2", *QUICK, "--out", files / "grid.png", "--gif", files / "grid.gif"]) == 0
+    grid = Image.open(files / "grid.png")
+    assert grid.size[0] > 3.5 * grid.size[1]  # input | mask | 2 results in one row
+    assert Image.open(files / "grid.gif").n_frames >= 3
+    assert "2 inpaintings" in capsys.readouterr().out
+
+
+def test_outpaint_command_grows_the_image(trained, files):
+    out = files / "wide.npy"
+    assert _cli(["outpaint", trained, "--image", files / "img.png", "--pad", "4,0,4,2", "--method", "replace",
+                 *QUICK, "--out", out]) == 0
+    results = np.load(out)
+    assert results.shape == (2, 1, 18, 24)
+    assert np.abs(results[:, :, :16, 4:20] - _unit(files / "img.png")).max() < 1e-6
+    assert _cli(["outpaint", trained, "--image", files / "img.png", "--pad", "0,3,0,0", *QUICK,
+                 "--out", files / "tall.png"]) == 0
+
+
+def test_img2img_command_from_strength_0_to_a_new_label(trained, files):
+    assert _cli(["img2img", trained, "--image", files / "img.png", "--strength", "0", "--out", files / "same.npy"]) == 0
+    assert np.abs(np.load(files / "same.npy") - _unit(files / "img.png")).max() < 1e-6
+    assert _cli(["img2img", trained, "--image", files / "img.png", "--strength", "0.6", "--label", "8",
+                 "--sampler", "dpmpp-2m", *QUICK, "--out", files / "eight.png", "--gif", files / "eight.gif"]) == 0
+    assert Image.open(files / "eight.png").size[0] > 2.5 * Image.open(files / "eight.png").size[1]
+    assert Image.open(files / "eight.gif").n_frames >= 3
+
+
+def test_interpolate_command_ends_at_sample_and_animates(trained, files):
+    assert _cli(["interpolate", trained, "--seeds", "4,9", "--n", "5", "--steps", "4", "--label", "2",
+                 "--out", files / "strip.npy"]) == 0
+    strip = np.load(files / "strip.npy")
+    assert strip.shape == (5, 1, 16, 16)
+    for i, seed in ((0, 4), (-1, 9)):
+        assert _cli(["sample", trained, "--n", "1", "--seed", seed, "--steps", "4", "--label", "2",
+                     "--out", files / "one.npy"]) == 0
+        assert np.abs(np.load(files / "one.npy")[0] - strip[i]).max() < 1e-5
+    assert _cli(["interpolate", trained, "--seeds", "4,9", "--n", "4", "--steps", "3", "--out", files / "strip.gif"]) == 0
+    assert Image.open(files / "strip.gif").n_frames == 6  # there and back
+    assert _cli(["interpolate", trained, "--seeds", "4,9", "--n", "4", "--steps", "3", "--out", files / "strip.png"]) == 0
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["inpaint", "{run}", "--image", "{tmp}/missing.png", "--mask", "{tmp}/mask.png"], "no such file"),
+    (["inpaint", "{run}", "--image", "{tmp}/broken.png", "--mask", "{tmp}/mask.png"], "cannot be read"),
+    (["inpaint", "{run}", "--image", "{tmp}/img.png", "--mask", "{tmp}/broken.png"], "cannot be read"),
+    (["inpaint", "{run}", "--image", "{tmp}/img.png", "--mask", "{tmp}/black.png"], "all black"),
+    (["inpaint", "{run}", "--image", "{tmp}/img.png", "--mask", "{tmp}/narrow.png"], "shape"),
+    (["inpaint", "{run}", "--image", "{tmp}/img.png", "--mask", "{tmp}/mask.png", "--method", "replace",
+      "--jump", "3"], "repaint only"),
+    (["inpaint", "{run}", "--image", "{tmp}/img.png", "--mask", "{tmp}/mask.png", "--eta", "0"], "replace only"),
+    (["inpaint", "{run}", "--image", "{tmp}/img.png", "--mask", "{tmp}/mask.png", "--resample", "0"], "--resample"),
+    (["inpaint", "{run}", "--image", "{tmp}/img.png", "--mask", "{tmp}/mask.png", "--steps", "5000"], "steps"),
+    (["inpaint", "{run}", "--image", "{tmp}/img.png", "--mask", "{tmp}/mask.png", "--label", "12"], "out of range"),
+    (["inpaint", "{tmp}/norun", "--image", "{tmp}/img.png", "--mask", "{tmp}/mask.png"], "does not exist"),
+    (["outpaint", "{run}", "--image", "{tmp}/img.png", "--pad", "1,2,3"], "LEFT,TOP,RIGHT,BOTTOM"),
+    (["outpaint", "{run}", "--image", "{tmp}/img.png", "--pad=-1,0,0,0"], ">= 0"),
+    (["outpaint", "{run}", "--image", "{tmp}/img.png", "--pad", "0,0,0,0"], "not all 0"),
+    (["outpaint", "{run}", "--image", "{tmp}/img.png", "--pad", "100,0,0,0"], "at most 48"),
+    (["img2img", "{run}", "--image", "{tmp}/img.png", "--strength", "1.5"], "[0, 1]"),
+    (["img2img", "{run}", "--image", "{tmp}/img.png", "--strength", "0.5", "--n", "0"], "--n"),
+    (["img2img", "{run}", "--image", "{tmp}/img.png", "--strength", "0.5", "--context", "3", "--label", "3"], "not both"),
+    (["img2img", "{run}", "--image", "{tmp}/img.png"], "--strength"),
+    (["interpolate", "{run}", "--seeds", "1"], "A,B"),
+    (["interpolate", "{run}", "--seeds", "1,2", "--sampler", "ddpm"], "invalid choice"),
+    (["interpolate", "{run}", "--seeds", "1,2", "--n", "1"], "--n"),
+])
+def test_edit_commands_refuse_bad_input_in_one_line(trained, files, capsys, argv, needle):
+    out = files / "out.png"
+    argv = [a.replace("{run}", str(trained)).replace("{tmp}", str(files)) for a in argv]
+    err = fails_cleanly(capsys, [*argv, "--out", out])
+    assert needle in err
+    assert not out.exists()
+
+
+def test_edit_commands_name_their_outputs(trained, files, capsys):
+    source = ["--image", files / "img.png", "--mask", files / "mask.png"]
+    assert ".png or .npy" in fails_cleanly(capsys, ["inpaint", trained, *source, "--out", files / "x.jpg"])
+    assert "--gif" in fails_cleanly(capsys, ["inpaint", trained, *source, "--out", files / "x.png", "--gif", files / "x.png"])
+    assert ".gif" in fails_cleanly(capsys, ["interpolate", trained, "--seeds", "1,2", "--out", files / "x.jpg"])
+    assert not (files / "x.png").exists()
+
+
+def test_help_lists_the_edit_commands(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for command in ("inpaint", "outpaint", "img2img", "interpolate"):
+        assert command in out
+    with pytest.raises(SystemExit):
+        main(["inpaint", "--help"])
+    out = capsys.readouterr().out
+    assert "--resample" in out and "white" in out

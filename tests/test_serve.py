@@ -17,7 +17,6 @@ pytest.importorskip("httpx")
 from starlette.testclient import TestClient  # noqa: E402
 
 from undiffuse import edit, serve_jobs  # noqa: E402
-from undiffuse.cli import main  # noqa: E402
 from undiffuse.generate import LoadedRun, load_run  # noqa: E402
 from undiffuse.schedule import linear  # noqa: E402
 from undiffuse.serve import make_app  # noqa: E402
@@ -26,19 +25,9 @@ from undiffuse.viz import to_uint8  # noqa: E402
 
 from cli_helpers import fails_cleanly  # noqa: E402
 
-TRAIN = ["--data", "digits", "--image-size", "16", "--steps", "8", "--batch-size", "16", "--model", "tiny",
-         "--grids", "0", "--quiet"]
-
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    run = tmp_path_factory.mktemp("serve") / "run"
-    assert main(["train", *TRAIN, "--out", str(run)]) == 0
-    return run
-
-
-@pytest.fixture(scope="module")
-def client(trained):
+def client(trained):  # conftest.py's tiny run: 16x16 digits, 10 classes
     app = make_app(load_run(trained), name="run")
     with TestClient(app) as c:
         c.app_state = app.state

@@ -29,7 +29,8 @@ from torch import Tensor
 from .conditioning import EpsFn, denoiser
 from .generate import LoadedRun, context_batch, generators
 from .samplers import DEFAULT_STEPS as SAMPLER_STEPS
-from .samplers import SAMPLERS, STOCHASTIC, Callback, Generator, _levels, _predict, _report, ddim_step, randn, sample, timesteps
+from .samplers import (SAMPLERS, STOCHASTIC, Callback, Generator, _levels, _pairs, _predict, _report, ddim_step, randn,
+                       sample, timesteps)
 from .schedule import NoiseSchedule
 
 METHODS = ("repaint", "replace")
@@ -41,8 +42,7 @@ DEFAULT_JUMP, DEFAULT_RESAMPLE = 5, 5  # RePaint's 10 and 10 over 250 steps cost
 
 def replace_moves(T: int, steps: int, spacing: str = "trailing") -> list[tuple[int, int]]:
     """The (t, t_next) pairs of a plain sampler walk down: t_next = -1 is the clean image."""
-    ts = timesteps(T, steps, spacing)
-    return list(zip(ts, ts[1:] + [-1]))
+    return _pairs(timesteps(T, steps, spacing))
 
 
 def repaint_moves(T: int, steps: int, jump: int = DEFAULT_JUMP, resample: int = DEFAULT_RESAMPLE) -> list[tuple[int, int]]:

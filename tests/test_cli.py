@@ -7,18 +7,7 @@ from PIL import Image
 
 from undiffuse.cli import main
 
-from cli_helpers import fails_cleanly
-
-TRAIN = ["--data", "digits", "--image-size", "16", "--steps", "8", "--batch-size", "16", "--model", "tiny",
-         "--grids", "0", "--quiet"]
-
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    run = tmp_path_factory.mktemp("cli") / "run"
-    assert main(["train", *TRAIN, "--out", str(run)]) == 0
-    return run
+from cli_helpers import TRAIN, fails_cleanly
 
 
 def test_train_writes_a_complete_run(trained):

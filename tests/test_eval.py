@@ -13,17 +13,7 @@ from undiffuse.generate import DEFAULT_SAMPLER, generate, load_run
 
 from cli_helpers import fails_cleanly
 
-TRAIN = ["--data", "digits", "--image-size", "16", "--steps", "8", "--batch-size", "16", "--model", "tiny",
-         "--grids", "0", "--quiet"]
 KEYS = {"fid", "kid", "kid_std", "precision", "recall", "n_real", "n_fake", "features", "run", "against"}
-
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    run = tmp_path_factory.mktemp("eval") / "run"
-    assert main(["train", *TRAIN, "--out", str(run)]) == 0
-    return run
 
 
 def _unit_npy(images, path):

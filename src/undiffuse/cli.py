@@ -54,13 +54,14 @@ def _one_line(e: Exception) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import commands
+    from . import commands, edit_commands, serve
 
     parser = _Parser(prog="undiffuse", description="Denoising diffusion models: train, sample, look.")
     parser.add_argument("--version", action="version", version=f"undiffuse {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for add in (commands.add_demo, commands.add_train, commands.add_finetune, commands.add_sample,
-                commands.add_noise, commands.add_eval):
+                commands.add_noise, commands.add_eval, edit_commands.add_inpaint, edit_commands.add_outpaint,
+                edit_commands.add_img2img, edit_commands.add_interpolate, serve.add_serve):
         add(sub)
     return parser
 

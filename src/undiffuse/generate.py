@@ -67,6 +67,20 @@ def generators(n: int, seed: int, device="cpu") -> list[torch.Generator]:
     return [torch.Generator(device).manual_seed(seed + i) for i in range(n)]
 
 
+def context_batch(context_dim: int, n: int, labels: list[int] | None = None,
+                  contexts: Tensor | None = None) -> Tensor | None:
+    """The (n, K) contexts of n images from class ids or context vectors; None: unconditional."""
+    if labels is not None:
+        if len(labels) != n:
+            raise ValueError(f"{len(labels)} labels for {n} images")
+        if not context_dim:
+            raise ValueError("this model is unconditional: it takes no labels")
+        contexts = one_hot(torch.tensor(labels), context_dim)
+    if contexts is not None and contexts.shape != (n, context_dim):
+        raise ValueError(f"contexts of shape {tuple(contexts.shape)} for {n} images of a {context_dim}-context model")
+    return contexts if context_dim else None
+
+
 def sample_images(net: UNet, schedule: NoiseSchedule, prediction: str, n: int, *,
                   image_size: int, labels: list[int] | None = None,
                   contexts: Tensor | None = None,
@@ -83,18 +97,13 @@ def sample_images(net: UNet, schedule: NoiseSchedule, prediction: str, n: int, *
     cfg = net.cfg
     side = image_size
     device = next(net.parameters()).device
-    if labels is not None:
-        if len(labels) != n:
-            raise ValueError(f"{len(labels)} labels for {n} images")
-        contexts = one_hot(torch.tensor(labels), cfg.context_dim)
-    if contexts is not None and contexts.shape != (n, cfg.context_dim):
-        raise ValueError(f"contexts of shape {tuple(contexts.shape)} for {n} images of a {cfg.context_dim}-context model")
+    contexts = context_batch(cfg.context_dim, n, labels, contexts)
     gens = generators(n, seed)
     out = []
     for start in range(0, n, batch_size):
         stop = min(n, start + batch_size)
         x = randn((stop - start, cfg.channels, side, side), gens[start:stop], device)
-        context = contexts[start:stop].to(device) if contexts is not None and cfg.context_dim else None
+        context = contexts[start:stop].to(device) if contexts is not None else None
         eps_fn = denoiser(net, schedule.to(device), prediction=prediction, context=context, guidance=guidance)
         with torch.inference_mode():
             x = sample(sampler, eps_fn, schedule.to(device), x, steps=steps, generator=gens[start:stop],

@@ -156,12 +156,20 @@ def ddim(eps_fn: EpsFn, schedule: NoiseSchedule, x: Tensor, *, steps: int = 20, 
     T steps: the same marginals as DDPM."""
     for i, (t, t_next) in enumerate(_pairs(timesteps(schedule.T, steps, spacing, schedule))):
         eps, x0 = _predict(eps_fn, schedule, x, t, clip_denoised)
-        ab, ab_next = _levels(schedule, t)[0] ** 2, _levels(schedule, t_next)[0] ** 2
-        sigma = eta * ((1 - ab_next) / (1 - ab) * (1 - ab / ab_next)) ** 0.5
-        x = ab_next ** 0.5 * x0 + (1 - ab_next - sigma ** 2) ** 0.5 * eps
-        if sigma > 0:
-            x = x + sigma * randn(x.shape, generator, x.device, x.dtype)
+        x = ddim_step(schedule, x0, eps, t, t_next, eta, generator)
         _report(callback, i, t, x, x0)
+    return x
+
+
+def ddim_step(schedule: NoiseSchedule, x0: Tensor, eps: Tensor, t: int, t_next: int, eta: float,
+              generator: Generator = None) -> Tensor:
+    """One step of Song et al. 2021, eq. 12, from step t to t_next < t (-1: the clean image), given
+    the predictions at t. eta = 1 samples the posterior q(x_t_next | x_t, x0): DDPM's ancestral step."""
+    ab, ab_next = _levels(schedule, t)[0] ** 2, _levels(schedule, t_next)[0] ** 2
+    sigma = eta * ((1 - ab_next) / (1 - ab) * (1 - ab / ab_next)) ** 0.5
+    x = ab_next ** 0.5 * x0 + (1 - ab_next - sigma ** 2) ** 0.5 * eps
+    if sigma > 0:
+        x = x + sigma * randn(x.shape, generator, x.device, x.dtype)
     return x
 
 

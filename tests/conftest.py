@@ -1,0 +1,15 @@
+"""Fixtures shared by the test modules."""
+import pytest
+
+from undiffuse.cli import main
+
+from cli_helpers import TRAIN
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """A tiny conditional run on the 8x8 digits at 16x16 (10 classes), trained for 8 steps: a few seconds.
+    Tests may add files to it (eval.json, ...) but must not change its weights or config."""
+    run = tmp_path_factory.mktemp("tiny") / "run"
+    assert main(["train", *TRAIN, "--out", str(run)]) == 0
+    return run

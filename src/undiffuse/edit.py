@@ -96,7 +96,7 @@ def inpaint_walk(eps_fn: EpsFn, schedule: NoiseSchedule, x: Tensor, known: Tenso
                  generator: Generator = None, callback: Callback = None) -> Tensor:
     """Inpaint along `moves` (replace_moves or repaint_moves), starting from the noise x at moves[0][0].
 
-    known: the image (B, C, H, W) whose pixels with mask 0 are kept; mask broadcasts to it (1 = make).
+    known: the image (B, C, H, W) whose pixels with mask 0 are kept; mask broadcasts to it (1 = regenerate).
     After every step down the kept region is the known image noised to the new level with fresh noise,
     so the last step, into t = -1, puts back the known pixels exactly. eta: 1 ancestral steps
     (RePaint's), 0 deterministic DDIM steps in the generated region.
@@ -117,9 +117,10 @@ def inpaint_walk(eps_fn: EpsFn, schedule: NoiseSchedule, x: Tensor, known: Tenso
 
 def _merge(schedule, x, known, mask, t, generator):
     """The generated region of x with the known image, noised to step t, elsewhere."""
-    a, s = _levels(schedule, t)
-    known_t = known if t < 0 else a * known + s * randn(known.shape, generator, known.device, known.dtype)
-    return mask * x + (1 - mask) * known_t
+    if t >= 0:
+        noise = randn(known.shape, generator, known.device, known.dtype)
+        known = schedule.q_sample(known, torch.full((len(known),), t), noise)
+    return mask * x + (1 - mask) * known
 
 
 def sdedit_plan(T: int, strength: float, sampler: str = "ddim", steps: int | None = None) -> tuple[int, int]:
@@ -152,8 +153,7 @@ def sdedit(eps_fn: EpsFn, schedule: NoiseSchedule, image: Tensor, strength: floa
     if t0 < 0:
         return image.clone()
     noise = randn(image.shape, generator, image.device, image.dtype)
-    a, s = _levels(schedule, t0)
-    x = noise if t0 == schedule.T - 1 else a * image + s * noise
+    x = noise if t0 == schedule.T - 1 else schedule.q_sample(image, torch.full((len(image),), t0), noise)
     if t0 == 0:  # one step to go: the network's clean image
         eps, x0 = _predict(eps_fn, schedule, x, 0, clip_denoised)
         _report(callback, 0, 0, x0, x0)

@@ -15,6 +15,8 @@ attention), so it is larger at the same width: parameters and FLOPs are reported
 """
 from __future__ import annotations
 
+import copy
+import importlib
 import math
 import sys
 import tempfile
@@ -26,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 LIBRARIES = ("undiffuse", "diffusers", "lucidrains")
+RECIPES = ("documented", "undiffuse")
 
 
 @dataclass
@@ -47,13 +50,46 @@ def _levels(size: str, side: int, channels: int):
 
 
 def build(library: str, size: str, side: int, channels: int, *, batch_size: int | None = None,
-          planned_steps: int = 1000, data=None, workdir: str | None = None, conditional: bool = False) -> Contender:
-    """`planned_steps` sizes the learning-rate schedules that need a length (undiffuse's, diffusers')."""
+          planned_steps: int = 1000, data=None, workdir: str | None = None, conditional: bool = False,
+          recipe: str = "documented") -> Contender:
+    """`planned_steps` sizes the learning-rate schedules that need a length. recipe "documented": each
+    peer trains as its documentation says; "undiffuse": the peer's network, loss target and schedule,
+    with undiffuse's budget recipe (batch 128, AdamW, warm-up + cosine, EMA over the last tenth)."""
     makers = {"undiffuse": _undiffuse, "diffusers": _diffusers, "lucidrains": _lucidrains}
     if library not in makers:
         raise ValueError(f"unknown library {library!r}; choose one of {', '.join(LIBRARIES)}")
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
     torch.manual_seed(0)
-    return makers[library](size, side, channels, batch_size, planned_steps, data, workdir, conditional)
+    if library == "undiffuse":
+        return _undiffuse(size, side, channels, batch_size, planned_steps, data, workdir, conditional)
+    return makers[library](size, side, channels, batch_size, planned_steps, recipe)
+
+
+class BudgetRecipe:
+    """undiffuse's recipe (recipe.py) around a peer's network: what follows its backward pass."""
+
+    def __init__(self, module: nn.Module, planned_steps: int, batch_size: int):
+        from undiffuse.recipe import plan
+
+        self.module, self.plan, self.count = module, plan(planned_steps, batch_size), 0
+        self.ema = copy.deepcopy(module).requires_grad_(False)
+        self.optimizer = torch.optim.AdamW(module.parameters(), lr=0.0, weight_decay=0.0)
+
+    def update(self) -> None:
+        from undiffuse.recipe import ema_decay_at, lr_at
+
+        nn.utils.clip_grad_norm_(self.module.parameters(), 1.0)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(self.count, self.plan)
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+        torch._foreach_lerp_(list(self.ema.parameters()), list(self.module.parameters()),
+                             1.0 - ema_decay_at(self.count, self.plan))
+        self.count += 1
+
+    def describe(self) -> str:
+        return f"undiffuse's budget recipe: batch 128, AdamW peak lr {self.plan.lr:.0e}, warm-up + cosine, EMA"
 
 
 # --- undiffuse: its own Trainer, so that the timed step is the one a user runs --------------------
@@ -87,7 +123,7 @@ def _undiffuse(size, side, channels, batch_size, planned_steps, data, workdir, c
 
 # --- Hugging Face diffusers: the "Train a diffusion model" tutorial's loop -------------------------
 
-def _diffusers(size, side, channels, batch_size, planned_steps, data, workdir, conditional):
+def _diffusers(size, side, channels, batch_size, planned_steps, recipe):
     import diffusers
     from diffusers import DDIMPipeline, DDIMScheduler, DDPMScheduler, UNet2DModel
     from diffusers.optimization import get_cosine_schedule_with_warmup
@@ -100,9 +136,21 @@ def _diffusers(size, side, channels, batch_size, planned_steps, data, workdir, c
                       up_block_types=tuple(b.replace("Down", "Up") for b in reversed(down)),
                       norm_num_groups=cfg.groups, attention_head_dim=cfg.head_channels)
     scheduler = DDPMScheduler(num_train_timesteps=1000)
-    # tutorial: AdamW lr 1e-4, 500 warm-up steps then a cosine over the run, gradient norm clipped at 1
-    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
-    lr_schedule = get_cosine_schedule_with_warmup(optimizer, min(500, planned_steps // 10), planned_steps)
+    if recipe == "undiffuse":
+        budget = BudgetRecipe(net, planned_steps, batch_size or 128)
+        update, sampling_net, described = budget.update, budget.ema, budget.describe()
+    else:
+        # tutorial: AdamW lr 1e-4, 500 warm-up steps then a cosine over the run, gradient norm clipped at 1
+        optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
+        lr_schedule = get_cosine_schedule_with_warmup(optimizer, min(500, planned_steps // 10), planned_steps)
+
+        def update() -> None:
+            nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            optimizer.step()
+            lr_schedule.step()
+            optimizer.zero_grad()
+
+        sampling_net, described = net, "AdamW lr 1e-4, 500 warm-up steps + cosine, no EMA (tutorial)"
     gen = torch.Generator().manual_seed(0)
 
     def step(x0: Tensor) -> float:
@@ -110,33 +158,31 @@ def _diffusers(size, side, channels, batch_size, planned_steps, data, workdir, c
         t = torch.randint(0, 1000, (x0.shape[0],), generator=gen)
         loss = nn.functional.mse_loss(net(scheduler.add_noise(x0, noise, t), t).sample, noise)
         loss.backward()
-        nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        optimizer.step()
-        lr_schedule.step()
-        optimizer.zero_grad()
+        update()
         return loss.item()
 
     def sample(n: int, steps: int, seed: int) -> Tensor:
-        net.eval()
-        pipe = DDIMPipeline(net, DDIMScheduler.from_config(scheduler.config))
+        sampling_net.eval()
+        pipe = DDIMPipeline(sampling_net, DDIMScheduler.from_config(scheduler.config))
         pipe.set_progress_bar_config(disable=True)
         out = pipe(batch_size=n, num_inference_steps=steps, output_type="np", eta=0.0,
                    generator=torch.Generator().manual_seed(seed)).images
-        net.train()
+        sampling_net.train()
         return torch.from_numpy(out).permute(0, 3, 1, 2).float() * 2 - 1
 
-    return Contender("diffusers", net, lambda x, t: net(x, t).sample, batch_size or 16, step, sample,
-                     "AdamW lr 1e-4, 500 warm-up steps + cosine, no EMA, eps, linear schedule (tutorial)")
+    batch = batch_size or (128 if recipe == "undiffuse" else 16)
+    return Contender("diffusers", net, lambda x, t: net(x, t).sample, batch, step, sample,
+                     described + ", eps, linear schedule")
 
 
 # --- lucidrains' denoising-diffusion-pytorch: its README's settings and its Trainer's step ---------
 
 def _import_lucidrains():
-    import diffusers  # noqa: F401  (must see the real absence of torchvision before the stand-in exists)
+    importlib.import_module("diffusers")  # it must see the real absence of torchvision, not the stand-in
 
     if "torchvision" not in sys.modules:
         try:
-            import torchvision  # noqa: F401
+            importlib.import_module("torchvision")
         except Exception:
             stand_in = types.ModuleType("torchvision")
             stand_in.transforms, stand_in.utils = types.SimpleNamespace(), types.SimpleNamespace()
@@ -146,7 +192,7 @@ def _import_lucidrains():
     return denoising_diffusion_pytorch
 
 
-def _lucidrains(size, side, channels, batch_size, planned_steps, data, workdir, conditional):
+def _lucidrains(size, side, channels, batch_size, planned_steps, recipe):
     ddp = _import_lucidrains()
     from ema_pytorch import EMA
 
@@ -154,29 +200,40 @@ def _lucidrains(size, side, channels, batch_size, planned_steps, data, workdir, 
     net = ddp.Unet(dim=cfg.base, dim_mults=cfg.mults, channels=channels, full_attn=tuple(attend),
                    attn_dim_head=cfg.head_channels)
     diffusion = ddp.GaussianDiffusion(net, image_size=side, timesteps=1000)  # pred_v, sigmoid schedule
-    # README: Adam lr 8e-5, batch 32; Trainer: betas (0.9, 0.99), EMA 0.995 every 10 steps, clip 1
-    optimizer = torch.optim.Adam(diffusion.parameters(), lr=8e-5, betas=(0.9, 0.99))
-    ema = EMA(diffusion, beta=0.995, update_every=10)
+    if recipe == "undiffuse":
+        budget = BudgetRecipe(diffusion, planned_steps, batch_size or 128)
+        update, sampling_model, described = budget.update, budget.ema, budget.describe()
+    else:
+        # README: Adam lr 8e-5, batch 32; Trainer: betas (0.9, 0.99), EMA 0.995 every 10 steps, clip 1
+        optimizer = torch.optim.Adam(diffusion.parameters(), lr=8e-5, betas=(0.9, 0.99))
+        ema = EMA(diffusion, beta=0.995, update_every=10)
+
+        def update() -> None:
+            nn.utils.clip_grad_norm_(diffusion.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad()
+            ema.update()
+
+        sampling_model = ema.ema_model
+        described = "Adam lr 8e-5 (constant), EMA 0.995 every 10 steps, clip 1 (README)"
 
     def step(x0: Tensor) -> float:
         loss = diffusion((x0 + 1) / 2)  # it normalises [0, 1] to [-1, 1] itself
         loss.backward()
-        nn.utils.clip_grad_norm_(diffusion.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad()
-        ema.update()
+        update()
         return loss.item()
 
     def sample(n: int, steps: int, seed: int) -> Tensor:
-        model = ema.ema_model.eval()
+        model = sampling_model.eval()
         model.sampling_timesteps, model.is_ddim_sampling, model.ddim_sampling_eta = steps, steps < 1000, 0.0
         torch.manual_seed(seed)
         with torch.inference_mode():
             images = model.sample(batch_size=n)
         return images * 2 - 1
 
-    return Contender("lucidrains", net, lambda x, t: net(x, t), batch_size or 32, step, sample,
-                     "Adam lr 8e-5 (constant), EMA 0.995 every 10 steps, clip 1, pred_v, sigmoid schedule (README)")
+    batch = batch_size or (128 if recipe == "undiffuse" else 32)
+    return Contender("lucidrains", net, lambda x, t: net(x, t), batch, step, sample,
+                     described + ", pred_v, sigmoid schedule")
 
 
 def forward_flops(contender: Contender, side: int, channels: int) -> float:

@@ -15,9 +15,10 @@ attention), so it is larger at the same width: parameters and FLOPs are reported
 """
 from __future__ import annotations
 
+import atexit
 import copy
 import importlib
-import math
+import shutil
 import sys
 import tempfile
 import types
@@ -50,8 +51,7 @@ def _levels(size: str, side: int, channels: int):
 
 
 def build(library: str, size: str, side: int, channels: int, *, batch_size: int | None = None,
-          planned_steps: int = 1000, data=None, workdir: str | None = None, conditional: bool = False,
-          recipe: str = "documented") -> Contender:
+          planned_steps: int = 1000, recipe: str = "documented") -> Contender:
     """`planned_steps` sizes the learning-rate schedules that need a length. recipe "documented": each
     peer trains as its documentation says; "undiffuse": the peer's network, loss target and schedule,
     with undiffuse's budget recipe (batch 128, AdamW, warm-up + cosine, EMA over the last tenth)."""
@@ -62,7 +62,7 @@ def build(library: str, size: str, side: int, channels: int, *, batch_size: int 
         raise ValueError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
     torch.manual_seed(0)
     if library == "undiffuse":
-        return _undiffuse(size, side, channels, batch_size, planned_steps, data, workdir, conditional)
+        return _undiffuse(size, side, channels, batch_size, planned_steps)
     return makers[library](size, side, channels, batch_size, planned_steps, recipe)
 
 
@@ -94,30 +94,28 @@ class BudgetRecipe:
 
 # --- undiffuse: its own Trainer, so that the timed step is the one a user runs --------------------
 
-def _undiffuse(size, side, channels, batch_size, planned_steps, data, workdir, conditional):
+def _undiffuse(size, side, channels, batch_size, planned_steps):
+    """Unconditional, like the peers, on random images (the Trainer draws its own batches from them)."""
     from undiffuse.data import ImageData
-    from undiffuse.generate import DEFAULT_GUIDANCE, sample_images
+    from undiffuse.generate import sample_images
     from undiffuse.train import TrainConfig, Trainer
 
-    if data is None:
-        data = ImageData(torch.rand(512, channels, side, side) * 2 - 1, None, (), "random")
-    folder = workdir or tempfile.mkdtemp(prefix="undiffuse-bench-")
+    data = ImageData(torch.rand(512, channels, side, side) * 2 - 1, None, (), "random")
+    folder = tempfile.mkdtemp(prefix="undiffuse-bench-")  # the Trainer's run folder, removed at exit
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
     cfg = TrainConfig(data="(in memory)", steps=planned_steps, batch_size=batch_size or 128, model=size,
-                      conditional=conditional, grids=0, checkpoint_minutes=1e9)
+                      grids=0, checkpoint_minutes=1e9)
     trainer = Trainer(cfg, folder, overwrite=True, data=data)
     net = trainer.model
 
-    def step(_batch: Tensor) -> float:  # the Trainer draws its own batches from `data`
+    def step(_batch: Tensor) -> float:
         return trainer.train_step()
 
     def sample(n: int, steps: int, seed: int) -> Tensor:
-        k = net.cfg.context_dim
-        labels = [i % k for i in range(n)] if k else None
-        return sample_images(trainer.ema, trainer.schedule, cfg.prediction, n, image_size=side, labels=labels,
-                             sampler="ddim", steps=steps, guidance=DEFAULT_GUIDANCE if k else 1.0, seed=seed)
+        return sample_images(trainer.ema, trainer.schedule, cfg.prediction, n, image_size=side,
+                             sampler="ddim", steps=steps, seed=seed)
 
-    context = torch.zeros(1, net.cfg.context_dim) if net.cfg.context_dim else None
-    return Contender("undiffuse", net, lambda x, t: net(x, t, context), cfg.batch_size, step, sample,
+    return Contender("undiffuse", net, lambda x, t: net(x, t), cfg.batch_size, step, sample,
                      f"AdamW, peak lr {trainer.plan.lr:.1e}, warm-up + cosine, EMA, min-SNR-5, eps, linear schedule")
 
 
@@ -257,6 +255,3 @@ def epoch_batches(images: Tensor, batch_size: int, seed: int = 0):
         for start in range(0, len(order) - batch_size + 1, batch_size):
             yield images[order[start:start + batch_size]]
 
-
-def cosine_steps_for(seconds: float, seconds_per_step: float) -> int:
-    return max(1, math.floor(seconds / seconds_per_step))

@@ -21,7 +21,7 @@ from undiffuse.data import load_data
 from undiffuse.generate import DEFAULT_GUIDANCE, generate, load_run
 from undiffuse.samplers import network_calls
 
-SAMPLERS = ("ddim", "euler-a", "heun", "dpmpp-2m", "dpmpp-3m")  # euler is ddim in other coordinates
+SAMPLERS = ("ddim", "euler-a", "heun", "dpmpp-2m", "dpmpp-3m", "unipc")  # euler is ddim in other coordinates
 PLOT = Path(__file__).resolve().parent / "quality_vs_steps.png"
 
 

@@ -55,7 +55,7 @@ def test_sample_is_reproducible_by_seed(trained, tmp_path):
     assert np.array_equal(np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy"))
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "euler", "euler-a", "heun", "dpmpp-2m", "dpmpp-3m"])
+@pytest.mark.parametrize("sampler", ["ddim", "euler", "euler-a", "heun", "dpmpp-2m", "dpmpp-3m", "unipc"])
 def test_every_sampler_from_the_command_line_with_guidance_and_animation(sampler, trained, tmp_path):
     out, gif = tmp_path / "s.npy", tmp_path / "s.gif"
     assert main(["sample", str(trained), "--n", "1", "--sampler", sampler, "--steps", "4", "--guidance", "3",

@@ -14,7 +14,8 @@ from gaussian import Mixture
 MIXTURE = Mixture([0.5, 0.3, 0.2], [[-1.0, 0.5], [1.0, 0.0], [0.0, -1.2]],
                   [[[0.10, 0.02], [0.02, 0.05]], [[0.04, 0.0], [0.0, 0.12]], [[0.06, -0.03], [-0.03, 0.06]]])
 GAUSSIAN = Mixture([1.0], [[0.3, -0.2]], [[[0.20, 0.12], [0.12, 0.15]]])
-ORDERS = {"ddim": 1, "euler": 1, "heun": 2, "dpmpp-2m": 2, "dpmpp-3m": 3}
+ORDERS = {"ddim": 1, "euler": 1, "heun": 2, "dpmpp-2m": 2, "dpmpp-3m": 3,
+          "unipc": 3}  # UniP-2 corrected by UniC-2: one order above its predictor
 GRIDS = (81, 161, 321)
 
 
@@ -110,7 +111,7 @@ def test_deterministic_solvers_reproduce_the_mixture():
     schedule = linear(1000)
     x = _noise(8000, seed=4)
     eps_fn = MIXTURE.eps_fn(schedule)
-    for name in ("dpmpp-2m", "dpmpp-3m", "heun"):
+    for name in ("dpmpp-2m", "dpmpp-3m", "unipc", "heun"):
         out = sample(name, eps_fn, schedule, x, steps=25).reshape(-1, 2)
         assert torch.allclose(out.mean(0), MIXTURE.mean(), atol=0.03), name
         assert torch.allclose(torch.cov(out.T), MIXTURE.covariance(), atol=0.03), name
@@ -181,7 +182,7 @@ def test_zero_terminal_snr_schedules_sample_from_pure_noise(prediction):
         pred = x0 if prediction == "x0" else s.v_target(x0, t, eps)
         return to_eps(pred, x_t, t, s, prediction)
 
-    for name, steps in (("ddim", 100), ("dpmpp-2m", 30), ("heun", 30)):
+    for name, steps in (("ddim", 100), ("dpmpp-2m", 30), ("unipc", 30), ("heun", 30)):
         out = sample(name, eps_fn, s, x, steps=steps).reshape(-1, 2)
         assert torch.allclose(out.mean(0), GAUSSIAN.mean(), atol=0.03), name
         assert torch.allclose(torch.cov(out.T), GAUSSIAN.covariance(), atol=0.03), name

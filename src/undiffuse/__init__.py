@@ -10,7 +10,7 @@ from .conditioning import ContextEmbedding, denoiser, guided, one_hot
 from .data import DataError, ImageData, load_data
 from .generate import LoadedRun, generate, load_run, sample_images
 from .samplers import (SAMPLERS, ddim, ddim_invert, ddpm, dpmpp_2m, dpmpp_3m, euler, euler_ancestral, heun,
-                       karras_timesteps, sample, timesteps)
+                       karras_timesteps, sample, timesteps, unipc)
 from .schedule import NoiseSchedule, cosine, linear, make_schedule, sigmoid, zero_terminal_snr
 from .train import Result, TrainConfig, Trainer, train
 from .unet import UNet, UNetConfig, count_parameters

@@ -3,6 +3,7 @@
 Each variant must give the update of the plain single-process fp32 run (to float tolerance), since
 it only changes how the same batch is computed.
 """
+import importlib
 import json
 import os
 import subprocess
@@ -13,6 +14,7 @@ import pytest
 import torch
 
 from undiffuse import checkpoint as ckpt
+from undiffuse.budget import REFIT_EVERY
 from undiffuse.distributed import World, shard
 from undiffuse.recipe import unet_config
 from undiffuse.train import TrainConfig, Trainer, read_log
@@ -67,17 +69,18 @@ def test_two_gloo_processes_under_torchrun_equal_one_process(tmp_path):
 
 
 def test_ranks_agree_on_the_model_and_steps_a_time_budget_picks(tmp_path):
-    """Rank 0 times the sizes and re-fits the step count after REPLAN_AT steps; had the ranks
-    disagreed, one would wait forever for the other's gradients (the timeout would fail the test)."""
+    """Rank 0 times the sizes, re-fits the step count every REFIT_EVERY steps and decides when the
+    deadline is reached; had the ranks disagreed, one would wait forever for the other's gradients
+    (the timeout would fail the test)."""
     run = tmp_path / "budget"
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           "-m", "undiffuse", "train", "--data", "digits", "--image-size", "16", "--minutes", "0.04",
+                           "-m", "undiffuse", "train", "--data", "digits", "--image-size", "16", "--minutes", "0.2",
                            "--batch-size", "8", "--grids", "0", "--quiet", "--out", str(run)],
                           env=ENV, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     config = json.loads((run / ckpt.CONFIG).read_text())
     steps = read_log(run)[0]
-    assert steps[-1] == config["plan"]["steps"] > 25  # re-planned, and every rank ran to the same end
+    assert steps[-1] == config["plan"]["steps"] > REFIT_EVERY  # re-fitted, and every rank ran to the same end
     assert steps == sorted(set(steps))
 
 
@@ -144,13 +147,21 @@ def test_compile_flag_wraps_the_network(tmp_path, monkeypatch):
         return module
 
     monkeypatch.setattr(torch, "compile", fake_compile)
+    monkeypatch.setattr(importlib.import_module("undiffuse.train"), "COMPILE_ON_CPU", True)
     trainer = Trainer(_cfg(steps=1, compile=True), tmp_path / "r")
     assert compiled == [trainer.model] and trainer.net is trainer.model
     assert json.loads((tmp_path / "r" / ckpt.CONFIG).read_text())["train"]["compile"] is True
 
 
+def test_compile_is_refused_on_a_cpu_before_anything_is_written(tmp_path):
+    with pytest.raises(ValueError, match="--compile is for CUDA"):
+        Trainer(_cfg(steps=1, compile=True), tmp_path / "r")
+    assert not (tmp_path / "r").exists()
+
+
 @pytest.mark.slow
-def test_compiled_training_equals_eager(tmp_path):
+def test_compiled_training_equals_eager(tmp_path, monkeypatch):
+    monkeypatch.setattr(importlib.import_module("undiffuse.train"), "COMPILE_ON_CPU", True)
     eager = Trainer(_cfg(steps=2), tmp_path / "a")
     eager.train(progress=False)
     compiled = Trainer(_cfg(steps=2, compile=True), tmp_path / "b")

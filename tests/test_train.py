@@ -1,6 +1,4 @@
 """Short real training runs on the bundled 8x8 digits (at 16x16, a tiny model): seconds each."""
-from dataclasses import replace
-
 import pytest
 import torch
 
@@ -111,19 +109,73 @@ def test_min_snr_weight_turns_the_target_error_into_min_snr_times_the_x0_error(p
     assert torch.allclose(weighted, s.snr[t].clamp(max=gamma) * x0_err, rtol=1e-4)
 
 
-def test_a_time_budget_is_refit_early_and_again_a_quarter_of_the_way_in(tmp_path):
-    cfg = TrainConfig(data="digits", image_size=16, minutes=0.05, model="tiny", batch_size=8, grids=0)
-    trainer = Trainer(cfg, tmp_path / "r")
-    refits = []
+class FakeClock:
+    """Seconds that pass only when the test says: each step costs what `step_cost(now)` says."""
 
-    def replan(seconds_per_step):
-        refits.append((trainer.step, seconds_per_step))
-        trainer.plan = replace(trainer.plan, steps=1000)
+    def __init__(self, step_cost):
+        self.now, self.step_cost = 0.0, step_cost
 
-    trainer._replan = replan
-    times = []
-    for step in range(1, 600):
-        trainer.step = step
-        times.append(0.2 if step <= 25 else 0.1)  # the first steps run slow
-        trainer._replan_now(times)
-    assert refits == [(25, 0.2), (250, 0.1)]
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def fake_clock(monkeypatch):
+    """Steps cost 0.5 s until a minute has passed, then 2 s (the machine got busier); a grid costs
+    3 s, a checkpoint 2 s. Training itself runs for real, on a tiny model."""
+    clock = FakeClock(lambda now: 0.5 if now < 60 else 2.0)
+    def slow(cost, function):
+        def timed(*args):
+            result = function(*args)
+            clock.now += cost(clock.now) if callable(cost) else cost
+            return result
+        return timed
+
+    monkeypatch.setattr(Trainer, "_backward", slow(lambda now: clock.step_cost(now), Trainer._backward))
+    monkeypatch.setattr(ckpt, "save_checkpoint", slow(2.0, ckpt.save_checkpoint))
+    monkeypatch.setattr(Trainer, "write_grid", slow(3.0, Trainer.write_grid))
+    return clock
+
+
+def _budget_cfg(**kw):
+    return TrainConfig(**{**dict(data="digits", image_size=8, minutes=2, model="tiny", batch_size=4, grids=4,
+                                 checkpoint_minutes=0.5), **kw})
+
+
+def test_a_time_budget_is_a_deadline_whatever_the_machine_does(tmp_path, fake_clock):
+    trainer = Trainer(_budget_cfg(), tmp_path / "r", clock=fake_clock)
+    first_estimate = trainer.plan.steps
+    result = trainer.train(progress=False)
+    assert 0.98 * 120 <= result.seconds <= 120  # grids, checkpoints and the final save included
+    assert fake_clock.now == pytest.approx(result.seconds)
+    # the machine slowed down 4x after a minute: far fewer steps than first planned, and the
+    # schedules still ended where they should
+    assert result.steps < 0.6 * first_estimate
+    assert trainer.lr == pytest.approx(0.1 * trainer.plan.lr, rel=0.15)  # the cosine reached its floor
+    assert trainer.plan.steps == result.steps == read_log(tmp_path / "r")[0][-1]
+    horizon = 1 / (1 - trainer.plan.ema_decay)
+    assert horizon == pytest.approx(result.steps / 10, rel=0.25)  # the EMA averages the last tenth
+    grids = sorted((tmp_path / "r" / "samples").glob("step*.png"))
+    assert len(grids) == 4 and grids[-1].name == f"step{result.steps:07d}.png"
+
+
+def test_the_learning_rate_follows_the_elapsed_share_of_the_budget(tmp_path, fake_clock):
+    trainer = Trainer(_budget_cfg(grids=0), tmp_path / "r", clock=fake_clock)
+    rates = []
+    trainer.train(until=trainer.plan.warmup + 1, progress=False)
+    for _ in range(40):
+        done = trainer.done()
+        trainer.train_step()
+        rates.append((done, trainer.lr))
+        fake_clock.now += 1.0  # whatever the steps cost, the elapsed share drives the rate
+    assert all(lr == pytest.approx(lr_at(trainer.plan.warmup + 1, trainer.plan, done)) for done, lr in rates)
+    assert [lr for _, lr in rates] == sorted((lr for _, lr in rates), reverse=True)
+
+
+def test_a_resumed_time_budget_ends_at_the_same_deadline(tmp_path, fake_clock):
+    Trainer(_budget_cfg(), tmp_path / "r", clock=fake_clock).train(until=30, progress=False)
+    spent = fake_clock.now
+    fake_clock.now += 1000.0  # time between the sessions does not count
+    result = Trainer.resume(tmp_path / "r", clock=fake_clock).train(progress=False)
+    assert 0.98 * 120 <= result.seconds <= 120 and spent < result.seconds
+    assert len(list((tmp_path / "r" / "samples").glob("step*.png"))) == 4

@@ -9,9 +9,10 @@ from .cli import UsageError, add_config_flags, config_values
 from .recipe import MODEL_SIZES
 from .schedule import SCHEDULES
 from .conditioning import PREDICTIONS
+from .unet import CONTEXT_MODES
 
 TRAIN_CHOICES = {"schedule": SCHEDULES, "prediction": PREDICTIONS, "model": ("auto", *MODEL_SIZES),
-                 "precision": ("fp32", "bf16", "fp16")}
+                 "precision": ("fp32", "bf16", "fp16"), "context_mode": CONTEXT_MODES}
 FORWARD_STEPS = "0,50,100,200,300,500,700,999"
 
 

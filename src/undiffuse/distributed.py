@@ -89,6 +89,16 @@ def any_rank(flag: bool, world: World, device: torch.device) -> bool:
     return bool(total(torch.tensor(float(flag), device=device), world).item() > 0)
 
 
+def agree(flag: bool, value: float, world: World, device: torch.device) -> tuple[bool, float]:
+    """(any rank's flag, rank 0's value) on every rank, in one collective: whether to stop, and the
+    share of the run done by rank 0's clock, which every rank's learning rate must follow."""
+    if not world.active:
+        return flag, value
+    mine = torch.tensor([float(flag), value if world.is_main else 0.0], dtype=torch.float64, device=device)
+    flags, main_value = total(mine, world).tolist()
+    return flags > 0, main_value
+
+
 def barrier(world: World) -> None:
     if world.active:
         dist.barrier()

@@ -30,17 +30,21 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from . import distributed as dist
+from .budget import REFIT_EVERY, Deadline
 from .conditioning import PREDICTIONS, class_id, drop_mask, one_hot
 from .data import DataError, ImageData, batch_at, load_data, name_contexts
-from .recipe import MIN_IMAGES, MODEL_SIZES, Plan, ema_decay_at, lr_at, plan, unet_config
+from .recipe import (CONTEXT_MODE, MIN_IMAGES, MODEL_SIZES, Plan, default_batch_size, ema_decay_at, lr_at, plan,
+                     unet_config)
 from .schedule import SCHEDULES, make_schedule
-from .unet import UNet, UNetConfig
+from .unet import CONTEXT_MODES, UNet, UNetConfig
 
 LOG = "log.csv"
 LOG_COLUMNS = ["step", "loss", "lr", "images_per_s", "seconds", "skipped"]
-REPLAN_AT = 25  # a time-budgeted run re-fits its step count to the speed of its first steps (and later)
 DEFAULT_MINUTES = 10.0
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# torch.compile of the training step on a CPU: no faster than eager (the time goes to the same oneDNN
+# convolutions) after a minute or more of compiling (benchmarks/cpu_levers.py), so it is refused there.
+COMPILE_ON_CPU = False
 
 
 class TrainingDiverged(ArithmeticError):
@@ -59,7 +63,7 @@ class TrainConfig:
     only_label: str | None = None  # fine-tune: train on the images of this class only (name or id)
     steps: int | None = None  # optimizer steps; None: as many as `minutes` affords
     minutes: float | None = None  # wall-clock budget; used when steps is None (default 10)
-    batch_size: int = 128  # images per optimizer step
+    batch_size: int | None = None  # images per optimizer step; None: recipe.default_batch_size (CPU 32, CUDA 128)
     model: str = "auto"  # tiny, small, medium, large, or auto: the largest the budget trains well
     lr: float | None = None  # peak learning rate; None: from the recipe
     warmup: int | None = None  # warm-up steps; None: from the recipe
@@ -71,6 +75,7 @@ class TrainConfig:
     prediction: str = "eps"  # what the network predicts: eps, x0 or v
     min_snr: float | None = 5.0  # min-SNR-gamma loss weighting (Hang et al. 2023); 0 or None: plain MSE
     cond_drop: float = 0.1  # probability of training on the null context (for guidance)
+    context_mode: str = CONTEXT_MODE  # how the class reaches the U-Net: scale (FiLM), add (to the time embedding), both
     seed: int = 0  # seeds the weights, the batches and the noise
     checkpoint_minutes: float = 2.0  # save at least this often
     grids: int = 4  # sample grids written to RUN/samples during training
@@ -79,17 +84,17 @@ class TrainConfig:
     max_bad_steps: int = 5  # non-finite losses in a row (each step skipped) before training stops
     precision: str = "fp32"  # fp32, bf16 or fp16: autocast (fp16 adds loss scaling; slow on a CPU)
     grad_accum: int = 1  # micro-batches per step: the same update with 1/K of the activation memory
-    compile: bool = False  # torch.compile the network (on a CPU it needs a C compiler)
-    channels_last: bool = False  # NHWC memory layout: faster convolutions on recent GPUs
+    compile: bool = False  # torch.compile the network (CUDA only: on a CPU it does not pay, see COMPILE_ON_CPU)
+    channels_last: bool = False  # NHWC memory layout: faster convolutions on recent GPUs, about even on a CPU
     grad_checkpointing: bool = False  # recompute activations in the backward pass: less memory, slower
 
     def validate(self) -> None:
         """Reject absurd values before any work starts (ValueError with one line)."""
-        positive = {"batch_size": self.batch_size, "T": self.T, "keep_checkpoints": self.keep_checkpoints,
+        positive = {"T": self.T, "keep_checkpoints": self.keep_checkpoints,
                     "max_bad_steps": self.max_bad_steps, "grad_accum": self.grad_accum}
         if self.min_snr is not None and not self.min_snr >= 0:
             raise ValueError(f"min_snr must be >= 0, got {self.min_snr}")
-        for name in ("steps", "minutes", "lr", "warmup", "image_size", "checkpoint_minutes"):
+        for name in ("batch_size", "steps", "minutes", "lr", "warmup", "image_size", "checkpoint_minutes"):
             if getattr(self, name) is not None:
                 positive[name] = getattr(self, name)
         for name, value in positive.items():
@@ -102,7 +107,8 @@ class TrainConfig:
                              "the noise says nothing about the image")
         _choice("model", self.model, ("auto", *MODEL_SIZES))
         _choice("precision", self.precision, PRECISIONS)
-        if self.grad_accum > self.batch_size:
+        _choice("context_mode", self.context_mode, CONTEXT_MODES)
+        if self.batch_size is not None and self.grad_accum > self.batch_size:
             raise ValueError(f"grad_accum {self.grad_accum} splits a batch of {self.batch_size} into empty parts")
         if not 0 <= self.cond_drop < 1:
             raise ValueError(f"cond_drop must lie in [0, 1), got {self.cond_drop}")
@@ -211,11 +217,15 @@ class Trainer:
     run folder, and rank 0's decisions (model size, step count) are broadcast to the others.
     """
 
-    def __init__(self, cfg: TrainConfig, run: str | Path, *, overwrite: bool = False, data: ImageData | None = None):
+    def __init__(self, cfg: TrainConfig, run: str | Path, *, overwrite: bool = False, data: ImageData | None = None,
+                 clock: Callable[[], float] = time.perf_counter):
         cfg.validate()
         self.cfg, self.run = cfg, Path(run)
+        self._start_clock(clock, 0.0)  # a time budget counts from here: reading the data, timing the sizes
         _check_run_folder(self.run, overwrite)
         self._setup_device()
+        if cfg.batch_size is None:
+            cfg = self.cfg = replace(cfg, batch_size=default_batch_size(self.device.type))
         base = ckpt.load_config(cfg.base) if cfg.base else None
         if base is not None:  # the base fixes the model, the image shape and the contexts
             cfg = self.cfg = _finetune_config(cfg, base)
@@ -226,7 +236,7 @@ class Trainer:
         self.class_names = tuple(base["class_names"]) if base else self.data.class_names if self.context_dim else ()
         self.finetuned_from = _base_record(cfg.base)
         self.schedule = make_schedule(cfg.schedule, cfg.T, cfg.zero_snr)
-        self.step, self.elapsed, self.bad_steps, self.saved_step = 0, 0.0, 0, -1
+        self.step, self.bad_steps, self.saved_step = 0, 0, -1
         choice = self._choose_model_and_plan() if self.world.is_main else None
         self.size, self.plan = dist.broadcast(choice, self.world)
         self._build(self.size)
@@ -241,7 +251,8 @@ class Trainer:
         self._prepare()
 
     @classmethod
-    def resume(cls, run: str | Path, data: ImageData | None = None) -> "Trainer":
+    def resume(cls, run: str | Path, data: ImageData | None = None,
+               clock: Callable[[], float] = time.perf_counter) -> "Trainer":
         """Continue a run from its newest readable checkpoint: weights, EMA, optimizer, step, clock.
 
         A run killed before its first checkpoint starts again from step 0 (the seed fixes it);
@@ -250,12 +261,15 @@ class Trainer:
         run = Path(run)
         config = ckpt.load_config(run)
         try:
-            cfg = TrainConfig.from_dict(config["train"])
+            # runs written before context_mode existed used "scale"
+            cfg = TrainConfig.from_dict({"context_mode": config["unet"].get("context_mode", "scale"),
+                                         **config["train"]})
             cfg.validate()
         except (KeyError, TypeError, ValueError) as e:
             raise ckpt.CheckpointError(f"{run / ckpt.CONFIG} has a bad 'train' section ({e})") from None
         self = cls.__new__(cls)
         self.cfg, self.run = cfg, run
+        self._start_clock(clock, 0.0)
         self._setup_device()
         self.data = data if data is not None else _load(cfg, config["image_size"], config["channels"])
         self.context_dim = config["unet"]["context_dim"]
@@ -268,7 +282,7 @@ class Trainer:
         if not _same_unet(self.model.cfg, config["unet"]):
             raise ckpt.CheckpointError(f"{run / ckpt.CONFIG}: its 'unet' does not match a {self.size} model for "
                                        "this data; the folder was edited or written by another version")
-        self.step, self.elapsed, self.bad_steps, self.saved_step = 0, 0.0, 0, -1
+        self.step, self.bad_steps, self.saved_step = 0, 0, -1
         self.skipped_checkpoints = []
         found = ckpt.latest_checkpoint(run)
         if found is not None:
@@ -281,15 +295,32 @@ class Trainer:
         return self
 
     # --- set-up -------------------------------------------------------------------------------
+    def _start_clock(self, clock: Callable[[], float], elapsed: float) -> None:
+        """`elapsed` seconds of training lie behind us as of now; a time budget becomes a Deadline."""
+        self.clock, self._elapsed_before, self._since = clock, elapsed, clock()
+        self.deadline = Deadline(60 * (self.cfg.minutes or DEFAULT_MINUTES)) if self.cfg.steps is None else None
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds this run has trained, over all its sessions: steps, grids, checkpoints, set-up."""
+        return self._elapsed_before + self.clock() - self._since
+
+    def done(self) -> float:
+        """The share of the run behind us: of the time budget, or of the steps."""
+        return self.deadline.done(self.elapsed) if self.deadline else min(1.0, self.step / self.plan.steps)
+
     def _setup_device(self) -> None:
         device = pick_device(self.cfg.device)
+        if self.cfg.compile and device.type == "cpu" and not COMPILE_ON_CPU:
+            raise ValueError("--compile is for CUDA: on a CPU the compiled training step runs no faster than "
+                             "eager after a minute or more of compiling (benchmarks/cpu_levers.py)")
         self.world = dist.setup(device)
         self.device = dist.local_device(device, self.world)
 
     def _build(self, size: str) -> None:
         cfg = self.cfg
         torch.manual_seed(cfg.seed)  # the initial weights
-        unet = unet_config(size, self.data.image_size, self.data.channels, self.context_dim)
+        unet = unet_config(size, self.data.image_size, self.data.channels, self.context_dim, cfg.context_mode)
         self.model = UNet(unet).to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -322,7 +353,7 @@ class Trainer:
         self.ema.load_state_dict(tensors[ckpt.EMA])
         state = tensors[ckpt.STATE]
         ckpt.load_optimizer_tensors(self.optimizer, state)
-        self.elapsed = float(state["elapsed"])
+        self._start_clock(self.clock, float(state["elapsed"]))
         if self.scaler.is_enabled() and "scaler.scale" in state:
             scaler = self.scaler.state_dict()
             scaler.update(scale=float(state["scaler.scale"]), _growth_tracker=int(state["scaler.growth_tracker"]))
@@ -335,10 +366,10 @@ class Trainer:
         if cfg.steps is not None:
             size = "small" if cfg.model == "auto" else cfg.model
             return size, plan(cfg.steps, cfg.batch_size, cfg.lr, cfg.warmup, cfg.ema_decay)
-        budget = 0.92 * 60 * (cfg.minutes or DEFAULT_MINUTES)  # 8% for grids and checkpoints
         chosen = None
         for size in list(MODEL_SIZES) if cfg.model == "auto" else [cfg.model]:
             self._build(size)
+            budget = 0.95 * (self.deadline.seconds - self.elapsed)  # a first estimate: the deadline decides
             steps = max(1, int(budget / self._seconds_per_step()))
             if chosen is not None and steps * cfg.batch_size < MIN_IMAGES:
                 break  # larger sizes are slower still
@@ -350,12 +381,12 @@ class Trainer:
         """Time forward + backward on real batches without touching the weights."""
         times = []
         for i in range(repeats + 1):
-            start = time.perf_counter()
+            start = self.clock()
             self._backward(i)
             self.model.zero_grad(set_to_none=True)
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
+            times.append(self.clock() - start)
         return sorted(times[1:])[len(times[1:]) // 2] * 1.05  # the optimizer step and EMA cost ~5%
 
     def describe(self) -> dict:
@@ -415,10 +446,11 @@ class Trainer:
             total += loss.detach()
         return total
 
-    def train_step(self) -> float:
+    def train_step(self, done: float | None = None) -> float:
         """One optimizer step; returns the batch's mean loss. A non-finite loss or gradient skips the
-        update (weights, EMA and optimizer untouched) and counts in `bad_steps`."""
-        lr = lr_at(self.step, self.plan)
+        update (weights, EMA and optimizer untouched) and counts in `bad_steps`. done: the share of
+        the run behind us, which drives the learning rate (default: this process's `done()`)."""
+        lr = self.lr = lr_at(self.step, self.plan, self.done() if done is None else done)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
@@ -439,55 +471,81 @@ class Trainer:
 
     def train(self, *, until: int | None = None, progress: bool = True,
               on_grid: Callable[[Path], None] | None = None) -> Result:
-        """Run to the planned step (or `until`), with a progress bar, log, grids and checkpoints."""
-        main = self.world.is_main
-        end = min(self.plan.steps, until if until is not None else self.plan.steps)
-        grid_steps = self._grid_steps()
+        """Run to the planned step or the deadline (or `until`), with a progress bar, log, grids and
+        checkpoints. Under torchrun rank 0's clock decides for all: its elapsed time sets every rank's
+        learning rate, and its deadline stops them all at the same step."""
+        main, cfg = self.world.is_main, self.cfg
         log_every = max(1, self.plan.steps // 500)
-        losses, recent, step_times, skipped = [], [], [], 0
+        losses, recent, skipped, self.grids_drawn = [], [], 0, math.floor(self.done() * cfg.grids + 1e-9)
         bar = tqdm(total=self.plan.steps, initial=self.step, disable=not (progress and main), unit="step",
                    dynamic_ncols=True, desc=self.run.name)
-        last_save = time.perf_counter()
+        last_save = self.clock()
         with _StopOnSignal() as stop, _open_log(self.run / LOG, main) as log_file:
             log = csv.writer(log_file) if log_file else None
-            start, start_step = time.perf_counter(), self.step
-            while self.step < end and not dist.any_rank(stop.requested, self.world, self.device):
-                t0 = time.perf_counter()
-                loss = self.train_step()
-                self.elapsed += time.perf_counter() - t0
-                step_times.append(time.perf_counter() - t0)
+            start, start_step = self.clock(), self.step
+            while self._more_steps(until):
+                out_of_time = main and self.deadline is not None and self.step > 0 \
+                    and not self.deadline.room_for_step(self.elapsed)  # a run takes one step at least
+                stopping, done = dist.agree(stop.requested or out_of_time, self.done(), self.world, self.device)
+                if stopping:
+                    break
+                t0 = self.clock()
+                loss = self.train_step(done)
+                if self.deadline:
+                    self.deadline.record_step(self.clock() - t0)
                 if self.bad_steps:
                     skipped += 1
                     self._check_diverged(loss, bar)
                 else:
                     losses.append(loss)
                     recent.append(loss)
-                if self._replan_now(step_times):
-                    end = self.plan.steps if until is None else min(self.plan.steps, until)
-                    grid_steps = self._grid_steps()
+                if self.deadline and self.step % REFIT_EVERY == 0:
+                    self._refit()
                     bar.total = self.plan.steps
-                if log is not None and (self.step % log_every == 0 or self.step == end):
-                    rate = self.cfg.batch_size * (self.step - start_step) / max(1e-9, time.perf_counter() - start)
+                if log is not None and (self.step % log_every == 0 or self.step == self.plan.steps):
+                    rate = cfg.batch_size * (self.step - start_step) / max(1e-9, self.clock() - start)
                     mean = sum(recent) / len(recent) if recent else float("nan")
-                    log.writerow([self.step, f"{mean:.6f}", f"{lr_at(self.step - 1, self.plan):.3e}",
-                                  f"{rate:.1f}", f"{self.elapsed:.2f}", skipped])
+                    log.writerow([self.step, f"{mean:.6f}", f"{self.lr:.3e}", f"{rate:.1f}", f"{self.elapsed:.2f}",
+                                  skipped])
                     log_file.flush()  # for `tail -f`, and so that a kill loses no row before the checkpoint
                     bar.set_postfix(loss=f"{mean:.4f}", img_s=f"{rate:.0f}")
                     recent = []
                 bar.update(1)
-                if main and self.step in grid_steps:
-                    path = self.write_grid()
-                    if on_grid is not None:
-                        on_grid(path)
-                if time.perf_counter() - last_save > 60 * self.cfg.checkpoint_minutes:
+                self._draw_due_grids(on_grid)
+                if self.clock() - last_save > 60 * cfg.checkpoint_minutes:
                     self.save()
-                    last_save = time.perf_counter()
+                    last_save = self.clock()
+            if self.deadline and not stop.requested and until is None and self.step > start_step:
+                # the deadline ended the run: its last grid, and the step count it really took
+                self.plan = replace(self.plan, steps=self.step)
+                self._draw_due_grids(on_grid, finished=True)
         bar.close()
         self.save()
         if dist.any_rank(stop.requested, self.world, self.device):  # after the save: no step is lost
             raise KeyboardInterrupt(f"stopped by signal at step {self.step}")
         tail = losses[-max(1, len(losses) // 20):] or [float("nan")]
         return Result(self.run, self.step, self.elapsed, sum(tail) / len(tail), skipped)
+
+    def _more_steps(self, until: int | None) -> bool:
+        """A step budget ends at its step; a time budget at its deadline (checked in the loop)."""
+        if until is not None and self.step >= until:
+            return False
+        return self.deadline is not None or self.step < self.plan.steps
+
+    def _draw_due_grids(self, on_grid, finished: bool = False) -> None:
+        """Grids are drawn evenly through the run (by its `done` share), the last one at its end."""
+        cfg = self.cfg
+        while self.grids_drawn < cfg.grids and (finished or self.done() >= (self.grids_drawn + 1) / cfg.grids):
+            self.grids_drawn += 1
+            if self.world.is_main:
+                start = self.clock()
+                path = self.write_grid()
+                if self.deadline:
+                    self.deadline.record_end_cost("grid", self.clock() - start)
+                if on_grid is not None:
+                    on_grid(path)
+            if not finished:
+                break  # at most one a step
 
     def _check_diverged(self, loss: float, bar) -> None:
         """Tell about a skipped step; stop when too many came in a row, without saving this state."""
@@ -501,43 +559,20 @@ class Trainer:
         raise TrainingDiverged(f"the loss was not finite for {self.bad_steps} steps in a row (up to step "
                                f"{self.step}); stopped and {kept}; check the data or lower --lr")
 
-    def _grid_steps(self) -> set[int]:
-        """The steps after which a sample grid is drawn: evenly through the run, the last included."""
-        return {round(self.plan.steps * (k + 1) / self.cfg.grids) for k in range(self.cfg.grids)}
-
-    def _replan_now(self, step_times: list[float]) -> bool:
-        """A time-budgeted run re-fits its step count twice: after REPLAN_AT steps (the calibration
-        before step 0 runs on a cold machine), and a quarter of the way in, from the median of the
-        last 100 steps, since the first steps run slower than the rest (measured: a 10-minute demo
-        planned from its first 25 steps alone left 9% of its budget unused)."""
-        late = getattr(self, "_late_replan", None)
-        if self.cfg.steps is not None:
-            return False
-        if self.step == REPLAN_AT and len(step_times) == REPLAN_AT:
-            recent = step_times[5:]
-        elif self.step == late and len(step_times) >= 4 * REPLAN_AT:
-            recent = step_times[-100:]
-        else:
-            return False
-        self._replan(sorted(recent)[len(recent) // 2])
-        self._late_replan = max(4 * REPLAN_AT, self.plan.steps // 4) if self.step == REPLAN_AT else None
-        return True
-
-    def _replan(self, seconds_per_step: float) -> None:
-        """Re-fit a time budget's step count to the speed of real steps (the calibration before
-        step 0 runs on a cold machine); early on, so the learning-rate and EMA schedules barely move."""
+    def _refit(self) -> None:
+        """Re-estimate a time budget's step count from the recent step times (rank 0's, sent to all).
+        The warm-up stays as first planned; the EMA horizon follows the estimate."""
         cfg = self.cfg
-        left = 0.92 * 60 * (cfg.minutes or DEFAULT_MINUTES) - self.elapsed
-        steps = max(self.step + 1, self.step + int(left / seconds_per_step))
-        self.plan = dist.broadcast(plan(steps, cfg.batch_size, cfg.lr, cfg.warmup, cfg.ema_decay), self.world)
-        if self.world.is_main:
-            ckpt.save_config(self.run, self.describe())
+        steps = self.step + 1 + self.deadline.steps_left(self.elapsed) if self.world.is_main else None
+        steps = dist.broadcast(steps, self.world)
+        self.plan = plan(steps, cfg.batch_size, cfg.lr, self.plan.warmup, cfg.ema_decay)
 
     # --- outputs ------------------------------------------------------------------------------
     def save(self) -> None:
         """Write a checkpoint of the current step (rank 0 only; the others hold the same state)."""
         if not self.world.is_main:
             return
+        start = self.clock()
         state = ckpt.optimizer_tensors(self.optimizer)
         state["elapsed"] = torch.tensor(self.elapsed, dtype=torch.float64)
         if self.scaler.is_enabled():
@@ -545,6 +580,9 @@ class Trainer:
             state["scaler.growth_tracker"] = torch.tensor(self.scaler.state_dict()["_growth_tracker"])
         tensors = {ckpt.MODEL: self.model.state_dict(), ckpt.EMA: self.ema.state_dict(), ckpt.STATE: state}
         ckpt.save_checkpoint(self.run, self.step, tensors, self.cfg.keep_checkpoints)
+        if self.deadline:  # the plan (a time budget's step estimate) goes with the checkpoint
+            ckpt.save_config(self.run, self.describe())
+            self.deadline.record_end_cost("checkpoint", self.clock() - start)
         self.saved_step = self.step
 
     def write_grid(self) -> Path:
@@ -592,7 +630,7 @@ def _finetune_config(cfg: TrainConfig, base: dict) -> TrainConfig:
     b = base["train"]
     return replace(cfg, model=base["model_size"], image_size=base["image_size"], channels=base["channels"],
                    schedule=b["schedule"], T=b["T"], zero_snr=b.get("zero_snr", False),
-                   prediction=b["prediction"],
+                   prediction=b["prediction"], context_mode=base["unet"].get("context_mode", "scale"),
                    lr=cfg.lr if cfg.lr is not None else base["plan"]["lr"] / 4)
 
 

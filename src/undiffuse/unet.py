@@ -20,6 +20,9 @@ from torch.utils.checkpoint import checkpoint
 from .conditioning import ContextEmbedding
 
 
+CONTEXT_MODES = ("scale", "add", "both")
+
+
 @dataclass(frozen=True)
 class UNetConfig:
     channels: int = 1  # image channels in and out
@@ -31,6 +34,10 @@ class UNetConfig:
     context_dim: int = 0  # length of the context vector; 0 = unconditional
     groups: int = 8  # GroupNorm groups
     dropout: float = 0.0
+    # How the context embedding c reaches the blocks: "scale" (FiLM, h <- (1 + c) h + t, the course
+    # notebook's c * h + t generalised), "add" (ADM: c is added to the time embedding, h <- h + (t + c)),
+    # or "both". New runs get recipe.CONTEXT_MODE; "scale" is what runs written before this field used.
+    context_mode: str = "scale"
 
     def __post_init__(self):
         object.__setattr__(self, "mults", tuple(self.mults))
@@ -40,6 +47,8 @@ class UNetConfig:
                 raise ValueError(f"unet {name} must be >= 1")
         if not self.mults or min(self.mults) < 1:
             raise ValueError("unet mults must be positive integers")
+        if self.context_mode not in CONTEXT_MODES:
+            raise ValueError(f"unknown unet context_mode {self.context_mode!r}; choose one of {', '.join(CONTEXT_MODES)}")
         if any(c % self.groups for c in self.level_channels):
             raise ValueError(f"every level's channels {self.level_channels} must divide by groups={self.groups}")
 
@@ -64,12 +73,12 @@ def sinusoidal_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> T
 
 
 class ResBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int, emb_dim: int, conditional: bool, groups: int, dropout: float):
+    def __init__(self, c_in: int, c_out: int, emb_dim: int, scaled: bool, groups: int, dropout: float):
         super().__init__()
         self.norm1 = nn.GroupNorm(groups, c_in)
         self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
         self.shift = nn.Linear(emb_dim, c_out)  # from the time embedding
-        self.scale = nn.Linear(emb_dim, c_out) if conditional else None  # from the context embedding
+        self.scale = nn.Linear(emb_dim, c_out) if scaled else None  # from the context embedding
         self.norm2 = nn.GroupNorm(groups, c_out)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
@@ -112,8 +121,8 @@ class Level(nn.Module):
 
     def __init__(self, c_ins: list[int], c_out: int, attend: bool, cfg: UNetConfig, emb_dim: int):
         super().__init__()
-        conditional = cfg.context_dim > 0
-        self.blocks = nn.ModuleList(ResBlock(c, c_out, emb_dim, conditional, cfg.groups, cfg.dropout) for c in c_ins)
+        scaled = cfg.context_dim > 0 and cfg.context_mode != "add"
+        self.blocks = nn.ModuleList(ResBlock(c, c_out, emb_dim, scaled, cfg.groups, cfg.dropout) for c in c_ins)
         self.attns = nn.ModuleList(
             Attention(c_out, cfg.head_channels, cfg.groups) if attend else nn.Identity() for _ in c_ins
         )
@@ -173,6 +182,8 @@ class UNet(nn.Module):
         t = t.expand(x.shape[0]) if t.ndim == 0 else t
         t_emb = self.time_mlp(sinusoidal_embedding(t, self.cfg.base))
         c_emb = self.context(context, null, batch=x.shape[0]) if self.context is not None else None
+        if c_emb is not None and self.cfg.context_mode != "scale":
+            t_emb = t_emb + c_emb  # the class shifts every block from the first step of training
 
         h = self.conv_in(x)
         skips = [h]

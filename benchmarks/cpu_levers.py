@@ -11,13 +11,16 @@ eager NCHW with 2 threads:
 - torch.compile (Inductor's C++ backend) of the training step: steady-state speed, and the seconds
   its first step took to compile,
 - torch.compile with weight freezing for sampling (the forward pass at batch 200, inference mode),
-- jemalloc as the allocator (LD_PRELOAD, in a child process, when libjemalloc is installed).
+- jemalloc as the allocator (LD_PRELOAD, in a child process, when libjemalloc is installed),
+- two torchrun processes of one thread each (data-parallel over gloo) instead of one process of two
+  threads, both through `undiffuse train` (its log's images/s over 30 steps of 128 random images).
 Where the profile goes: the share of one eager training step spent in the oneDNN convolutions.
 """
 from __future__ import annotations
 
 import argparse
 import atexit
+import csv
 import os
 import shutil
 import statistics
@@ -25,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -32,6 +36,7 @@ from report import write_section
 from throughput import matmul_gflops
 
 JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
+BATCH = 128
 
 
 def trainer(size: str, side: int, channels: int, channels_last: bool = False):
@@ -43,7 +48,7 @@ def trainer(size: str, side: int, channels: int, channels_last: bool = False):
     data = ImageData(torch.rand(512, channels, side, side) * 2 - 1, labels, tuple(map(str, range(10))), "random")
     folder = tempfile.mkdtemp(prefix="undiffuse-levers-")
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    cfg = TrainConfig(data="(in memory)", steps=1000, model=size, grids=0, checkpoint_minutes=1e9,
+    cfg = TrainConfig(data="(in memory)", steps=1000, batch_size=BATCH, model=size, grids=0, checkpoint_minutes=1e9,
                       channels_last=channels_last)
     return Trainer(cfg, folder, overwrite=True, data=data)
 
@@ -72,7 +77,8 @@ def conv_share(tr) -> float:
 
 def compiled_training(size, side, channels):
     tr = trainer(size, side, channels)
-    tr.net = torch.compile(tr.model)  # what --compile did; the Trainer refuses it on a CPU
+    torch._dynamo.reset()  # each configuration compiles afresh, with static shapes
+    tr.net = torch.compile(tr.model, dynamic=False)  # what --compile did; the Trainer refuses it on a CPU
     start = time.perf_counter()
     tr.train_step()
     return tr, time.perf_counter() - start
@@ -90,7 +96,8 @@ def inference(size: str, side: int, channels: int, rounds: int) -> tuple[float, 
     x, t = torch.randn(200, channels, side, side), torch.randint(1000, (200,))
     c = torch.nn.functional.one_hot(torch.arange(200) % 10, 10).float()
     inductor.freezing = True
-    compiled = torch.compile(net)
+    torch._dynamo.reset()
+    compiled = torch.compile(net, dynamic=False)
     with torch.inference_mode():
         start = time.perf_counter()
         compiled(x, t, c)
@@ -117,6 +124,31 @@ def jemalloc_ratio(size: str, side: int, channels: int, rounds: int) -> str:
     return f"{statistics.median(rates['jemalloc']) / statistics.median(rates['glibc']):.2f}x"
 
 
+def two_processes_ratio(size: str, side: int, channels: int, rounds: int) -> str:
+    """Training img/s of two torchrun processes of one thread each (DDP over gloo, the global batch
+    split between them) / one process of two threads, both through `undiffuse train`, alternating."""
+    import numpy as np
+
+    folder = Path(tempfile.mkdtemp(prefix="undiffuse-levers-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    data = folder / "images.npy"
+    np.save(data, np.random.default_rng(0).integers(0, 256, (512, side, side, channels), dtype=np.uint8))
+    train = ["-m", "undiffuse", "train", "--data", str(data), "--model", size, "--steps", "30", "--batch-size", "128",
+             "--grids", "0", "--quiet", "--overwrite"]
+    launchers = {"one": ([sys.executable], {}),
+                 "two": ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"],
+                         {"OMP_NUM_THREADS": "1"})}
+    rates = {name: [] for name in launchers}
+    for _ in range(rounds):
+        for name, (launcher, env) in launchers.items():
+            run = folder / name
+            subprocess.run([*launcher, *train, "--out", str(run)], env=dict(os.environ, **env), check=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            with (run / "log.csv").open() as f:
+                rates[name].append(float(list(csv.DictReader(f))[-1]["images_per_s"]))
+    return f"{statistics.median(rates['two']) / statistics.median(rates['one']):.2f}x"
+
+
 def measure(size: str, side: int, channels: int, rounds: int, limit: float) -> dict:
     from undiffuse.unet import count_parameters
     sys.path.insert(0, os.path.dirname(__file__))
@@ -133,7 +165,7 @@ def measure(size: str, side: int, channels: int, rounds: int, limit: float) -> d
     for _ in range(rounds):
         for name, (step, threads) in levers.items():
             times[name].append(seconds_per_step(step, threads=threads))
-    rate = {name: 128 / statistics.median(ts) for name, ts in times.items()}
+    rate = {name: BATCH / statistics.median(ts) for name, ts in times.items()}
     eager_fwd, compiled_fwd, fwd_compile_s = inference(size, side, channels, rounds)
     row = {"model": size, "image": f"{side}x{side}x{channels}",
            "params": f"{count_parameters(plain.model) / 1e6:.2f}M",
@@ -144,7 +176,8 @@ def measure(size: str, side: int, channels: int, rounds: int, limit: float) -> d
            "1 thread": f"{rate['1 thread'] / rate['eager']:.2f}x",
            "compile (train)": f"{rate['compile'] / rate['eager']:.2f}x after {compile_s:.0f} s",
            "compile (sampling fwd)": f"{compiled_fwd / eager_fwd:.2f}x after {fwd_compile_s:.0f} s",
-           "jemalloc": jemalloc_ratio(size, side, channels, rounds)}
+           "jemalloc": jemalloc_ratio(size, side, channels, rounds),
+           "2 processes x 1 thread": two_processes_ratio(size, side, channels, rounds)}
     print(row, flush=True)
     return row
 
@@ -154,7 +187,7 @@ def child(config: str) -> None:
     side, channels = (int(v) for v in shape.split("x"))
     tr = trainer(size, side, channels)
     seconds_per_step(tr.train_step, 2)
-    print(128 / statistics.median([seconds_per_step(tr.train_step) for _ in range(3)]))
+    print(BATCH / statistics.median([seconds_per_step(tr.train_step) for _ in range(3)]))
 
 
 def main() -> None:

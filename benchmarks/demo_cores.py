@@ -26,6 +26,7 @@ import torch
 from digit_judge import fidelity, judge
 from report import write_section
 from undiffuse.generate import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, generate, load_run
+from undiffuse.samplers import DEFAULT_STEPS
 
 UNDIFFUSE = [sys.executable, "-m", "undiffuse"]
 COMPETITOR = "import torch\ntorch.set_num_threads(1)\na = torch.randn(1024, 1024)\nwhile True:\n    a @ a\n"
@@ -86,7 +87,7 @@ def main() -> None:
         f"one-busy: the demo on core 1 alone (one thread) while a matmul loop keeps core 0 busy; two-quiet: the "
         f"demo on both cores, nothing else running. Training minutes from the run's log (everything but the "
         f"final pictures); wall minutes include start-up and the final pictures. Fidelity: share of "
-        f"{10 * args.per_digit} samples ({DEFAULT_SAMPLER}, default steps, guidance {DEFAULT_GUIDANCE:g}) the "
+        f"{10 * args.per_digit} samples ({DEFAULT_SAMPLER}, {DEFAULT_STEPS[DEFAULT_SAMPLER]} steps, guidance {DEFAULT_GUIDANCE:g}) the "
         f"shipped judge (accuracy {accuracy:.3f} on real digits) reads as the digit asked. FID and KID: "
         "`undiffuse eval RUN --n 1000` (digit features).",
         "", "| mode | minutes asked | training minutes | wall minutes | model | steps | fidelity | FID | KID x 1e3 |",

@@ -103,7 +103,8 @@ def main() -> None:
     command = (f"python benchmarks/peers.py --sizes {args.sizes} --resolutions {args.resolutions} "
                f"--batch-size {args.batch_size} --repeats {args.repeats} --rounds {args.rounds} "
                f"--sample-n {args.sample_n} --sample-steps {args.sample_steps}"
-               + (f" --threads {args.threads}" if args.threads else ""))
+               + (f" --threads {args.threads}" if args.threads else "")
+               + (f" --libraries {','.join(args.libraries)}" if tuple(args.libraries) != LIBRARIES else ""))
     import diffusers
     from importlib.metadata import version
 
@@ -111,7 +112,7 @@ def main() -> None:
                f"{torch.__version__}, fp32, matmul limit {limit:.0f} GFLOP/s; diffusers {diffusers.__version__}, "
                f"denoising-diffusion-pytorch {version('denoising-diffusion-pytorch')}")
     text = "\n".join([
-        f"Command: `{command}`. Machine: {machine}. All three unconditional, same batch, same data; each "
+        f"Command: `{command}`. Machine: {machine}. All unconditional, same batch, same data; each "
         "library's own training step and its DDIM sampler (deterministic, x0 clipped). Ratios above 1 mean "
         "undiffuse is faster. lucidrains' Unet has its fixed layout (two residual blocks per level, linear "
         "attention at every other level), so at the same width it has more parameters and FLOPs: compare its "

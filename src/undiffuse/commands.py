@@ -71,9 +71,9 @@ def _describe(trainer) -> None:
     _say(f"data: {data.source}: {len(data.images)} images {data.channels}x{data.image_size}x{data.image_size}, "
          f"{kind}{skipped}")
     where = f"{trainer.world.size} processes on {trainer.device.type}" if trainer.world.active else trainer.device
+    steps = f"about {plan.steps} steps (the deadline decides)" if trainer.deadline else f"{plan.steps} steps"
     _say(f"model: {trainer.size}, {count_parameters(trainer.model) / 1e6:.2f}M parameters on {where}; "
-         f"{plan.steps} steps of {trainer.cfg.batch_size}, lr {plan.lr:.2g}, warm-up {plan.warmup}, "
-         f"EMA {plan.ema_decay:.4f}")
+         f"{steps} of {trainer.cfg.batch_size}, lr {plan.lr:.2g}, warm-up {plan.warmup}, EMA {plan.ema_decay:.4f}")
 
 
 def _train_and_report(trainer, progress: bool):

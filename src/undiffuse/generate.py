@@ -20,7 +20,8 @@ from .unet import UNet, UNetConfig
 # Guidance 2 with x0 clipping: on the demo model, 95% of DDIM-50 digits are recognised as the digit asked
 # for, against 72% at guidance 1 (benchmarks/digit_quality.py); clipping alone takes 85% to 95%.
 DEFAULT_GUIDANCE = 2.0
-DEFAULT_SAMPLER = "ddim"  # with 20 steps: the best measured at 20 network calls (benchmarks/quality_vs_steps.py)
+DEFAULT_SAMPLER = "ddim"  # 10 steps (samplers.DEFAULT_STEPS): the best fidelity and FID per network call on
+# the budget models (benchmarks/budget_samplers.py), where fresh noise (eta 1) or 20-50 steps scored worse
 
 
 @dataclass

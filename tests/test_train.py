@@ -179,3 +179,10 @@ def test_a_resumed_time_budget_ends_at_the_same_deadline(tmp_path, fake_clock):
     result = Trainer.resume(tmp_path / "r", clock=fake_clock).train(progress=False)
     assert 0.98 * 120 <= result.seconds <= 120 and spent < result.seconds
     assert len(list((tmp_path / "r" / "samples").glob("step*.png"))) == 4
+
+
+def test_the_log_ends_on_the_last_step_a_deadline_allowed(tmp_path, fake_clock):
+    fake_clock.step_cost = lambda now: 0.1  # over 500 steps: the log writes every few steps
+    result = Trainer(_budget_cfg(grids=1), tmp_path / "r", clock=fake_clock).train(progress=False)
+    steps = read_log(tmp_path / "r")[0]
+    assert steps[1] - steps[0] > 1 and steps[-1] == result.steps

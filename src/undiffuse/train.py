@@ -504,12 +504,7 @@ class Trainer:
                     self._refit()
                     bar.total = self.plan.steps
                 if log is not None and (self.step % log_every == 0 or self.step == self.plan.steps):
-                    rate = cfg.batch_size * (self.step - start_step) / max(1e-9, self.clock() - start)
-                    mean = sum(recent) / len(recent) if recent else float("nan")
-                    log.writerow([self.step, f"{mean:.6f}", f"{self.lr:.3e}", f"{rate:.1f}", f"{self.elapsed:.2f}",
-                                  skipped])
-                    log_file.flush()  # for `tail -f`, and so that a kill loses no row before the checkpoint
-                    bar.set_postfix(loss=f"{mean:.4f}", img_s=f"{rate:.0f}")
+                    self._log_row(log, log_file, bar, recent, skipped, self.step - start_step, start)
                     recent = []
                 bar.update(1)
                 self._draw_due_grids(on_grid)
@@ -519,6 +514,8 @@ class Trainer:
             if self.deadline and not stop.requested and until is None and self.step > start_step:
                 # the deadline ended the run: its last grid, and the step count it really took
                 self.plan = replace(self.plan, steps=self.step)
+                if log is not None and recent:  # the last steps, when they did not end on a logged one
+                    self._log_row(log, log_file, bar, recent, skipped, self.step - start_step, start)
                 self._draw_due_grids(on_grid, finished=True)
         bar.close()
         self.save()
@@ -526,6 +523,13 @@ class Trainer:
             raise KeyboardInterrupt(f"stopped by signal at step {self.step}")
         tail = losses[-max(1, len(losses) // 20):] or [float("nan")]
         return Result(self.run, self.step, self.elapsed, sum(tail) / len(tail), skipped)
+
+    def _log_row(self, log, log_file, bar, recent: list[float], skipped: int, steps: int, start: float) -> None:
+        rate = self.cfg.batch_size * steps / max(1e-9, self.clock() - start)
+        mean = sum(recent) / len(recent) if recent else float("nan")
+        log.writerow([self.step, f"{mean:.6f}", f"{self.lr:.3e}", f"{rate:.1f}", f"{self.elapsed:.2f}", skipped])
+        log_file.flush()  # for `tail -f`, and so that a kill loses no row before the checkpoint
+        bar.set_postfix(loss=f"{mean:.4f}", img_s=f"{rate:.0f}")
 
     def _more_steps(self, until: int | None) -> bool:
         """A step budget ends at its step; a time budget at its deadline (checked in the loop)."""

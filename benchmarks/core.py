@@ -22,7 +22,7 @@ from undiffuse.schedule import linear
 from undiffuse.train import diffusion_loss
 from undiffuse.unet import UNet, count_parameters
 
-from report import write_section
+from report import markdown_table, write_section
 
 
 def forward_flops(net: UNet, size: int, channels: int = 1) -> float:
@@ -84,8 +84,7 @@ def main() -> None:
         print(row, flush=True)
         rows.append(row)
     header = list(rows[0])
-    table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    table += ["| " + " | ".join(r[h] for h in header) + " |" for r in rows]
+    table = markdown_table(header, rows)
     machine = (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
                f"torch {torch.__version__}, fp32, {args.image_size}x{args.image_size}x1, 10 classes")
     note = ("`undiffuse demo` picks `tiny` on this machine (auto: the largest size that trains on 100,000 "

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from report import write_section
+from report import markdown_table, write_section
 from throughput import matmul_gflops
 
 JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
@@ -207,8 +207,7 @@ def main() -> None:
         side, channels = (int(v) for v in shape.split("x"))
         rows.append(measure(size, side, channels, args.rounds, limit))
     header = list(rows[0])
-    table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    table += ["| " + " | ".join(r[h] for h in header) + " |" for r in rows]
+    table = markdown_table(header, rows)
     text = "\n".join([
         f"Command: `python benchmarks/cpu_levers.py --configs {args.configs} --rounds {args.rounds}` "
         f"(run alone, pinned with `taskset -c 0,1`). Undiffuse's training step at batch 128, class-conditional; "

@@ -20,7 +20,7 @@ import time
 import torch
 
 from contenders import LIBRARIES, build, forward_flops, parameters
-from report import write_section
+from report import markdown_table, write_section
 from throughput import matmul_gflops
 
 
@@ -97,8 +97,7 @@ def main() -> None:
     for row in rows:
         row["of matmul limit"] = f"{float(row['train GFLOP/s']) / limit:.0%}"
     header = [h for h in rows[0] if h != "recipe"]
-    table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    table += ["| " + " | ".join(r[h] for h in header) + " |" for r in rows]
+    table = markdown_table(header, rows)
     recipes = sorted({(r["library"], r["recipe"]) for r in rows})
     command = (f"python benchmarks/peers.py --sizes {args.sizes} --resolutions {args.resolutions} "
                f"--batch-size {args.batch_size} --repeats {args.repeats} --rounds {args.rounds} "

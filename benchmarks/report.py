@@ -14,3 +14,9 @@ def write_section(key: str, title: str, body: str) -> None:
     pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
     BENCHMARKS.write_text(text)
+
+
+def markdown_table(header: list[str], rows: list[dict]) -> list[str]:
+    """The lines of a Markdown table: one column per header key, a missing value left empty."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(str(r.get(h, "")) for h in header) + " |" for r in rows]

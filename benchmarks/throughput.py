@@ -20,7 +20,7 @@ import time
 import torch
 
 from core import forward_flops, train_images_per_second
-from report import write_section
+from report import markdown_table, write_section
 
 
 def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
@@ -114,8 +114,7 @@ def main() -> None:
             print(row, flush=True)
             rows.append(row)
     header = list(dict.fromkeys(k for r in rows for k in r))
-    table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    table += ["| " + " | ".join(r.get(h, "") for h in header) + " |" for r in rows]
+    table = markdown_table(header, rows)
     command = (f"python benchmarks/throughput.py --sizes {args.sizes} --resolutions {args.resolutions} "
                f"--batch-size {args.batch_size} --repeats {args.repeats} --samplers {args.samplers} "
                f"--sample-n {args.sample_n} --sample-steps {args.sample_steps}"

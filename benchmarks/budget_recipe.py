@@ -24,9 +24,9 @@ import torch
 
 from digit_judge import fidelity, judge
 from report import write_section
-from undiffuse.evaluate import real_images
+from undiffuse.eval.evaluate import real_images
 from undiffuse.generate import DEFAULT_GUIDANCE, generate, load_run
-from undiffuse.metrics import feature_extractor, score_features
+from undiffuse.eval.metrics import feature_extractor, score_features
 
 DEFAULT_VARIANTS = ";".join([
     "before: batch 128, class by scale=--batch-size 128 --lr 2e-3 --context-mode scale",

@@ -19,9 +19,9 @@ import torch
 
 from digit_judge import fidelity, judge
 from report import write_section
-from undiffuse.evaluate import real_images
+from undiffuse.eval.evaluate import real_images
 from undiffuse.generate import DEFAULT_GUIDANCE, generate, load_run
-from undiffuse.metrics import feature_extractor, score_features
+from undiffuse.eval.metrics import feature_extractor, score_features
 from undiffuse.samplers import network_calls
 
 

@@ -17,7 +17,7 @@ import types
 import torch
 from torch import nn
 
-from undiffuse.inception import FIDInception, as_inception_input
+from undiffuse.eval.inception import FIDInception, as_inception_input
 
 
 def _stub_torchvision() -> None:

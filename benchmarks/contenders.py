@@ -44,7 +44,7 @@ class Contender:
 
 
 def _levels(size: str, side: int, channels: int):
-    from undiffuse.recipe import unet_config
+    from undiffuse.training.recipe import unet_config
 
     cfg = unet_config(size, side, channels, 0)
     return cfg, [cfg.base * m for m in cfg.mults], [i in cfg.attention for i in range(len(cfg.mults))]
@@ -70,14 +70,14 @@ class BudgetRecipe:
     """undiffuse's recipe (recipe.py) around a peer's network: what follows its backward pass."""
 
     def __init__(self, module: nn.Module, planned_steps: int, batch_size: int):
-        from undiffuse.recipe import plan
+        from undiffuse.training.recipe import plan
 
         self.module, self.plan, self.count = module, plan(planned_steps, batch_size), 0
         self.ema = copy.deepcopy(module).requires_grad_(False)
         self.optimizer = torch.optim.AdamW(module.parameters(), lr=0.0, weight_decay=0.0)
 
     def update(self) -> None:
-        from undiffuse.recipe import ema_decay_at, lr_at
+        from undiffuse.training.recipe import ema_decay_at, lr_at
 
         nn.utils.clip_grad_norm_(self.module.parameters(), 1.0)
         for group in self.optimizer.param_groups:
@@ -98,7 +98,7 @@ def _undiffuse(size, side, channels, batch_size, planned_steps):
     """Unconditional, like the peers, on random images (the Trainer draws its own batches from them)."""
     from undiffuse.data import ImageData
     from undiffuse.generate import sample_images
-    from undiffuse.train import TrainConfig, Trainer
+    from undiffuse.training import TrainConfig, Trainer
 
     data = ImageData(torch.rand(512, channels, side, side) * 2 - 1, None, (), "random")
     folder = tempfile.mkdtemp(prefix="undiffuse-bench-")  # the Trainer's run folder, removed at exit

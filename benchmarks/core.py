@@ -15,11 +15,12 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from undiffuse.conditioning import denoiser, one_hot
-from undiffuse.recipe import unet_config
+from undiffuse.conditions import one_hot
+from undiffuse.denoiser import denoiser
+from undiffuse.training.recipe import unet_config
 from undiffuse.samplers import ddim, ddpm
 from undiffuse.schedule import linear
-from undiffuse.train import diffusion_loss
+from undiffuse.training import diffusion_loss
 from undiffuse.unet import UNet, count_parameters
 
 from report import markdown_table, write_section

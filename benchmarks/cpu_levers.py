@@ -41,7 +41,7 @@ BATCH = 128
 
 def trainer(size: str, side: int, channels: int, channels_last: bool = False):
     from undiffuse.data import ImageData
-    from undiffuse.train import TrainConfig, Trainer
+    from undiffuse.training import TrainConfig, Trainer
 
     torch.manual_seed(0)
     labels = torch.arange(512) % 10
@@ -88,7 +88,7 @@ def inference(size: str, side: int, channels: int, rounds: int) -> tuple[float, 
     """(eager img/s, compiled img/s, compile seconds) of the forward pass that samplers call."""
     import torch._inductor.config as inductor
 
-    from undiffuse.recipe import unet_config
+    from undiffuse.training.recipe import unet_config
     from undiffuse.unet import UNet
 
     torch.manual_seed(0)

@@ -10,7 +10,7 @@ import torch
 
 from train_digit_features import held_out_accuracy
 from undiffuse.data import load_data
-from undiffuse.features import DigitNet, as_digit_input, load_digit_net
+from undiffuse.eval.features import DigitNet, as_digit_input, load_digit_net
 
 
 def judge(verbose: bool = True) -> tuple[DigitNet, float]:

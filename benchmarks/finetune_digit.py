@@ -16,7 +16,7 @@ import torch
 from digit_judge import judge
 from report import write_section
 from undiffuse.generate import generate, load_run
-from undiffuse.train import TrainConfig, Trainer
+from undiffuse.training import TrainConfig, Trainer
 
 
 @torch.no_grad()

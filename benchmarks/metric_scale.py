@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from report import write_section
 from undiffuse.data import load_data
-from undiffuse.metrics import feature_extractor, score_features
+from undiffuse.eval.metrics import feature_extractor, score_features
 
 
 def blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -53,7 +53,7 @@ def main() -> None:
     real = extract(a)
     sets = degraded_sets(b, data.labels[order[2500:]])
     if args.run:
-        from undiffuse.evaluate import generate_in_batches
+        from undiffuse.eval.evaluate import generate_in_batches
         from undiffuse.generate import load_run
 
         run = load_run(args.run)

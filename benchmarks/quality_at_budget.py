@@ -31,7 +31,7 @@ PICTURE = HERE / "quality_at_budget.png"
 
 def train_undiffuse(out: Path, minutes: float, n: int, steps: int) -> dict:
     from undiffuse.generate import DEFAULT_GUIDANCE, generate, load_run
-    from undiffuse.train import TrainConfig, Trainer
+    from undiffuse.training import TrainConfig, Trainer
 
     start = time.perf_counter()
     trainer = Trainer(TrainConfig(data="mnist", minutes=minutes), out / "run", overwrite=True)
@@ -92,7 +92,7 @@ def _save(folder: Path, images: torch.Tensor, info: dict) -> None:
 
 def score(out: Path, names: list[str]) -> dict:
     from undiffuse.data import load_data
-    from undiffuse.metrics import feature_extractor, score_features
+    from undiffuse.eval.metrics import feature_extractor, score_features
 
     features = feature_extractor("digits")
     real = features(load_data("mnist").images)

@@ -63,7 +63,7 @@ def main() -> None:
             steps = steps and (max(1, (steps + 1) // 2) if name == "heun" else steps)
             print(name, spacing, steps, samples(run, run_dir, name, steps, args.n, args.guidance, spacing)[1], flush=True)
         return
-    from undiffuse.metrics import feature_extractor, frechet_distance, kid
+    from undiffuse.eval.metrics import feature_extractor, frechet_distance, kid
 
     real = load_data(cfg["train"]["data"], image_size=run.image_size, channels=run.channels).images
     features = feature_extractor("digits" if run.image_size == 28 and run.channels == 1 else "inception")

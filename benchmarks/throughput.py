@@ -36,7 +36,8 @@ def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
 
 
 def sampling_images_per_second(net, channels: int, side: int, n: int, sampler: str, steps: int) -> float:
-    from undiffuse.conditioning import denoiser, one_hot
+    from undiffuse.conditions import one_hot
+    from undiffuse.denoiser import denoiser
     from undiffuse.samplers import sample
     from undiffuse.schedule import linear
 
@@ -65,7 +66,7 @@ def measure(size: str, side: int, channels: int, batch: int, samplers: list[str]
     """One configuration, in a fresh process: its figures as a table row."""
     if threads:
         torch.set_num_threads(threads)
-    from undiffuse.recipe import unet_config
+    from undiffuse.training.recipe import unet_config
     from undiffuse.unet import UNet, count_parameters
 
     torch.manual_seed(0)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from undiffuse.data import load_data
-from undiffuse.features import DIGIT_WEIGHTS, DigitNet
+from undiffuse.eval.features import DIGIT_WEIGHTS, DigitNet
 
 HELD_OUT = 500
 

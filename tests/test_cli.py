@@ -34,7 +34,7 @@ def test_train_reads_a_toml_config_and_flags_win(tmp_path, capsys):
 
 
 def test_sample_png_npy_and_gif(trained, tmp_path, capsys):
-    assert main(["sample", str(trained), "--n", "2", "--steps", "8", "--out", str(tmp_path / "g.png"),
+    assert main(["sample", str(trained), "--per-class", "2", "--steps", "8", "--out", str(tmp_path / "g.png"),
                  "--gif", str(tmp_path / "g.gif")]) == 0
     grid = Image.open(tmp_path / "g.png")
     assert grid.size[1] > grid.size[0]  # 10 rows (one per digit) of 2
@@ -48,6 +48,26 @@ def test_sample_png_npy_and_gif(trained, tmp_path, capsys):
     assert np.load(tmp_path / "s.labels.npy").tolist() == [7, 7, 7]
 
 
+def test_n_is_the_total_and_per_class_draws_a_row_per_class(trained, tmp_path):
+    assert main(["sample", str(trained), "--n", "16", "--steps", "2", "--out", str(tmp_path / "n.npy")]) == 0
+    labels = np.load(tmp_path / "n.labels.npy").tolist()
+    assert np.load(tmp_path / "n.npy").shape[0] == 16 and labels == [i % 10 for i in range(16)]
+    assert main(["sample", str(trained), "--per-class", "3", "--steps", "2", "--out", str(tmp_path / "k.npy")]) == 0
+    assert np.load(tmp_path / "k.labels.npy").tolist() == [c for c in range(10) for _ in range(3)]
+    assert main(["sample", str(trained), "--steps", "2", "--out", str(tmp_path / "d.npy")]) == 0
+    assert np.load(tmp_path / "d.npy").shape[0] == 80  # the default grid: 8 of each class
+    assert main(["sample", str(trained), "--n", "5", "--label", "3", "--steps", "2", "--out", str(tmp_path / "l.png")]) == 0
+    assert Image.open(tmp_path / "l.png").size[1] < Image.open(tmp_path / "l.png").size[0]  # one row of 5
+
+
+def test_per_class_is_refused_where_it_cannot_apply(trained, tmp_path, capsys):
+    for extra in (["--label", "3"], ["--n", "4"]):
+        code = main(["sample", str(trained), "--per-class", "2", *extra, "--out", str(tmp_path / "x.png")])
+        err = capsys.readouterr().err
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "x.png").exists()
+
+
 def test_sample_is_reproducible_by_seed(trained, tmp_path):
     for name in ("a", "b"):
         main(["sample", str(trained), "--n", "1", "--sampler", "ddim", "--steps", "3", "--eta", "1", "--seed", "4",
@@ -58,7 +78,7 @@ def test_sample_is_reproducible_by_seed(trained, tmp_path):
 @pytest.mark.parametrize("sampler", ["ddim", "euler", "euler-a", "heun", "dpmpp-2m", "dpmpp-3m", "unipc"])
 def test_every_sampler_from_the_command_line_with_guidance_and_animation(sampler, trained, tmp_path):
     out, gif = tmp_path / "s.npy", tmp_path / "s.gif"
-    assert main(["sample", str(trained), "--n", "1", "--sampler", sampler, "--steps", "4", "--guidance", "3",
+    assert main(["sample", str(trained), "--per-class", "1", "--sampler", sampler, "--steps", "4", "--guidance", "3",
                  "--spacing", "karras", "--out", str(out), "--gif", str(gif)]) == 0
     images = np.load(out)
     assert images.shape == (10, 1, 16, 16) and np.isfinite(images).all()

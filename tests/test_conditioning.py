@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from undiffuse.conditioning import class_id, denoiser, guided, parse_context
+from undiffuse.conditions import class_id, parse_context
+from undiffuse.denoiser import denoiser, guided
 from undiffuse.schedule import linear
 
 NAMES = ("hero", "non-hero", "food", "spell", "side-facing")

@@ -28,7 +28,7 @@ def test_quick_demo_writes_every_picture_into_a_fresh_folder(tmp_path, capsys, m
     for name in ("samples.png", "reverse.gif", "forward.png", "loss.png"):
         assert str(Path("runs") / "demo" / name) in out  # says where each file is
     # a second demo never overwrites the first
-    monkeypatch.setattr("undiffuse.commands._demo_pictures", lambda trainer, run: None)
+    monkeypatch.setattr("undiffuse.cli.demo.draw_pictures", lambda trainer, run: None)
     assert main(["demo", "--minutes", "0.02", "--quiet"]) == 0
     assert (tmp_path / "runs" / "demo-2" / "config.json").is_file()
 

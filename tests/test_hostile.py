@@ -14,9 +14,11 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from undiffuse import checkpoint as ckpt
-from undiffuse.cli import UsageError, main, read_toml
+from undiffuse.cli import main
+from undiffuse.cli.flags import read_toml
+from undiffuse.errors import UsageError
 from undiffuse.data import DataError, load_data
-from undiffuse.train import TrainConfig
+from undiffuse.training import TrainConfig
 
 from cli_helpers import fails_cleanly
 
@@ -184,7 +186,7 @@ def test_absurd_train_flags_are_refused_before_any_work(tmp_path, capsys, flags,
     ("cond", ["--n", "0"], "--n must lie in"),
     ("cond", ["--n", "-5"], "--n must lie in"),
     ("cond", ["--sampler", "magic"], "invalid choice"),
-    ("cond", ["--steps", "-2"], "--steps must be positive"),
+    ("cond", ["--steps", "-2"], "--steps must lie in"),
     ("cond", ["--label", "-1"], "out of range"),
     ("cond", ["--label", "10"], "out of range"),
     ("uncond", ["--guidance", "3"], "unconditional model"),

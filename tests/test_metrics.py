@@ -8,7 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from undiffuse.metrics import (feature_extractor, frechet_distance, frechet_distance_from_moments, kid,
+from undiffuse.errors import DataError
+
+from undiffuse.eval.metrics import (feature_extractor, frechet_distance, frechet_distance_from_moments, kid,
                                polynomial_mmd2, precision_recall, score)
 
 
@@ -207,19 +209,19 @@ def test_score_reports_every_metric(digit_halves):
 # --- Inception -----------------------------------------------------------------------------------
 
 def test_inception_says_where_to_get_absent_weights(tmp_path, monkeypatch):
-    from undiffuse.inception import WEIGHTS_URL, find_weights
+    from undiffuse.eval.inception import WEIGHTS_URL, find_weights
 
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    with pytest.raises(FileNotFoundError) as caught:
+    with pytest.raises(DataError) as caught:
         feature_extractor("inception")
     message = str(caught.value)
     assert WEIGHTS_URL in message and "--inception-weights" in message and "\n" not in message
-    with pytest.raises(FileNotFoundError, match="pt_inception"):
+    with pytest.raises(DataError, match="pt_inception"):
         find_weights(tmp_path / "nothing.pth")
 
 
 def test_inception_has_the_reference_layout_and_loads_a_weights_file(tmp_path):
-    from undiffuse.inception import FIDInception
+    from undiffuse.eval.inception import FIDInception
 
     reference = {}
     for line in (Path(__file__).parent / "data" / "inception_keys.txt").read_text().splitlines():

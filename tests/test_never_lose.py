@@ -19,9 +19,9 @@ import torch
 
 from undiffuse import checkpoint as ckpt
 from undiffuse.cli import main
-from undiffuse.train import TrainConfig, Trainer, TrainingDiverged, read_log
+from undiffuse.training import TrainConfig, Trainer, TrainingDiverged, read_log
 
-train_module = importlib.import_module("undiffuse.train")  # the package exports a function of that name
+train_module = importlib.import_module("undiffuse.training.trainer")  # the package exports a function of that name
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}

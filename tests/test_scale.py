@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from undiffuse import checkpoint as ckpt
-from undiffuse.budget import REFIT_EVERY
-from undiffuse.distributed import World, shard
-from undiffuse.recipe import unet_config
-from undiffuse.train import TrainConfig, Trainer, read_log
+from undiffuse.training.budget import REFIT_EVERY
+from undiffuse.training.distributed import World, shard
+from undiffuse.training.recipe import unet_config
+from undiffuse.training import TrainConfig, Trainer, read_log
 from undiffuse.unet import UNet
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -147,7 +147,7 @@ def test_compile_flag_wraps_the_network(tmp_path, monkeypatch):
         return module
 
     monkeypatch.setattr(torch, "compile", fake_compile)
-    monkeypatch.setattr(importlib.import_module("undiffuse.train"), "COMPILE_ON_CPU", True)
+    monkeypatch.setattr(importlib.import_module("undiffuse.training.trainer"), "COMPILE_ON_CPU", True)
     trainer = Trainer(_cfg(steps=1, compile=True), tmp_path / "r")
     assert compiled == [trainer.model] and trainer.net is trainer.model
     assert json.loads((tmp_path / "r" / ckpt.CONFIG).read_text())["train"]["compile"] is True
@@ -161,7 +161,7 @@ def test_compile_is_refused_on_a_cpu_before_anything_is_written(tmp_path):
 
 @pytest.mark.slow
 def test_compiled_training_equals_eager(tmp_path, monkeypatch):
-    monkeypatch.setattr(importlib.import_module("undiffuse.train"), "COMPILE_ON_CPU", True)
+    monkeypatch.setattr(importlib.import_module("undiffuse.training.trainer"), "COMPILE_ON_CPU", True)
     eager = Trainer(_cfg(steps=2), tmp_path / "a")
     eager.train(progress=False)
     compiled = Trainer(_cfg(steps=2, compile=True), tmp_path / "b")

@@ -16,7 +16,9 @@ pytest.importorskip("starlette")
 pytest.importorskip("httpx")
 from starlette.testclient import TestClient  # noqa: E402
 
-from undiffuse import edit, serve_jobs  # noqa: E402
+from undiffuse import edit  # noqa: E402
+from undiffuse.errors import RequestError  # noqa: E402
+from undiffuse.serve import jobs, requests  # noqa: E402
 from undiffuse.generate import LoadedRun, load_run  # noqa: E402
 from undiffuse.schedule import linear  # noqa: E402
 from undiffuse.serve import make_app  # noqa: E402
@@ -156,10 +158,10 @@ def test_the_mask_is_read_from_its_alpha_and_cropped_like_the_image(trained):
     run = load_run(trained)
     mask = Image.new("RGBA", (64, 32))
     mask.paste((255, 0, 0, 255), (16, 0, 32, 32))  # the left half of the centre square
-    got = serve_jobs.decode_mask(data_url(mask), run)
+    got = requests.decode_mask(data_url(mask), run)
     assert got.shape == (16, 16) and got[:, :8].all() and not got[:, 8:].any()
-    with pytest.raises(serve_jobs.RequestError, match="mask is empty"):
-        serve_jobs.decode_mask(data_url(Image.new("RGBA", (32, 32))), run)
+    with pytest.raises(RequestError, match="mask is empty"):
+        requests.decode_mask(data_url(Image.new("RGBA", (32, 32))), run)
 
 
 def _pattern(side=16) -> Image.Image:
@@ -175,7 +177,7 @@ def _cells(final: dict) -> np.ndarray:
 
 
 def _model_view(trained, img: Image.Image) -> np.ndarray:
-    return to_uint8(serve_jobs.decode_image(data_url(img), load_run(trained), "image")[None])[0, ..., 0]
+    return to_uint8(requests.decode_image(data_url(img), load_run(trained), "image")[None])[0, ..., 0]
 
 
 @pytest.mark.parametrize("method", ["replace", "repaint"])
@@ -219,7 +221,7 @@ def test_bad_inpaint_requests_are_refused(client, body, words):
 
 def test_one_job_at_a_time_and_the_second_waits_its_turn(client, monkeypatch):
     queue = client.app_state.queue
-    real, lock = serve_jobs.run_job, threading.Lock()
+    real, lock = jobs.run_job, threading.Lock()
     active, peak, spans, first = [0], [0], {}, threading.Event()
 
     def counted(run, job, callback):
@@ -239,7 +241,7 @@ def test_one_job_at_a_time_and_the_second_waits_its_turn(client, monkeypatch):
                 active[0] -= 1
             spans[job.options["seed"]] = (start, time.monotonic())
 
-    monkeypatch.setattr(serve_jobs, "run_job", counted)
+    monkeypatch.setattr(jobs, "run_job", counted)
     results = {}
 
     def request(seed):
@@ -261,7 +263,7 @@ def test_one_job_at_a_time_and_the_second_waits_its_turn(client, monkeypatch):
 def test_a_job_whose_browser_went_away_stops(trained, monkeypatch):
     """Closing the event stream (what Starlette does when the client disconnects) cancels the job."""
     steps = []
-    real = serve_jobs.run_job
+    real = jobs.run_job
 
     def slow(run, job, callback):
         def count(state):
@@ -270,12 +272,12 @@ def test_a_job_whose_browser_went_away_stops(trained, monkeypatch):
             callback(state)
         return real(run, job, count)
 
-    monkeypatch.setattr(serve_jobs, "run_job", slow)
+    monkeypatch.setattr(jobs, "run_job", slow)
     run = load_run(trained)
-    queue = serve_jobs.JobQueue(run)
+    queue = jobs.JobQueue(run)
 
     async def watch_two_frames():
-        stream = queue.stream(serve_jobs.parse_generate(run, {"n": 2, "sampler": "ddpm"}))
+        stream = queue.stream(requests.parse_generate(run, {"n": 2, "sampler": "ddpm"}))
         async for event in stream:
             if event["type"] == "frame" and event["frame"] == 2:
                 break

@@ -170,7 +170,7 @@ def test_every_sampler_reports_each_step_and_takes_every_spacing(name):
 def test_zero_terminal_snr_schedules_sample_from_pure_noise(prediction):
     """With no signal left at T-1, the first step must still produce the data: exercise every sampler
     with the exact denoiser given as the network would give it (v or x0, converted by the schedule)."""
-    from undiffuse.conditioning import to_eps
+    from undiffuse.parameterization import to_eps
 
     s = make_schedule("linear", 1000, zero_snr=True)
     x = _noise(4000, seed=8)

@@ -4,8 +4,8 @@ import torch
 
 from undiffuse import checkpoint as ckpt
 from undiffuse.generate import generate, load_run
-from undiffuse.recipe import ema_decay_at, lr_at, plan
-from undiffuse.train import TrainConfig, Trainer, read_log
+from undiffuse.training.recipe import ema_decay_at, lr_at, plan
+from undiffuse.training import TrainConfig, Trainer, read_log
 
 
 def _cfg(**kw):
@@ -90,7 +90,7 @@ def test_recipe_follows_the_budget():
 @pytest.mark.parametrize("prediction", ["eps", "v", "x0"])
 def test_min_snr_weight_turns_the_target_error_into_min_snr_times_the_x0_error(prediction):
     from undiffuse.schedule import linear
-    from undiffuse.train import min_snr_weight
+    from undiffuse.parameterization import min_snr_weight
 
     s, gamma = linear(1000), 5.0
     t = torch.tensor([1, 50, 200, 600, 999])

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from undiffuse.recipe import unet_config
+from undiffuse.training.recipe import unet_config
 from undiffuse.unet import UNet, UNetConfig, count_parameters, sinusoidal_embedding
 
 

@@ -24,14 +24,12 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from .errors import CheckpointError
+
 CONFIG, MODEL, EMA, STATE = "config.json", "model.safetensors", "ema.safetensors", "train_state.safetensors"
 CHECKPOINTS = "checkpoints"
 FILES = (MODEL, EMA, STATE)
 FORMAT_VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """A run folder that cannot be used; the message is one line for the user."""
 
 
 def atomic_write(path: Path, write) -> None:

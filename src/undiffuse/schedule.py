@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .errors import UsageError
+
 SCHEDULES = ("linear", "cosine", "sigmoid")
 
 
@@ -36,9 +38,9 @@ class NoiseSchedule:
     def __post_init__(self):
         betas = self.betas.to(torch.float64)
         if betas.ndim != 1 or len(betas) < 2:
-            raise ValueError("a schedule needs a 1-D tensor of at least 2 betas")
+            raise UsageError("a schedule needs a 1-D tensor of at least 2 betas")
         if not bool(((betas > 0) & (betas < 1)).all()):
-            raise ValueError("every beta must lie in (0, 1)")
+            raise UsageError("every beta must lie in (0, 1)")
         object.__setattr__(self, "betas", betas)
 
     @property
@@ -164,6 +166,6 @@ def zero_terminal_snr(schedule: NoiseSchedule) -> NoiseSchedule:
 def make_schedule(name: str, T: int = 1000, zero_snr: bool = False) -> NoiseSchedule:
     makers = {"linear": linear, "cosine": cosine, "sigmoid": sigmoid}
     if name not in makers:
-        raise ValueError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
+        raise UsageError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
     schedule = makers[name](T)
     return zero_terminal_snr(schedule) if zero_snr else schedule

@@ -3,7 +3,7 @@
 Residual blocks (GroupNorm, SiLU, 3x3 conv) at each resolution, halved by strided convs and doubled
 back by nearest upsampling, with skip connections between the two paths; self-attention at the
 lowest resolutions. The step t enters through a sinusoidal embedding and an MLP; the context
-(class one-hot, attributes, mixtures) through `conditioning.ContextEmbedding`. In every block they
+(class one-hot, attributes, mixtures) through `conditions.ContextEmbedding`. In every block they
 act as FiLM on the features: the context embedding scales them, the time embedding shifts them,
 h <- (1 + c) * h + t, the generalisation of the course notebook's `c * h + t`.
 """
@@ -17,7 +17,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .conditioning import ContextEmbedding
+from .errors import UsageError
+
+from .conditions import ContextEmbedding
 
 
 CONTEXT_MODES = ("scale", "add", "both")
@@ -44,13 +46,13 @@ class UNetConfig:
         object.__setattr__(self, "attention", tuple(self.attention))
         for name in ("channels", "base", "blocks", "head_channels", "groups"):
             if getattr(self, name) < 1:
-                raise ValueError(f"unet {name} must be >= 1")
+                raise UsageError(f"unet {name} must be >= 1")
         if not self.mults or min(self.mults) < 1:
-            raise ValueError("unet mults must be positive integers")
+            raise UsageError("unet mults must be positive integers")
         if self.context_mode not in CONTEXT_MODES:
-            raise ValueError(f"unknown unet context_mode {self.context_mode!r}; choose one of {', '.join(CONTEXT_MODES)}")
+            raise UsageError(f"unknown unet context_mode {self.context_mode!r}; choose one of {', '.join(CONTEXT_MODES)}")
         if any(c % self.groups for c in self.level_channels):
-            raise ValueError(f"every level's channels {self.level_channels} must divide by groups={self.groups}")
+            raise UsageError(f"every level's channels {self.level_channels} must divide by groups={self.groups}")
 
     @property
     def level_channels(self) -> list[int]:

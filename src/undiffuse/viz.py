@@ -14,6 +14,7 @@ import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
 
+from .errors import UsageError
 from .schedule import NoiseSchedule
 
 MIN_CELL = 56  # pixels: cells smaller than this are enlarged by an integer factor
@@ -65,6 +66,18 @@ def keep_frames(total_steps: int, frames: int = 40) -> set[int]:
     return {min(total_steps - 1, int(round(f * (total_steps - 1)))) for f in fractions}
 
 
+class FrameRecorder:
+    """A sampler callback that keeps about `frames` pictures of the reverse process for an animation:
+    state["x"] (the noisy image) or state["x0"] (the network's clean estimate) at the steps keep_frames picks."""
+
+    def __init__(self, total_steps: int, frames: int = 40, show: str = "x"):
+        self.keep, self.show, self.frames = keep_frames(max(1, total_steps), frames), show, []
+
+    def __call__(self, state: dict) -> None:
+        if state["i"] in self.keep:
+            self.frames.append(state[self.show].detach().float().clamp(-1, 1).cpu())
+
+
 def forward_strip(images: Tensor, schedule: NoiseSchedule, ts: Sequence[int], seed: int = 0) -> Image.Image:
     """Rows: images; columns: the same image noised to each step t in `ts` (one noise draw per row).
 
@@ -73,7 +86,7 @@ def forward_strip(images: Tensor, schedule: NoiseSchedule, ts: Sequence[int], se
     """
     for t in ts:
         if not 0 <= t < schedule.T:
-            raise ValueError(f"step {t} is outside [0, {schedule.T - 1}]")
+            raise UsageError(f"step {t} is outside [0, {schedule.T - 1}]")
     noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(seed))
     columns = []
     for t in ts:

@@ -1,0 +1,57 @@
+"""The `undiffuse` command: one module per command, each with `add(sub)` (its flags) and `run(args)`.
+
+This is the only place that turns an `UndiffuseError` (bad input) into one line on stderr and exit
+status 2. Anything else is a bug and keeps its traceback. Modules are imported only for the command
+that runs, so `undiffuse --help` starts without loading torch.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ..errors import UndiffuseError
+from .flags import Parser
+
+EXIT_USAGE = 2
+COMMANDS = ("demo", "train", "finetune", "sample", "noise", "eval", "inpaint", "outpaint", "img2img",
+            "interpolate", "serve")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if not getattr(args, "command", None):
+            parser.print_help()
+            return EXIT_USAGE
+        return args.handler(args) or 0
+    except KeyboardInterrupt:
+        print("undiffuse: interrupted", file=sys.stderr)
+        return 130
+    except UndiffuseError as e:
+        print(f"undiffuse: error: {one_line(e)}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def one_line(e: Exception) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="undiffuse", description="Denoising diffusion models: train, sample, look.")
+    parser.add_argument("--version", action="version", version=f"undiffuse {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    for name in COMMANDS:
+        importlib.import_module(f"{__name__}.{name.replace('-', '_')}").add(sub)
+    return parser
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+if __name__ == "__main__":
+    sys.exit(main())

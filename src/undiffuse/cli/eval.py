@@ -1,0 +1,127 @@
+"""`undiffuse eval`: score a run's samples against real images (FID, KID, precision/recall)."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from ..errors import UsageError
+from .flags import add_device, check_guidance, sampler_options
+from .output import say
+
+MAX_N = 100_000
+
+
+def add(sub) -> None:
+    from ..eval.metrics import FEATURES
+    from ..samplers import REGISTRY
+
+    p = sub.add_parser("eval", help="score a run's samples against real images (FID, KID, precision/recall)",
+                       description=(
+        "Generate --n samples with a trained run (or read --samples), and score them against the run's "
+        "training data (or --against SPEC): FID, KID with its standard error, and precision/recall "
+        "(k = 3). Digit runs are scored in the space of a small digit classifier shipped with undiffuse; "
+        "other runs by Inception-v3 as in FID (its weights must be on the machine). Prints a table and "
+        "writes RUN/eval.json (eval-2.json, ... when taken)."))
+    p.add_argument("run", metavar="RUN", help="a run folder written by `undiffuse train`")
+    p.add_argument("--n", type=int, default=5000, help="samples to generate, in all (default 5000)")
+    p.add_argument("--samples", default=None, metavar="FILE.npy",
+                   help="score these images instead: float32 N x C x H x W in [0, 1], as `sample --out F.npy` writes")
+    p.add_argument("--sampler", default=None, choices=list(REGISTRY), help="default: the sample command's")
+    p.add_argument("--steps", type=int, default=None, help="network evaluations (default: the sampler's)")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale w (default 2)")
+    p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i (default 0)")
+    p.add_argument("--against", default=None, metavar="SPEC", help="real images (default: the run's training data)")
+    p.add_argument("--features", default=None, choices=FEATURES,
+                   help="feature space (default: digits for mnist/digits runs, else inception)")
+    p.add_argument("--inception-weights", default=None, metavar="PATH",
+                   help="pt_inception-2015-12-05-6726825d.pth (default: torch's hub cache)")
+    p.add_argument("--batch-size", type=int, default=250, help="images per batch (default 250)")
+    p.add_argument("--out", default=None, metavar="FILE.json", help="default: RUN/eval.json, or eval-N.json")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    add_device(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=run, eta=None, no_noise=False, no_clip=False, spacing=None)
+
+
+def run(args) -> int:
+    from ..checkpoint import atomic_write, load_config
+    from ..device import pick_device
+    from ..eval.evaluate import default_features, read_samples, real_images
+    from ..eval.metrics import feature_extractor, score_features
+
+    config = load_config(args.run)
+    out = _output(args)
+    _check(args)
+    spec = args.against or config.get("data_source")
+    if not spec:
+        raise UsageError(f"{args.run} does not record its training data; give --against SPEC")
+    size, channels = int(config["image_size"]), int(config["channels"])
+    real = real_images(spec, size, channels)
+    features = args.features or default_features(spec)
+    device = pick_device(args.device)
+    extract = feature_extractor(features, args.inception_weights, device, batch_size=args.batch_size)
+    if args.samples:
+        fake, source = read_samples(args.samples, channels, size), {"samples": str(args.samples)}
+    else:
+        fake, source = _samples(args, device)
+    result = {**score_features(extract(real), extract(fake)), "features": features, "run": str(args.run),
+              "against": spec, **source}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, lambda p: p.write_text(json.dumps(result, indent=2) + "\n"))
+    _print_scores(result)
+    say(f"written: {out}")
+    return 0
+
+
+def _check(args) -> None:
+    if not 1 <= args.batch_size <= 100_000:
+        raise UsageError(f"--batch-size must lie in [1, 100000], got {args.batch_size}")
+    sampling = [f for f, v in (("--sampler", args.sampler), ("--steps", args.steps), ("--guidance", args.guidance))
+                if v is not None]
+    if args.samples and sampling:
+        raise UsageError(f"--samples scores a file; drop {', '.join(sampling)}")
+    if not args.samples and not 10 <= args.n <= MAX_N:
+        raise UsageError(f"--n must lie in [10, {MAX_N}], got {args.n}")
+    check_guidance(args.guidance)
+
+
+def _print_scores(result: dict) -> None:
+    say(f"{result['n_fake']} samples of {result['run']} against {result['n_real']} images of "
+        f"{result['against']}, {result['features']} features")
+    say("| metric | value |\n|---|---|\n"
+        f"| FID | {result['fid']:.3f} |\n| KID | {result['kid']:.5f} ± {result['kid_std']:.5f} |\n"
+        f"| precision | {result['precision']:.3f} |\n| recall | {result['recall']:.3f} |")
+
+
+def _output(args) -> Path:
+    from ..eval.evaluate import free_path
+
+    if args.out is None:
+        return free_path(Path(args.run))
+    out = Path(args.out)
+    if out.suffix.lower() != ".json":
+        raise UsageError(f"--out must end in .json, got '{out}'")
+    if out.exists() and not args.overwrite:
+        raise UsageError(f"{out} exists; choose another --out or add --overwrite")
+    return out
+
+
+def _samples(args, device):
+    """Generate --n samples; conditional runs cycle through their classes."""
+    from ..eval.evaluate import generate_in_batches
+    from ..generate import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, load_run
+
+    args.sampler = args.sampler or DEFAULT_SAMPLER
+    options = sampler_options(args)
+    run = load_run(args.run, device=device)
+    if not run.num_classes and args.guidance is not None:
+        raise UsageError(f"{args.run} is an unconditional model: it takes no --guidance")
+    guidance = DEFAULT_GUIDANCE if args.guidance is None else args.guidance
+    start = time.perf_counter()
+    images = generate_in_batches(run, args.n, batch_size=args.batch_size, seed=args.seed, progress=not args.quiet,
+                                 guidance=guidance, **options)
+    source = {"sampler": options["sampler"], "steps": options["steps"],
+              "guidance": guidance if run.num_classes else None, "seed": args.seed,
+              "samples_per_second": args.n / (time.perf_counter() - start)}
+    return images, source

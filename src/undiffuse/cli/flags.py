@@ -1,0 +1,223 @@
+"""Flags that several commands share (the run, the device, sampling, conditioning, the output), the
+checks they need, and flags generated from a config dataclass."""
+from __future__ import annotations
+
+import argparse
+import inspect
+import re
+from dataclasses import MISSING, fields
+from typing import get_type_hints
+
+from ..errors import UsageError
+
+MAX_STEPS = 100_000
+MAX_GUIDANCE = 1e3
+EVERY_OR_NONE = (None, "none", "each", "all")  # the --label values that an unconditional model accepts
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line instead of argparse's usage block
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+# --- groups of flags ---------------------------------------------------------------------------------
+
+def add_run(p, weights: bool = True) -> None:
+    p.add_argument("run", metavar="RUN", help="a run folder written by `undiffuse train`")
+    if weights:
+        p.add_argument("--weights", default="ema", choices=("ema", "raw"), help="default: ema")
+    add_device(p)
+
+
+def add_device(p) -> None:
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+
+
+def add_sampling(p, *, deterministic_only: bool = False, spacing: bool = True) -> None:
+    """--sampler, --steps, and the options some samplers take (checked by sampler_options)."""
+    from ..generate import DEFAULT_SAMPLER
+    from ..samplers import REGISTRY, SPACINGS
+
+    names = [n for n, s in REGISTRY.items() if not (deterministic_only and s.stochastic)]
+    p.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=names,
+                   help=f"default: {DEFAULT_SAMPLER} (see BENCHMARKS.md, quality per step)")
+    defaults = ", ".join(f"{n} {s.default_steps}" for n, s in REGISTRY.items() if s.default_steps and n in names)
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"sampling steps (heun makes 2 network calls a step; ddpm always walks all T); default: {defaults}")
+    if spacing:
+        p.add_argument("--spacing", default=None, choices=SPACINGS,
+                       help="where the steps fall: uniform in t (trailing, the default; leading; linspace) or karras")
+    if not deterministic_only:
+        p.add_argument("--eta", type=float, default=None,
+                       help="noise scale of ddim and euler-a: 0 deterministic, 1 DDPM-like (euler-a default 1)")
+        p.add_argument("--no-noise", action="store_true",
+                       help="ddpm without its extra noise (samples collapse to blurry averages: for teaching)")
+    p.set_defaults(spacing=None, eta=None, no_noise=False)
+
+
+def add_conditioning(p, label_help: str) -> None:
+    p.add_argument("--label", default=None, help=label_help)
+    p.add_argument("--context", default=None,
+                   help="a context instead of a label: a name, a mixture '0.6*3+0.4*8', or a vector '0,1,0,...'")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance scale w (1: conditional, 0: unconditional; default 2)")
+    p.add_argument("--no-clip", action="store_true",
+                   help="do not clip each step's clean-image estimate to the data range")
+
+
+def add_seed(p, what: str = "image") -> None:
+    p.add_argument("--seed", type=int, default=0, help=f"{what} i uses seed + i (default 0)")
+
+
+# --- checks ------------------------------------------------------------------------------------------
+
+def sampler_options(args) -> dict:
+    """The sampler's keyword arguments from --sampler/--steps/--spacing/--eta/--no-noise, each option
+    accepted only by the samplers whose record lists it."""
+    from .. import samplers
+
+    record = samplers.get(args.sampler)
+    check_steps(args.steps)
+    options = {"sampler": record.name, "steps": args.steps, "clip_denoised": not getattr(args, "no_clip", False)}
+    if args.no_noise and "add_noise" not in record.options:
+        raise UsageError(f"--no-noise applies to {_takers('add_noise')} only")
+    if args.eta is not None and "eta" not in record.options:
+        raise UsageError(f"--eta applies to {_takers('eta')} only")
+    if args.spacing is not None and record.walks_every_step:
+        raise UsageError(f"{record.name} walks every step: --spacing does not apply")
+    if "add_noise" in record.options:
+        options["add_noise"] = not args.no_noise
+    if args.eta is not None:
+        if not 0 <= args.eta <= 1:
+            raise UsageError(f"--eta must lie in [0, 1], got {args.eta}")
+        options["eta"] = args.eta
+    if args.spacing is not None:
+        options["spacing"] = args.spacing
+    return options
+
+
+def _takers(option: str) -> str:
+    from ..samplers import REGISTRY
+
+    return " and ".join(n for n, s in REGISTRY.items() if option in s.options)
+
+
+def check_steps(steps: int | None) -> None:
+    if steps is not None and not 1 <= steps <= MAX_STEPS:
+        raise UsageError(f"--steps must lie in [1, {MAX_STEPS}], got {steps}")
+
+
+def check_guidance(guidance: float | None) -> None:
+    if guidance is not None and not -MAX_GUIDANCE < guidance < MAX_GUIDANCE:
+        raise UsageError(f"--guidance must lie in (-{MAX_GUIDANCE:g}, {MAX_GUIDANCE:g}), got {guidance}")
+
+
+def conditioning(args, run, n: int, default_label: str) -> dict:
+    """labels / contexts / guidance of n images from --label/--context/--guidance (conditions.conditioning)."""
+    from ..conditions import conditioning as rules
+    from ..generate import DEFAULT_GUIDANCE
+
+    check_guidance(args.guidance)
+    if not run.num_classes and (args.label not in EVERY_OR_NONE or args.context or args.guidance is not None):
+        raise UsageError(f"{args.run} is an unconditional model: it takes no --label, --context or --guidance")
+    return rules(run.class_names, n, label=args.label, context=args.context, guidance=args.guidance,
+                 default_label=default_label, default_guidance=DEFAULT_GUIDANCE)
+
+
+def parse_ints(text: str, flag: str, form: str, count: int) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != count:
+        raise UsageError(f"{flag} must be {form} ({count} integers), got '{text}'")
+    return values
+
+
+def load_run(args):
+    """The run named on the command line, on --device, with --weights."""
+    from ..device import pick_device
+    from ..generate import load_run as load
+
+    return load(args.run, weights=getattr(args, "weights", "ema"), device=pick_device(args.device))
+
+
+# --- flags generated from a config dataclass ---------------------------------------------------------
+
+def add_config_flags(parser: argparse.ArgumentParser, cls, choices: dict[str, tuple], skip=()) -> None:
+    """One --flag per dataclass field; help from the field's trailing comment, choices where given.
+
+    Defaults are SUPPRESSed so that only the flags a user typed appear in the namespace, which lets
+    a TOML file sit between the dataclass defaults and the flags.
+    """
+    hints, comments = get_type_hints(cls), _field_comments(cls)
+    for f in fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        kind = scalar_type(hints[f.name])
+        default = None if f.default is MISSING else f.default
+        help_text = f"{comments.get(f.name, '')} (default: {default})"
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                                help=help_text)
+        else:
+            parser.add_argument(flag, dest=f.name, type=kind, choices=choices.get(f.name),
+                                default=argparse.SUPPRESS, metavar=f.name.upper() if f.name not in choices else None,
+                                help=help_text)
+
+
+def scalar_type(hint):
+    for kind in (bool, int, float, str):
+        if hint is kind or kind in getattr(hint, "__args__", ()):
+            return kind
+    raise TypeError(f"no flag type for {hint}")
+
+
+def _field_comments(cls) -> dict[str, str]:
+    """`name: type = default  # comment` -> {name: comment}"""
+    out = {}
+    for line in inspect.getsource(cls).splitlines():
+        m = re.match(r"\s+(\w+): [^=]+=.*?#\s*(.+)$", line)
+        if m:
+            out[m.group(1)] = m.group(2).strip()
+    return out
+
+
+def config_values(args: argparse.Namespace, cls) -> dict:
+    """The config fields a TOML file (--config) and the typed flags set; flags win."""
+    values = {}
+    if getattr(args, "config", None):
+        values.update(read_toml(args.config, cls))
+    names = {f.name for f in fields(cls)}
+    values.update({k: v for k, v in vars(args).items() if k in names})
+    return values
+
+
+def read_toml(path: str, cls) -> dict:
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            values = tomllib.load(f)
+    except FileNotFoundError:
+        raise UsageError(f"config file '{path}' does not exist") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"config file '{path}' is not valid TOML ({e})") from None
+    except OSError as e:
+        raise UsageError(f"config file '{path}' cannot be read ({e.strerror})") from None
+    values = {k.replace("-", "_"): v for k, v in values.items()}
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise UsageError(f"config file '{path}': unknown key(s) {', '.join(unknown)}; "
+                         f"known: {', '.join(sorted(names))}")
+    hints = get_type_hints(cls)
+    for key, value in values.items():
+        kind = scalar_type(hints[key])
+        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            values[key], ok = float(value), True
+        if not ok:
+            raise UsageError(f"config file '{path}': {key} must be a {kind.__name__}, got {value!r}")
+    return values

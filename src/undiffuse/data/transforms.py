@@ -1,0 +1,57 @@
+"""Bringing any source to one form: float [0, 1] (N, C, S, S), square, with the wanted channels,
+and only then the model's [-1, 1]."""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..errors import DataError
+
+
+_LUMA = (0.299, 0.587, 0.114)  # ITU-R 601, as PIL's convert("L")
+
+
+class Loaded(NamedTuple):
+    images: Tensor  # float32 (N, C, S, S) in [0, 1], C in {1, 3}
+    labels: Tensor | None
+    class_names: tuple[str, ...]
+    skipped: int = 0
+
+
+def fit_square(images: Tensor, size: int) -> Tensor:
+    """Resize (N, C, H, W) so the shorter side is `size`, then center-crop to size x size."""
+    h, w = images.shape[2:]
+    if h == w == size:
+        return images
+    scale = size / min(h, w)
+    new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
+    top, left = (new_h - size) // 2, (new_w - size) // 2
+    out = []
+    for chunk in images.split(512):  # bounds the memory of the resized copy
+        resized = F.interpolate(chunk, size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False)
+        out.append(resized[:, :, top:top + size, left:left + size].clamp(0, 1))  # bicubic overshoots
+    return torch.cat(out)
+
+
+def set_channels(images: Tensor, channels: int) -> Tensor:
+    """(N, C, H, W) in [0, 1] with C in {1, 3} to `channels`: repeat gray, or take the luminance."""
+    if images.shape[1] == channels:
+        return images
+    if channels == 3:
+        return images.expand(-1, 3, -1, -1).contiguous()
+    return (images * torch.tensor(_LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True)
+
+
+def to_model_range(images: Tensor) -> Tensor:
+    """[0, 1] -> [-1, 1] float32: the one place where the model's pixel range is decided."""
+    return (images.to(torch.float32) * 2 - 1).contiguous()
+
+
+def check_options(image_size: int | None, channels: int | None) -> None:
+    if image_size is not None and (not isinstance(image_size, int) or not 8 <= image_size <= 1024):
+        raise DataError(f"image size {image_size!r} is not supported; use an integer from 8 to 1024")
+    if channels is not None and channels not in (1, 3):
+        raise DataError(f"channels {channels!r} is not supported; use 1 (grayscale) or 3 (RGB)")

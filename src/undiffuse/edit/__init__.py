@@ -1,0 +1,17 @@
+"""Editing with a trained model, without retraining: inpainting, outpainting, image-to-image, interpolation.
+
+Two levels in each module:
+- over any eps_fn(x_t, t) and NoiseSchedule, as the samplers take them (so that the exact denoiser of
+  Gaussian data can check them): `inpaint_walk` with `replace_moves` or `repaint_moves`, `sdedit`, `slerp`;
+- over a loaded run (`generate.load_run`): `inpaint`, `outpaint`, `img2img`, `interpolate`, with labels,
+  contexts and classifier-free guidance exactly as `generate.sample_images` takes them.
+"""
+from .inpaint import (DEFAULT_JUMP, DEFAULT_RESAMPLE, DEFAULT_STEPS, METHODS, inpaint, inpaint_moves, inpaint_walk,
+                      network_calls, outpaint, renoise, repaint_moves, replace_moves)
+from .interpolate import interpolate, slerp
+from .masks import load_mask
+from .sdedit import img2img, sdedit, sdedit_plan, truncate
+
+__all__ = ["DEFAULT_JUMP", "DEFAULT_RESAMPLE", "DEFAULT_STEPS", "METHODS", "img2img", "inpaint", "inpaint_moves",
+           "inpaint_walk", "interpolate", "load_mask", "network_calls", "outpaint", "renoise", "repaint_moves",
+           "replace_moves", "sdedit", "sdedit_plan", "slerp", "truncate"]

@@ -1,0 +1,247 @@
+"""What the page of `undiffuse serve` asks for, checked into jobs (jobs.py runs them one at a time).
+
+A request is a JSON object: numbers, names, and images as PNG data URLs. `parse_generate`,
+`parse_inpaint` and `parse_img2img` turn one into a `Job` or raise `RequestError` with a message for
+the page. `JobQueue` runs jobs one after another on a single worker thread (so that a second
+browser tab waits instead of doubling the memory) and streams each job's events:
+
+    {"type": "queue", "ahead": k}                         waiting behind k jobs
+    {"type": "start", "total": steps}                     sampling has begun
+    {"type": "frame", "frame": j, "step": i, "total": steps, "png": data URL}   about FRAMES of them
+    {"type": "image", "png": data URL, "width", "height", "n", "nrow", "cell", "pad", "seconds"}
+    {"type": "error", "message": text}
+
+No web framework is imported here: app.py puts this behind HTTP.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import math
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+
+from .. import edit
+from ..conditions import class_id, parse_context
+from ..data import load_image
+from ..errors import DataError, RequestError
+from ..generate import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, LoadedRun
+from ..samplers import DEFAULT_STEPS, SAMPLERS
+
+
+MAX_N = 64  # images per request
+
+
+MAX_STEPS = 1000  # sampler steps per request
+
+
+MAX_GUIDANCE = 20.0
+
+
+MAX_RESAMPLE = 20  # RePaint passes per jump
+
+
+MAX_UPLOAD_BYTES = 4 * 2**20  # one decoded image
+
+
+MAX_SIDE = 1024  # pixels, either side of an uploaded image
+
+
+FRAMES = 30  # intermediate pictures streamed per job
+
+
+SHOW = ("x", "x0")  # what the frames picture: the noisy x_t, or the network's estimate of the clean image
+
+
+@dataclass
+class Job:
+    kind: str  # generate | inpaint | img2img
+    n: int  # images made
+    nrow: int  # images per row of the grid
+    total: int  # sampler steps the callback is expected to see (to thin the frames)
+    show: str  # one of SHOW
+    options: dict = field(default_factory=dict)  # keyword arguments of the library function
+    image: Tensor | None = None  # (C, S, S) in [-1, 1], for the edits
+    mask: Tensor | None = None  # (S, S) bool, True = regenerate
+
+
+COMMON = {"n", "seed", "label", "context", "guidance", "show"}
+
+
+def parse_generate(run: LoadedRun, body: dict) -> Job:
+    _known(body, COMMON | {"sampler", "steps"})
+    options = _sampler(run, body)
+    conditioning, n, nrow = _conditioning(run, body, default_n=_default_n(run))
+    total = run.schedule.T if options["sampler"] == "ddpm" else options["steps"] or DEFAULT_STEPS[options["sampler"]]
+    return Job("generate", n, nrow, total, _show(body), {**options, **conditioning, "seed": _seed(body)})
+
+
+def parse_inpaint(run: LoadedRun, body: dict) -> Job:
+    _known(body, COMMON | {"image", "mask", "method", "steps", "resample", "jump"})
+    method = body.get("method") or "repaint"
+    if method not in edit.METHODS:
+        raise RequestError(f"unknown method {method!r}; choose one of {', '.join(edit.METHODS)}")
+    steps = _int(body, "steps", None, 1, min(MAX_STEPS, run.schedule.T)) or edit.DEFAULT_STEPS[method]
+    options = {"method": method, "steps": steps}
+    if method == "repaint":
+        options["resample"] = _int(body, "resample", edit.DEFAULT_RESAMPLE, 1, MAX_RESAMPLE)
+        options["jump"] = _int(body, "jump", edit.DEFAULT_JUMP, 1, steps)
+    elif body.get("resample") is not None or body.get("jump") is not None:
+        raise RequestError("resample and jump belong to the repaint method")
+    total = edit.network_calls(edit.inpaint_moves(run.schedule.T, **options))
+    image = decode_image(body.get("image"), run, "image")
+    mask = decode_mask(body.get("mask"), run)
+    conditioning, n, nrow = _conditioning(run, body, default_n=4)
+    return Job("inpaint", n, nrow, total, _show(body), {**options, **conditioning, "seed": _seed(body)}, image, mask)
+
+
+def parse_img2img(run: LoadedRun, body: dict) -> Job:
+    _known(body, COMMON | {"image", "strength", "sampler", "steps"})
+    options = _sampler(run, body)
+    strength = _float(body, "strength", 0.6, 0.0, 1.0)
+    image = decode_image(body.get("image"), run, "image")
+    conditioning, n, nrow = _conditioning(run, body, default_n=4)
+    total = max(1, edit.sdedit_plan(run.schedule.T, strength, options["sampler"], options["steps"])[1])
+    return Job("img2img", n, nrow, total, _show(body),
+               {**options, **conditioning, "strength": strength, "seed": _seed(body)}, image)
+
+
+def _known(body: dict, names: set[str]) -> None:
+    if not isinstance(body, dict):
+        raise RequestError("the request must be a JSON object")
+    unknown = sorted(set(body) - names)
+    if unknown:
+        raise RequestError(f"unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+
+
+def _sampler(run: LoadedRun, body: dict) -> dict:
+    name = body.get("sampler") or DEFAULT_SAMPLER
+    if name not in SAMPLERS:
+        raise RequestError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+    steps = _int(body, "steps", None, 1, min(MAX_STEPS, run.schedule.T))
+    if name == "ddpm" and steps not in (None, run.schedule.T):
+        raise RequestError(f"ddpm walks all {run.schedule.T} steps; choose another sampler for {steps} steps")
+    return {"sampler": name, "steps": None if name == "ddpm" else steps}
+
+
+def _conditioning(run: LoadedRun, body: dict, default_n: int) -> tuple[dict, int, int]:
+    """labels / contexts / guidance for the library, the image count and the grid's row length.
+
+    label: "each" (or missing: each class in turn), "none" (unconditional), or a class name or id.
+    """
+    n = _int(body, "n", default_n, 1, MAX_N)
+    label, context, guidance = body.get("label"), body.get("context") or None, body.get("guidance")
+    square = max(1, math.ceil(math.sqrt(n)))
+    if not run.num_classes:
+        if label not in (None, "none") or context is not None or guidance is not None:
+            raise RequestError("this model is unconditional: it takes no label, context or guidance")
+        return {}, n, square
+    guidance = _float(body, "guidance", DEFAULT_GUIDANCE, 0.0, MAX_GUIDANCE)
+    if context is not None:
+        if label not in (None, "each"):
+            raise RequestError("give a label or a context, not both")
+        try:
+            contexts = parse_context(str(context), run.class_names).expand(n, -1)
+        except ValueError as e:
+            raise RequestError(str(e)) from None
+        return {"contexts": contexts, "guidance": guidance}, n, square
+    if label in (None, "each"):
+        return {"labels": [i % run.num_classes for i in range(n)], "guidance": guidance}, n, min(n, run.num_classes)
+    if label == "none":
+        return {}, n, square
+    try:
+        k = class_id(str(label), run.class_names)
+    except ValueError as e:
+        raise RequestError(str(e)) from None
+    return {"labels": [k] * n, "guidance": guidance}, n, square
+
+
+def _default_n(run: LoadedRun) -> int:
+    return min(MAX_N, 2 * run.num_classes) if run.num_classes else 16
+
+
+def _seed(body: dict) -> int:
+    return _int(body, "seed", 0, 0, 2**31 - 1)
+
+
+def _show(body: dict) -> str:
+    show = body.get("show") or "x"
+    if show not in SHOW:
+        raise RequestError(f"show must be one of {', '.join(SHOW)}, got {show!r}")
+    return show
+
+
+def _int(body: dict, key: str, default, lo: int, hi: int):
+    value = body.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        raise RequestError(f"{key} must be a whole number, got {value!r}")
+    if not lo <= value <= hi:
+        raise RequestError(f"{key} must lie in [{lo}, {hi}], got {int(value)}")
+    return int(value)
+
+
+def _float(body: dict, key: str, default: float, lo: float, hi: float) -> float:
+    value = body.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise RequestError(f"{key} must be a number, got {value!r}")
+    if not lo <= value <= hi:
+        raise RequestError(f"{key} must lie in [{lo:g}, {hi:g}], got {value:g}")
+    return float(value)
+
+
+def decode_upload(data_url, what: str) -> Image.Image:
+    """A data URL (or bare base64) -> a decoded PIL image, refusing big files and non-images."""
+    if not isinstance(data_url, str) or not data_url:
+        raise RequestError(f"no {what}: upload an image first")
+    payload = data_url.split(",", 1)[1] if data_url.startswith("data:") else data_url
+    if len(payload) > MAX_UPLOAD_BYTES * 4 // 3 + 4:
+        raise RequestError(f"the {what} is over {MAX_UPLOAD_BYTES // 2**20} MB", 413)
+    try:
+        img = Image.open(io.BytesIO(base64.b64decode(payload, validate=True)))
+    except (binascii.Error, UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        raise RequestError(f"the {what} is not an image this server can read (PNG, JPEG, ...)") from None
+    if max(img.size) > MAX_SIDE:
+        raise RequestError(f"the {what} is {img.size[0]}x{img.size[1]} pixels; at most {MAX_SIDE} a side")
+    try:
+        img.load()  # decode now, so that a truncated file fails here
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        raise RequestError(f"the {what} is damaged: it cannot be decoded") from None
+    return img
+
+
+def decode_image(data_url, run: LoadedRun, what: str) -> Tensor:
+    """An uploaded image as the model sees it: (C, S, S) in [-1, 1], center-cropped and resized like
+    the training data (data.load_image does the work, from a temporary file)."""
+    img = decode_upload(data_url, what)
+    with tempfile.TemporaryDirectory(prefix="undiffuse-serve-") as tmp:
+        path = Path(tmp) / "upload.png"
+        img.save(path, format="PNG")
+        try:
+            return load_image(path, run.image_size, run.channels)
+        except DataError as e:
+            raise RequestError(f"the {what} cannot be read ({e})") from None
+
+
+def decode_mask(data_url, run: LoadedRun) -> Tensor:
+    """The painted mask as (S, S) bool, True = regenerate: the alpha channel where there is one,
+    else the brightness; center-cropped like the image, and a pixel counts when a quarter is painted."""
+    img = decode_upload(data_url, "mask")
+    has_alpha = img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info
+    gray = img.convert("RGBA").getchannel("A") if has_alpha else img.convert("L")
+    side = min(gray.size)
+    left, top = (gray.width - side) // 2, (gray.height - side) // 2
+    gray = gray.crop((left, top, left + side, top + side)).resize((run.image_size,) * 2, Image.Resampling.BOX)
+    mask = torch.frombuffer(bytearray(gray.tobytes()), dtype=torch.uint8).view(run.image_size, run.image_size) >= 64
+    if not mask.any():
+        raise RequestError("the mask is empty: paint the part of the image to regenerate")
+    return mask

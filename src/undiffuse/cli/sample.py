@@ -37,7 +37,7 @@ def add(sub) -> None:
 
 def run(args) -> int:
     from ..generate import generate
-    from ..samplers import network_calls
+    from ..samplers import steps_walked
     from ..viz import FrameRecorder
 
     out = output_path(args.out or Path(args.run) / "samples.png", (".png", ".npy"))
@@ -53,7 +53,7 @@ def run(args) -> int:
     options.update(conditioning(args, loaded, n, default_label="each"))
     if per_class:  # a row per class, in class order
         options["labels"] = [k for k in range(loaded.num_classes) for _ in range(per_class)]
-    recorder = FrameRecorder(network_calls(options["sampler"], options["steps"], loaded.schedule.T)) if gif else None
+    recorder = FrameRecorder(steps_walked(options["sampler"], options["steps"], loaded.schedule.T)) if gif else None
     images = generate(loaded, n, seed=args.seed, callback=recorder, **options)
     write_images(images, out, nrow, options.get("labels"))
     say(f"{n} samples: {out}")

@@ -9,9 +9,9 @@ Two levels in each module:
 from .inpaint import (DEFAULT_JUMP, DEFAULT_RESAMPLE, DEFAULT_STEPS, METHODS, inpaint, inpaint_moves, inpaint_walk,
                       network_calls, outpaint, renoise, repaint_moves, replace_moves)
 from .interpolate import interpolate, slerp
-from .masks import load_mask
+from .masks import load_mask, mask_from_picture
 from .sdedit import img2img, sdedit, sdedit_plan, truncate
 
 __all__ = ["DEFAULT_JUMP", "DEFAULT_RESAMPLE", "DEFAULT_STEPS", "METHODS", "img2img", "inpaint", "inpaint_moves",
-           "inpaint_walk", "interpolate", "load_mask", "network_calls", "outpaint", "renoise", "repaint_moves",
+           "inpaint_walk", "interpolate", "load_mask", "mask_from_picture", "network_calls", "outpaint", "renoise", "repaint_moves",
            "replace_moves", "sdedit", "sdedit_plan", "slerp", "truncate"]

@@ -1,35 +1,54 @@
-"""Masks drawn by a user: white regenerates, black keeps."""
+"""Masks drawn by a user, read by one rule wherever they come from (a file on the command line, a
+drawing on the web page): the painted amount of a pixel is its alpha where the mask has transparency,
+else its brightness (white regenerates, black keeps). The mask is center-cropped to a square like the
+image, box-filtered down to the model's size, and a pixel is regenerated when at least a quarter of it
+was painted, so that a thin brush stroke still counts."""
 from __future__ import annotations
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
 from ..errors import DataError
 
+PAINTED = 64  # of 255: a quarter of a pixel
+
+
+def mask_from_picture(picture: Image.Image, size: int) -> Tensor:
+    """(size, size) bool, True = regenerate."""
+    has_alpha = picture.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in picture.info
+    painted = picture.convert("RGBA").getchannel("A") if has_alpha else picture.convert("L")
+    side = min(painted.size)
+    left, top = (painted.width - side) // 2, (painted.height - side) // 2
+    square = painted.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.BOX)
+    return torch.frombuffer(bytearray(square.tobytes()), dtype=torch.uint8).view(size, size) >= PAINTED
+
 
 def load_mask(path, size: int, like=None) -> Tensor:
-    """A mask image as (size, size) float, 1 where it is white (regenerate): center-cropped to a square
-    and resized with nearest pixels, so that it stays a mask. `like`: the image file it belongs to;
-    their shapes must agree up to scale, or the two crops would not cover the same pixels."""
+    """A mask file as (size, size) bool by mask_from_picture's rule. `like`: the image file it belongs
+    to; their shapes must agree up to scale, or the two crops would not cover the same pixels."""
     try:
-        with Image.open(path) as img:
-            gray = np.asarray(img.convert("L"), dtype=np.float32) / 255
-        shape = None
-        if like is not None:
-            with Image.open(like) as other:
-                shape = other.size[::-1]
+        with Image.open(path) as picture:
+            picture.load()
+            shape = _size_of(like) if like is not None else None
+            if shape is not None:
+                _check_shapes(path, picture.size, shape)
+            return mask_from_picture(picture, size)
     except FileNotFoundError:
         raise DataError(f"mask '{path}': no such file") from None
-    except (OSError, SyntaxError, ValueError) as e:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        if isinstance(e, DataError):
+            raise
         raise DataError(f"mask '{path}' cannot be read ({e})") from None
-    h, w = gray.shape
-    if shape is not None and abs(h / w - shape[0] / shape[1]) > 0.02 * shape[0] / shape[1]:
-        raise DataError(f"mask '{path}' is {w}x{h} but the image is {shape[1]}x{shape[0]}: give a mask of the "
+
+
+def _size_of(path) -> tuple[int, int]:
+    with Image.open(path) as other:
+        return other.size
+
+
+def _check_shapes(path, mask_size: tuple[int, int], image_size: tuple[int, int]) -> None:
+    (w, h), (iw, ih) = mask_size, image_size
+    if abs(h / w - ih / iw) > 0.02 * ih / iw:
+        raise DataError(f"mask '{path}' is {w}x{h} but the image is {iw}x{ih}: give a mask of the "
                         "image's shape (or a scaled copy)")
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
-    square = torch.from_numpy(gray[top:top + side, left:left + side].copy())
-    return (F.interpolate(square[None, None], size=(size, size), mode="nearest")[0, 0] > 0.5).float()

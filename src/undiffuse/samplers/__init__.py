@@ -84,6 +84,12 @@ def get(name: str) -> Sampler:
     return REGISTRY[name]
 
 
+def steps_walked(name: str, steps: int | None, T: int = 1000) -> int:
+    """The sampler steps one run takes: how often the callback is called (heun's steps make two calls)."""
+    record = get(name)
+    return T if record.walks_every_step else steps or record.default_steps
+
+
 def network_calls(name: str, steps: int | None, T: int = 1000) -> int:
     """Network evaluations a sampler makes for one image (guidance batches both branches in one)."""
     return get(name).network_calls(steps, T)
@@ -100,6 +106,6 @@ def sample(name: str, eps_fn: EpsFn, schedule: NoiseSchedule, x: Tensor, *, step
     return record.run(eps_fn, schedule, x, steps=steps or record.default_steps, **options)
 
 
-__all__ = ["REGISTRY", "Sampler", "get", "SAMPLERS", "DEFAULT_STEPS", "STOCHASTIC", "SPACINGS", "Callback", "Generator", "network_calls", "sample",
+__all__ = ["REGISTRY", "Sampler", "get", "steps_walked", "SAMPLERS", "DEFAULT_STEPS", "STOCHASTIC", "SPACINGS", "Callback", "Generator", "network_calls", "sample",
            "timesteps", "karras_sigmas", "karras_timesteps", "randn", "ddpm", "ddim", "ddim_step", "ddim_invert",
            "euler", "euler_ancestral", "heun", "dpmpp_2m", "dpmpp_3m", "unipc"]

@@ -23,16 +23,15 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from .. import edit
-from ..conditions import class_id, parse_context
+from ..conditions import conditioning
 from ..data import load_image
-from ..errors import DataError, RequestError
+from ..errors import DataError, RequestError, UsageError
 from ..generate import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, LoadedRun
-from ..samplers import DEFAULT_STEPS, SAMPLERS
+from ..samplers import REGISTRY, steps_walked
 
 
 MAX_N = 64  # images per request
@@ -78,7 +77,7 @@ def parse_generate(run: LoadedRun, body: dict) -> Job:
     _known(body, COMMON | {"sampler", "steps"})
     options = _sampler(run, body)
     conditioning, n, nrow = _conditioning(run, body, default_n=_default_n(run))
-    total = run.schedule.T if options["sampler"] == "ddpm" else options["steps"] or DEFAULT_STEPS[options["sampler"]]
+    total = steps_walked(options["sampler"], options["steps"], run.schedule.T)
     return Job("generate", n, nrow, total, _show(body), {**options, **conditioning, "seed": _seed(body)})
 
 
@@ -121,45 +120,40 @@ def _known(body: dict, names: set[str]) -> None:
 
 
 def _sampler(run: LoadedRun, body: dict) -> dict:
-    name = body.get("sampler") or DEFAULT_SAMPLER
-    if name not in SAMPLERS:
-        raise RequestError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+    name = _text(body, "sampler") or DEFAULT_SAMPLER
+    if name not in REGISTRY:
+        raise RequestError(f"unknown sampler {name!r}; choose one of {', '.join(REGISTRY)}")
+    record = REGISTRY[name]
     steps = _int(body, "steps", None, 1, min(MAX_STEPS, run.schedule.T))
-    if name == "ddpm" and steps not in (None, run.schedule.T):
-        raise RequestError(f"ddpm walks all {run.schedule.T} steps; choose another sampler for {steps} steps")
-    return {"sampler": name, "steps": None if name == "ddpm" else steps}
+    if record.walks_every_step and steps not in (None, run.schedule.T):
+        raise RequestError(f"{name} walks all {run.schedule.T} steps; choose another sampler for {steps} steps")
+    return {"sampler": name, "steps": None if record.walks_every_step else steps}
 
 
 def _conditioning(run: LoadedRun, body: dict, default_n: int) -> tuple[dict, int, int]:
-    """labels / contexts / guidance for the library, the image count and the grid's row length.
-
-    label: "each" (or missing: each class in turn), "none" (unconditional), or a class name or id.
-    """
+    """labels / contexts / guidance for the library, the image count and the grid's row length, by
+    the rules the command line uses (conditions.conditioning). label: "each" (or missing: each class
+    in turn), "none" (unconditional), or a class name or id; a context takes the place of "each"."""
     n = _int(body, "n", default_n, 1, MAX_N)
-    label, context, guidance = body.get("label"), body.get("context") or None, body.get("guidance")
-    square = max(1, math.ceil(math.sqrt(n)))
-    if not run.num_classes:
-        if label not in (None, "none") or context is not None or guidance is not None:
-            raise RequestError("this model is unconditional: it takes no label, context or guidance")
-        return {}, n, square
-    guidance = _float(body, "guidance", DEFAULT_GUIDANCE, 0.0, MAX_GUIDANCE)
-    if context is not None:
-        if label not in (None, "each"):
-            raise RequestError("give a label or a context, not both")
-        try:
-            contexts = parse_context(str(context), run.class_names).expand(n, -1)
-        except ValueError as e:
-            raise RequestError(str(e)) from None
-        return {"contexts": contexts, "guidance": guidance}, n, square
-    if label in (None, "each"):
-        return {"labels": [i % run.num_classes for i in range(n)], "guidance": guidance}, n, min(n, run.num_classes)
-    if label == "none":
-        return {}, n, square
+    label, context = _text(body, "label"), _text(body, "context") or None
+    guidance = _float(body, "guidance", None, 0.0, MAX_GUIDANCE)
     try:
-        k = class_id(str(label), run.class_names)
-    except ValueError as e:
+        options = conditioning(run.class_names, n, label=None if context and label == "each" else label, context=context,
+                               guidance=guidance, default_label="each", default_guidance=DEFAULT_GUIDANCE)
+    except UsageError as e:
         raise RequestError(str(e)) from None
-    return {"labels": [k] * n, "guidance": guidance}, n, square
+    cycles = run.num_classes and context is None and label in (None, "each", "all")
+    return options, n, min(n, run.num_classes) if cycles else max(1, math.ceil(math.sqrt(n)))
+
+
+def _text(body: dict, key: str) -> str | None:
+    """A string field, or None when absent; numbers are accepted as text (a class id)."""
+    value = body.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise RequestError(f"{key} must be text, got {type(value).__name__}")
 
 
 def _default_n(run: LoadedRun) -> int:
@@ -233,15 +227,9 @@ def decode_image(data_url, run: LoadedRun, what: str) -> Tensor:
 
 
 def decode_mask(data_url, run: LoadedRun) -> Tensor:
-    """The painted mask as (S, S) bool, True = regenerate: the alpha channel where there is one,
-    else the brightness; center-cropped like the image, and a pixel counts when a quarter is painted."""
-    img = decode_upload(data_url, "mask")
-    has_alpha = img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info
-    gray = img.convert("RGBA").getchannel("A") if has_alpha else img.convert("L")
-    side = min(gray.size)
-    left, top = (gray.width - side) // 2, (gray.height - side) // 2
-    gray = gray.crop((left, top, left + side, top + side)).resize((run.image_size,) * 2, Image.Resampling.BOX)
-    mask = torch.frombuffer(bytearray(gray.tobytes()), dtype=torch.uint8).view(run.image_size, run.image_size) >= 64
+    """The painted mask as (S, S) bool, True = regenerate, read by the same rule as the command
+    line's --mask (edit/masks.py): alpha where there is one, else the brightness."""
+    mask = edit.mask_from_picture(decode_upload(data_url, "mask"), run.image_size)
     if not mask.any():
         raise RequestError("the mask is empty: paint the part of the image to regenerate")
     return mask

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from ..errors import DataError
-from .decode import IMAGE_EXTENSIONS, read_image
+from .decode import FORMATS, IMAGE_EXTENSIONS, read_image
 from .transforms import Loaded, set_channels
 
 
@@ -29,9 +29,7 @@ def _load_folder_quietly(root: Path, size: int | None) -> Loaded:
         try:
             images.append(read_image(path, size))
             kept.append(path)
-        except MemoryError:
-            raise
-        except Exception:  # PIL raises OSError, SyntaxError, struct.error, ... on broken files
+        except DataError:  # unreadable, of another format, or too large: counted as skipped
             continue
     if not images:
         raise DataError(f"folder '{root}': none of its {len(files)} image files could be read")
@@ -63,7 +61,7 @@ def _infer_folder_size(files: list[Path]) -> int:
     sizes = set()
     for path in files:
         try:
-            with Image.open(path) as img:
+            with Image.open(path, formats=FORMATS) as img:
                 sizes.add(img.size)
         except Exception:  # counted as skipped when the image itself is read
             continue

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from ..data.decode import decode_picture
 from ..errors import DataError
 
 PAINTED = 64  # of 255: a quarter of a pixel
@@ -27,24 +28,10 @@ def mask_from_picture(picture: Image.Image, size: int) -> Tensor:
 def load_mask(path, size: int, like=None) -> Tensor:
     """A mask file as (size, size) bool by mask_from_picture's rule. `like`: the image file it belongs
     to; their shapes must agree up to scale, or the two crops would not cover the same pixels."""
-    try:
-        with Image.open(path) as picture:
-            picture.load()
-            shape = _size_of(like) if like is not None else None
-            if shape is not None:
-                _check_shapes(path, picture.size, shape)
-            return mask_from_picture(picture, size)
-    except FileNotFoundError:
-        raise DataError(f"mask '{path}': no such file") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        if isinstance(e, DataError):
-            raise
-        raise DataError(f"mask '{path}' cannot be read ({e})") from None
-
-
-def _size_of(path) -> tuple[int, int]:
-    with Image.open(path) as other:
-        return other.size
+    picture = decode_picture(path, "mask")
+    if like is not None:
+        _check_shapes(path, picture.size, decode_picture(like).size)
+    return mask_from_picture(picture, size)
 
 
 def _check_shapes(path, mask_size: tuple[int, int], image_size: tuple[int, int]) -> None:

@@ -17,18 +17,15 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import math
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import Tensor
 
 from .. import edit
 from ..conditions import conditioning
-from ..data import load_image
+from ..data.decode import decode_picture, image_tensor
 from ..errors import DataError, RequestError, UsageError
 from ..generate import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, LoadedRun
 from ..samplers import REGISTRY, steps_walked
@@ -194,36 +191,28 @@ def _float(body: dict, key: str, default: float, lo: float, hi: float) -> float:
 
 
 def decode_upload(data_url, what: str) -> Image.Image:
-    """A data URL (or bare base64) -> a decoded PIL image, refusing big files and non-images."""
+    """A data URL (or bare base64) -> a decoded PIL image, by the decoder every path shares
+    (data/decode.py: allowed formats only, by content), refusing big files and pictures."""
     if not isinstance(data_url, str) or not data_url:
         raise RequestError(f"no {what}: upload an image first")
     payload = data_url.split(",", 1)[1] if data_url.startswith("data:") else data_url
     if len(payload) > MAX_UPLOAD_BYTES * 4 // 3 + 4:
         raise RequestError(f"the {what} is over {MAX_UPLOAD_BYTES // 2**20} MB", 413)
     try:
-        img = Image.open(io.BytesIO(base64.b64decode(payload, validate=True)))
-    except (binascii.Error, UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
-        raise RequestError(f"the {what} is not an image this server can read (PNG, JPEG, ...)") from None
+        img = decode_picture(base64.b64decode(payload, validate=True), what)
+    except DataError as e:
+        raise RequestError(str(e)) from None
+    except binascii.Error:
+        raise RequestError(f"the {what} is not an image: its data is not valid base64") from None
     if max(img.size) > MAX_SIDE:
         raise RequestError(f"the {what} is {img.size[0]}x{img.size[1]} pixels; at most {MAX_SIDE} a side")
-    try:
-        img.load()  # decode now, so that a truncated file fails here
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
-        raise RequestError(f"the {what} is damaged: it cannot be decoded") from None
     return img
 
 
 def decode_image(data_url, run: LoadedRun, what: str) -> Tensor:
     """An uploaded image as the model sees it: (C, S, S) in [-1, 1], center-cropped and resized like
-    the training data (data.load_image does the work, from a temporary file)."""
-    img = decode_upload(data_url, what)
-    with tempfile.TemporaryDirectory(prefix="undiffuse-serve-") as tmp:
-        path = Path(tmp) / "upload.png"
-        img.save(path, format="PNG")
-        try:
-            return load_image(path, run.image_size, run.channels)
-        except DataError as e:
-            raise RequestError(f"the {what} cannot be read ({e})") from None
+    the training data."""
+    return image_tensor(decode_upload(data_url, what), run.image_size, run.channels)
 
 
 def decode_mask(data_url, run: LoadedRun) -> Tensor:

@@ -6,10 +6,14 @@ name or index, `parse_context` a mixture or a vector, and `context_batch` turns 
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
 from ..errors import UsageError
+
+MAX_WEIGHT = 100.0  # of one class in a context: far beyond any useful mixture, short of overflow
 
 
 def one_hot(labels: Tensor, num_classes: int) -> Tensor:
@@ -29,36 +33,51 @@ def class_id(label: str, class_names: tuple[str, ...] | list[str]) -> int:
         if 0 <= index < len(names):
             return index
         raise UsageError(f"label {index} is out of range: this model has classes 0..{len(names) - 1}")
-    raise UsageError(f"unknown label {label!r}; choose one of {', '.join(names)}")
+    raise UsageError(f"unknown label {_short(label)}; choose one of {_listed(names)}")
 
 
 def parse_context(spec: str, names: tuple[str, ...] | list[str]) -> Tensor:
     """A context vector from text: a name ("hero"), a weighted mixture ("0.6*hero+0.4*food"),
-    class ids in a mixture ("0.5*3+0.5*8"), or the full vector ("1,0,0,0,1")."""
+    class ids in a mixture ("0.5*3+0.5*8"), or the full vector ("1,0,0,0,1"). Every weight is a finite
+    number of at most MAX_WEIGHT in size."""
     names = [str(n) for n in names]
-    k = len(names)
+    k, shown = len(names), _short(spec)
     if not k:
         raise UsageError("this model is unconditional: it takes no context")
     text = spec.replace(" ", "")
     if "," in text:
-        try:
-            values = [float(v) for v in text.split(",")]
-        except ValueError:
-            raise UsageError(f"context {spec!r}: a vector must be {k} comma-separated numbers") from None
+        values = [_weight(v, shown, f"a vector must be {k} comma-separated numbers") for v in text.split(",")]
         if len(values) != k:
-            raise UsageError(f"context {spec!r} has {len(values)} values; this model takes {k} ({', '.join(names)})")
+            raise UsageError(f"context {shown} has {len(values)} values; this model takes {k} ({_listed(names)})")
         return torch.tensor(values)
-    vector = torch.zeros(k)
+    vector = torch.zeros(k, dtype=torch.float64)
     for term in filter(None, text.split("+")):
         weight, _, name = term.rpartition("*")
-        try:
-            w = float(weight) if weight else 1.0
-        except ValueError:
-            raise UsageError(f"context {spec!r}: {weight!r} is not a number") from None
-        vector[class_id(name, names)] += w
+        vector[class_id(name, names)] += _weight(weight, shown, f"{_short(weight)} is not a number") if weight else 1.0
     if not vector.any():
-        raise UsageError(f"context {spec!r} is empty; name one of {', '.join(names)}")
-    return vector
+        raise UsageError(f"context {shown} is empty; name one of {_listed(names)}")
+    if vector.abs().max() > MAX_WEIGHT:
+        raise UsageError(f"context {shown}: the weights add up beyond {MAX_WEIGHT:g}")
+    return vector.float()
+
+
+def _weight(text: str, shown: str, problem: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise UsageError(f"context {shown}: {problem}") from None
+    if not math.isfinite(value) or abs(value) > MAX_WEIGHT:
+        raise UsageError(f"context {shown}: {_short(text)} is not a finite weight in [-{MAX_WEIGHT:g}, {MAX_WEIGHT:g}]")
+    return value
+
+
+def _listed(names: list[str], most: int = 12) -> str:
+    return ", ".join(names[:most]) + (f" (and {len(names) - most} more)" if len(names) > most else "")
+
+
+def _short(text: str, limit: int = 40) -> str:
+    shown = repr(text)
+    return shown if len(shown) <= limit else shown[:limit - 4] + "...'"
 
 
 def context_batch(context_dim: int, n: int, labels: list[int] | None = None,

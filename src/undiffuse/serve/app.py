@@ -20,6 +20,7 @@ only when the command runs.
 from __future__ import annotations
 
 import json
+import math
 from importlib import resources
 
 from .. import edit
@@ -27,7 +28,7 @@ from ..errors import RequestError
 from ..generate import DEFAULT_GUIDANCE, DEFAULT_SAMPLER
 from ..samplers import DEFAULT_STEPS, SAMPLERS
 from .jobs import JobQueue
-from .requests import FRAMES, MAX_GUIDANCE, MAX_N, MAX_SIDE, MAX_STEPS, MAX_UPLOAD_BYTES, parse_generate, parse_img2img, parse_inpaint
+from .requests import FRAMES, MAX_GUIDANCE, MAX_N, MAX_SIDE, MAX_STEPS, MAX_UPLOAD_BYTES, MAX_WORK, parse_generate, parse_img2img, parse_inpaint
 
 
 MAX_BODY_BYTES = 3 * MAX_UPLOAD_BYTES  # an image and a mask as base64, and the form
@@ -56,7 +57,7 @@ def describe(run, name: str) -> dict:
         "default_steps": {**DEFAULT_STEPS, "ddpm": run.schedule.T}, "default_guidance": DEFAULT_GUIDANCE,
         "edit": edits, "frames": FRAMES,
         "limits": {"n": MAX_N, "steps": min(MAX_STEPS, run.schedule.T), "guidance": MAX_GUIDANCE,
-                   "upload_bytes": MAX_UPLOAD_BYTES, "side": MAX_SIDE},
+                   "upload_bytes": MAX_UPLOAD_BYTES, "side": MAX_SIDE, "work": MAX_WORK},
     }
 
 
@@ -120,9 +121,23 @@ async def _read_json(request) -> dict:
         if len(body) > MAX_BODY_BYTES:
             raise RequestError(f"the request is over {MAX_BODY_BYTES // 2**20} MB", 413)
     try:
-        value = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise RequestError("the request is not valid JSON") from None
+        value = json.loads(body, parse_constant=_no_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise RequestError("the request is nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        reason = str(e) if isinstance(e, RequestError) else "not valid JSON"
+        raise RequestError(f"the request is {reason}") from None
     if not isinstance(value, dict):
         raise RequestError("the request must be a JSON object")
+    return value
+
+
+def _no_constant(name: str):
+    raise RequestError(f"not valid JSON: {name} is not a number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise RequestError(f"not valid JSON: {text[:20]} is too large a number")
     return value

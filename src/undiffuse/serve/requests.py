@@ -50,6 +50,9 @@ MAX_SIDE = 1024  # pixels, either side of an uploaded image
 
 
 FRAMES = 30  # intermediate pictures streamed per job
+# Network evaluations of one image, summed over a request's images: 64 images of DDPM's 1,000 steps,
+# the largest plain request, about a minute for the demo model on a laptop core.
+MAX_WORK = 64_000
 
 
 SHOW = ("x", "x0")  # what the frames picture: the noisy x_t, or the network's estimate of the clean image
@@ -75,14 +78,15 @@ def parse_generate(run: LoadedRun, body: dict) -> Job:
     options = _sampler(run, body)
     conditioning, n, nrow = _conditioning(run, body, default_n=_default_n(run))
     total = steps_walked(options["sampler"], options["steps"], run.schedule.T)
-    return Job("generate", n, nrow, total, _show(body), {**options, **conditioning, "seed": _seed(body)})
+    job = Job("generate", n, nrow, total, _show(body), {**options, **conditioning, "seed": _seed(body)})
+    return _bounded(job, REGISTRY[options["sampler"]].calls_per_step)
 
 
 def parse_inpaint(run: LoadedRun, body: dict) -> Job:
     _known(body, COMMON | {"image", "mask", "method", "steps", "resample", "jump"})
-    method = body.get("method") or "repaint"
+    method = _text(body, "method") or "repaint"
     if method not in edit.METHODS:
-        raise RequestError(f"unknown method {method!r}; choose one of {', '.join(edit.METHODS)}")
+        raise RequestError(f"unknown method {_shown(method)}; choose one of {', '.join(edit.METHODS)}")
     steps = _int(body, "steps", None, 1, min(MAX_STEPS, run.schedule.T)) or edit.DEFAULT_STEPS[method]
     options = {"method": method, "steps": steps}
     if method == "repaint":
@@ -91,21 +95,23 @@ def parse_inpaint(run: LoadedRun, body: dict) -> Job:
     elif body.get("resample") is not None or body.get("jump") is not None:
         raise RequestError("resample and jump belong to the repaint method")
     total = edit.network_calls(edit.inpaint_moves(run.schedule.T, **options))
-    image = decode_image(body.get("image"), run, "image")
-    mask = decode_mask(body.get("mask"), run)
     conditioning, n, nrow = _conditioning(run, body, default_n=4)
-    return Job("inpaint", n, nrow, total, _show(body), {**options, **conditioning, "seed": _seed(body)}, image, mask)
+    job = _bounded(Job("inpaint", n, nrow, total, _show(body), {**options, **conditioning, "seed": _seed(body)}))
+    job.image, job.mask = decode_image(body.get("image"), run, "image"), decode_mask(body.get("mask"), run)
+    return job
 
 
 def parse_img2img(run: LoadedRun, body: dict) -> Job:
     _known(body, COMMON | {"image", "strength", "sampler", "steps"})
     options = _sampler(run, body)
     strength = _float(body, "strength", 0.6, 0.0, 1.0)
-    image = decode_image(body.get("image"), run, "image")
     conditioning, n, nrow = _conditioning(run, body, default_n=4)
     total = max(1, edit.sdedit_plan(run.schedule.T, strength, options["sampler"], options["steps"])[1])
-    return Job("img2img", n, nrow, total, _show(body),
-               {**options, **conditioning, "strength": strength, "seed": _seed(body)}, image)
+    job = Job("img2img", n, nrow, total, _show(body), {**options, **conditioning, "strength": strength,
+                                                        "seed": _seed(body)})
+    job = _bounded(job, REGISTRY[options["sampler"]].calls_per_step)
+    job.image = decode_image(body.get("image"), run, "image")
+    return job
 
 
 def _known(body: dict, names: set[str]) -> None:
@@ -113,13 +119,29 @@ def _known(body: dict, names: set[str]) -> None:
         raise RequestError("the request must be a JSON object")
     unknown = sorted(set(body) - names)
     if unknown:
-        raise RequestError(f"unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        shown = ", ".join(k if len(k) <= 20 else k[:17] + "..." for k in unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        raise RequestError(f"unknown field(s) {shown}; known: {', '.join(sorted(names))}")
+
+
+def _shown(value, limit: int = 40) -> str:
+    """A value as the error message quotes it: short, whatever was sent."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _bounded(job: Job, calls_per_step: int = 1) -> Job:
+    """Refuse a job whose network evaluations (images x steps) would hold the only worker for long."""
+    work = job.n * job.total * calls_per_step
+    if work > MAX_WORK:
+        raise RequestError(f"this asks for {job.n} images x {job.total * calls_per_step} network calls = {work:,}; "
+                           f"at most {MAX_WORK:,} a request: fewer images or fewer steps")
+    return job
 
 
 def _sampler(run: LoadedRun, body: dict) -> dict:
     name = _text(body, "sampler") or DEFAULT_SAMPLER
     if name not in REGISTRY:
-        raise RequestError(f"unknown sampler {name!r}; choose one of {', '.join(REGISTRY)}")
+        raise RequestError(f"unknown sampler {_shown(name)}; choose one of {', '.join(REGISTRY)}")
     record = REGISTRY[name]
     steps = _int(body, "steps", None, 1, min(MAX_STEPS, run.schedule.T))
     if record.walks_every_step and steps not in (None, run.schedule.T):
@@ -164,7 +186,7 @@ def _seed(body: dict) -> int:
 def _show(body: dict) -> str:
     show = body.get("show") or "x"
     if show not in SHOW:
-        raise RequestError(f"show must be one of {', '.join(SHOW)}, got {show!r}")
+        raise RequestError(f"show must be one of {', '.join(SHOW)}, got {_shown(show)}")
     return show
 
 
@@ -172,8 +194,9 @@ def _int(body: dict, key: str, default, lo: int, hi: int):
     value = body.get(key)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
-        raise RequestError(f"{key} must be a whole number, got {value!r}")
+    whole = isinstance(value, int) or (isinstance(value, float) and math.isfinite(value) and value == int(value))
+    if isinstance(value, bool) or not whole:
+        raise RequestError(f"{key} must be a whole number, got {_shown(value)}")
     if not lo <= value <= hi:
         raise RequestError(f"{key} must lie in [{lo}, {hi}], got {int(value)}")
     return int(value)
@@ -184,7 +207,7 @@ def _float(body: dict, key: str, default: float, lo: float, hi: float) -> float:
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise RequestError(f"{key} must be a number, got {value!r}")
+        raise RequestError(f"{key} must be a number, got {_shown(value)}")
     if not lo <= value <= hi:
         raise RequestError(f"{key} must lie in [{lo:g}, {hi:g}], got {value:g}")
     return float(value)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from .flags import add_device, check_guidance, sampler_options
-from .output import say
+from .output import output_path, say
 
 MAX_N = 100_000
 
@@ -99,9 +99,7 @@ def _output(args) -> Path:
 
     if args.out is None:
         return free_path(Path(args.run))
-    out = Path(args.out)
-    if out.suffix.lower() != ".json":
-        raise UsageError(f"--out must end in .json, got '{out}'")
+    out = output_path(args.out, (".json",))
     if out.exists() and not args.overwrite:
         raise UsageError(f"{out} exists; choose another --out or add --overwrite")
     return out

@@ -103,8 +103,15 @@ def _with_header(grid: Image.Image, labels: Sequence[str], height: int = 16) -> 
     draw = ImageDraw.Draw(out)
     cell = grid.width / len(labels)
     for k, label in enumerate(labels):
-        draw.text((k * cell + 4, 2), label, fill=0 if grid.mode == "L" else (0, 0, 0))
+        # PIL's built-in bitmap font draws Latin-1 only
+        shown = printable(label).encode("latin-1", "replace").decode("latin-1")
+        draw.text((k * cell + 4, 2), shown, fill=0 if grid.mode == "L" else (0, 0, 0))
     return out
+
+
+def printable(text: str) -> str:
+    """Text for a picture: a path's undecodable bytes (kept by Python as surrogates) shown as U+FFFD."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def save_loss_curve(steps: Sequence[int], losses: Sequence[float], path: str | Path, title: str = "") -> Path:
@@ -124,7 +131,7 @@ def save_loss_curve(steps: Sequence[int], losses: Sequence[float], path: str | P
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("MSE loss")
-    ax.set_title(title or "training loss")
+    ax.set_title(printable(title) or "training loss")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -3,15 +3,18 @@ Nothing here unpickles anything but plain arrays."""
 from __future__ import annotations
 
 import gzip
+import math
 import importlib.util
 import pickle
 import tokenize
+import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..errors import DataError
+from ..memory import require
 from .transforms import fit_square, Loaded
 
 
@@ -46,18 +49,25 @@ def idx_images_in(folder: Path) -> Path | None:
 
 
 def _read_idx(path: Path, ndim: int) -> np.ndarray:
-    """An IDX array (LeCun's MNIST format): 0, 0, type 0x08 (ubyte), ndim, big-endian int32 sizes, data."""
+    """An IDX array (LeCun's MNIST format): 0, 0, type 0x08 (ubyte), ndim, big-endian int32 sizes, data.
+    The header is checked, and the memory the data needs, before the data is read (or inflated)."""
     try:
-        raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError) as e:
+        with (gzip.open(path) if path.suffix == ".gz" else path.open("rb")) as f:
+            head = f.read(4 + 4 * ndim)
+            if len(head) < 4 + 4 * ndim or head[:3] != b"\0\0\x08" or head[3] != ndim:
+                raise DataError(f"'{path}' is not an IDX file of unsigned bytes with {ndim} dimensions")
+            shape = tuple(int.from_bytes(head[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+            if 0 in shape:
+                raise DataError(f"IDX file '{path}' has shape {shape}: it holds no images")
+            count = math.prod(shape)
+            require(f"IDX file '{path}' of shape {shape}", 5 * count)  # the bytes, then float32 images
+            raw = f.read(count + 1)
+    except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"IDX file '{path}' cannot be read ({e})") from None
-    if len(raw) < 4 + 4 * ndim or raw[:3] != b"\0\0\x08" or raw[3] != ndim:
-        raise DataError(f"'{path}' is not an IDX file of unsigned bytes with {ndim} dimensions")
-    shape = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
-    data = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
-    if data.size != int(np.prod(shape)):
-        raise DataError(f"IDX file '{path}' is truncated: {data.size} bytes for shape {shape}")
-    return data.reshape(shape)
+    if len(raw) != count:
+        raise DataError(f"IDX file '{path}' holds {len(raw)}{'+' if len(raw) > count else ''} bytes of data for "
+                        f"shape {shape}, which needs {count}")
+    return np.frombuffer(raw, np.uint8).reshape(shape)
 
 
 def load_idx(images_path: Path, size: int | None) -> Loaded:
@@ -94,10 +104,13 @@ def load_cifar(folder: Path, size: int | None) -> Loaded:
     for path in sorted(folder.glob("data_batch_*")):
         batch = _unpickle(path)
         data, ids = batch.get(b"data"), batch.get(b"labels")
-        if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != 3072 or len(ids or ()) != len(data):
-            raise DataError(f"'{path}' is not a CIFAR-10 batch (expected data of shape (N, 3072) and N labels)")
+        if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != 3072 or data.dtype != np.uint8 \
+                or not isinstance(ids, list) or len(ids) != len(data):
+            raise DataError(f"'{path}' is not a CIFAR-10 batch (expected uint8 data of shape (N, 3072) and N labels)")
+        if not all(isinstance(k, int) and 0 <= k < 10 for k in ids):
+            raise DataError(f"'{path}': CIFAR-10 labels are class ids 0..9; found {_first_bad(ids)}")
         images.append(data.reshape(-1, 3, 32, 32))
-        labels += list(ids)
+        labels += ids
     names = tuple(str(k) for k in range(10))
     if (folder / "batches.meta").is_file():
         meta = _unpickle(folder / "batches.meta").get(b"label_names")
@@ -105,6 +118,11 @@ def load_cifar(folder: Path, size: int | None) -> Loaded:
             names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in meta)
     unit = torch.from_numpy(np.concatenate(images).astype(np.float32) / 255)
     return Loaded(fit_square(unit, size or 32), torch.tensor(labels, dtype=torch.int64), names)
+
+
+def _first_bad(ids: list) -> str:
+    bad = next(k for k in ids if not (isinstance(k, int) and 0 <= k < 10))
+    return repr(bad)[:40]
 
 
 def _unpickle(path: Path) -> dict:
@@ -131,16 +149,41 @@ def load_array(path: Path, size: int | None) -> Loaded:
 
 
 def read_npy(path: str | Path, role: str) -> np.ndarray:
+    """A .npy array, never unpickled (a .npy may carry code), its header checked against the file's
+    size and the memory it needs before the data is read."""
     if not Path(path).is_file():
         raise DataError(f"{role} '{path}': no such file")
     try:
-        array = np.load(path, allow_pickle=False)  # never unpickle: a .npy may carry code
+        shape, dtype = _npy_header(Path(path))
+        require(f"{role} '{path}' of shape {shape}", max(4, dtype.itemsize) * math.prod(shape) * 2)
+        array = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError, SyntaxError, tokenize.TokenError) as e:  # a garbled header
-        raise DataError(f"{role} '{path}' is not a readable .npy array: {str(e).splitlines()[0]}") from None
+        if isinstance(e, DataError):
+            raise
+        raise DataError(f"{role} '{path}' is not a readable .npy array: {str(e).splitlines()[0][:120]}") from None
     if not isinstance(array, np.ndarray):  # np.load opens .npz archives whatever the file is called
         array.close()
         raise DataError(f"{role} '{path}' is an .npz archive; save one array with np.save")
     return array
+
+
+def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) from a .npy header; DataError when the file is shorter than the header claims."""
+    with path.open("rb") as f:
+        if f.read(6) != b"\x93NUMPY":
+            return (), np.dtype(np.uint8)  # not a plain .npy (an .npz, or garbage): np.load decides
+        f.seek(0)
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(f)  # version 3 differs from 2 only in the header's text encoding
+        have = path.stat().st_size - f.tell()
+    need = math.prod(shape) * dtype.itemsize
+    if dtype.hasobject:
+        raise DataError(f"'{path}' is not a readable .npy array: it holds Python objects (a pickle), "
+                        "and only numeric arrays are read")
+    if need > have:
+        raise DataError(f"'{path}' claims shape {shape} of {dtype} ({need:,} bytes) but holds {have:,}")
+    return shape, dtype
 
 
 def _to_nchw(array: np.ndarray, path: Path) -> np.ndarray:

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import DataError
+from ..memory import require
 
 
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R 601, as PIL's convert("L")
@@ -26,6 +27,8 @@ def fit_square(images: Tensor, size: int) -> Tensor:
     h, w = images.shape[2:]
     if h == w == size:
         return images
+    n, c = images.shape[:2]
+    require(f"{n:,} images of {c}x{size}x{size}", 4 * n * c * size * size, hint="choose a smaller --image-size")
     scale = size / min(h, w)
     new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
     top, left = (new_h - size) // 2, (new_w - size) // 2

@@ -5,11 +5,13 @@ import io
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from undiffuse.cli import main
 from undiffuse.data import load_data, load_image
-from undiffuse.data.decode import FORMATS, MAX_PIXELS, decode_picture
+from undiffuse.data.decode import FORMATS, MAX_PIXELS, decode_picture, image_tensor
 from undiffuse.errors import DataError
 
 POSTSCRIPT = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nnewpath 0 0 moveto 8 8 lineto stroke\nshowpage\n"
@@ -89,3 +91,29 @@ def test_the_web_page_takes_any_allowed_picture(mode, fmt, trained):
         response = client.post("/api/img2img", json={"image": url, "strength": 0.5, "steps": 2, "n": 1})
     assert response.status_code == 200, response.text
     assert '"type": "image"' in response.text
+
+
+def _encoded(fmt: str) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).convert("RGB").save(buf, format=fmt)
+    return buf.getvalue()
+
+
+ENCODED = {fmt: _encoded(fmt) for fmt in FORMATS}
+
+
+@settings(max_examples=400, deadline=None)
+@given(fmt=st.sampled_from(FORMATS), cut=st.integers(0, 200), flips=st.lists(st.tuples(st.integers(0, 63),
+                                                                                     st.integers(0, 255)), max_size=4))
+def test_fuzzed_image_headers_decode_or_fail_in_one_line(fmt, cut, flips):
+    data = bytearray(ENCODED[fmt][:len(ENCODED[fmt]) - cut] if cut < len(ENCODED[fmt]) else b"")
+    for at, value in flips:  # corrupt the header, where sizes and modes live
+        if at < len(data):
+            data[at] = value
+    try:
+        picture = decode_picture(bytes(data))
+    except DataError as e:
+        assert len(str(e)) < 300 and "\n" not in str(e)
+    else:
+        assert picture.width * picture.height <= MAX_PIXELS
+        image_tensor(picture, 8)  # what is decoded converts

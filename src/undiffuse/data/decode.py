@@ -37,6 +37,7 @@ def decode_picture(source: str | Path | bytes, what: str = "image") -> Image.Ima
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", UserWarning)  # "Corrupt EXIF data" and the like: not the user's problem
             with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source, formats=FORMATS) as img:
                 if img.width * img.height > MAX_PIXELS:
                     raise DataError(f"{name} is {img.width}x{img.height} pixels; at most {MAX_PIXELS // 2**20} "

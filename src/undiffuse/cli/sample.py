@@ -8,11 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UsageError
+from ..memory import require
 from .flags import add_conditioning, add_run, add_sampling, add_seed, conditioning, load_run, sampler_options
 from .output import output_path, say, write_animation, write_images
 
 MAX_N = 100_000
 MAX_GIF = 250  # images an animation shows
+MAX_GRID = 10_000  # images a PNG grid shows
 DEFAULT_PER_CLASS, DEFAULT_N = 8, 64
 
 
@@ -50,6 +52,10 @@ def run(args) -> int:
     n, nrow, per_class = _layout(args, loaded)
     if gif and n > MAX_GIF:
         raise UsageError(f"--gif animates at most {MAX_GIF} images; this asks for {n}")
+    if out.suffix.lower() == ".png" and n > MAX_GRID:
+        raise UsageError(f"a PNG grid shows at most {MAX_GRID:,} images; this asks for {n:,}: write FILE.npy")
+    side, c = loaded.image_size, loaded.channels
+    require(f"{n:,} images of {c}x{side}x{side}", 2 * 4 * n * c * side * side)  # the images, then the output
     options.update(conditioning(args, loaded, n, default_label="each"))
     if per_class:  # a row per class, in class order
         options["labels"] = [k for k in range(loaded.num_classes) for _ in range(per_class)]

@@ -18,7 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from undiffuse.conditions import one_hot
 from undiffuse.denoiser import denoiser
 from undiffuse.training.recipe import unet_config
-from undiffuse.samplers import ddim, ddpm
+from undiffuse.samplers import get, sample
 from undiffuse.schedule import linear
 from undiffuse.training import diffusion_loss
 from undiffuse.unet import UNet, count_parameters
@@ -56,10 +56,7 @@ def sampling_seconds(net: UNet, size: int, n: int, sampler: str) -> float:
     x = torch.randn(n, 1, size, size)
     start = time.perf_counter()
     with torch.inference_mode():
-        if sampler == "ddpm":
-            ddpm(eps_fn, schedule, x)
-        else:
-            ddim(eps_fn, schedule, x, steps=50)
+        sample(sampler, eps_fn, schedule, x, steps=None if get(sampler).walks_every_step else 50)
     return time.perf_counter() - start
 
 

@@ -5,12 +5,14 @@ With x_t = a x0 + s eps (a = sqrt(alpha_bar), s = sqrt(1 - alpha_bar)):
 - a mixture sum_k w_k N(mu_k, C_k) in d dimensions: given component k, x_t ~ N(a mu_k, a^2 C_k + s^2 I)
   and E[x0 | x_t, k] = mu_k + a C_k (a^2 C_k + s^2 I)^-1 (x_t - a mu_k); E[x0 | x_t] weighs these by
   the posterior of k. A single full-covariance Gaussian is the mixture of one.
-Images are (B, 1, 1, d): the d pixels of one image are the d dimensions.
+Images are (B, 1, 1, d): the d pixels of one image are the d dimensions. Samplers take a denoiser
+(x_t, t) -> (eps, x0); `denoiser.from_eps` makes one of these eps functions.
 """
 import math
 
 import torch
 
+from undiffuse.denoiser import from_eps
 from undiffuse.schedule import NoiseSchedule, _take
 
 
@@ -21,6 +23,11 @@ def exact_eps(schedule: NoiseSchedule, m: float, s: float):
         return sigma * (x_t - a * m) / (a ** 2 * s ** 2 + sigma ** 2)
 
     return eps_fn
+
+
+def exact_denoise(schedule: NoiseSchedule, m: float, s: float):
+    """exact_eps as samplers take it."""
+    return from_eps(exact_eps(schedule, m, s), schedule)
 
 
 class Mixture:
@@ -69,6 +76,10 @@ class Mixture:
             return (x_t - a * self.x0(x_t, a, s)) / s
 
         return eps_fn
+
+    def denoise(self, schedule: NoiseSchedule):
+        """The exact denoiser as samplers take it: (eps, x0)."""
+        return from_eps(self.eps_fn(schedule), schedule)
 
     def flow(self, x: torch.Tensor, sigma_from: float, sigma_to: float, steps: int = 2000) -> torch.Tensor:
         """The probability-flow ODE solved accurately, as the reference for the samplers: z = x_t / a

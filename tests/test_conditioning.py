@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from undiffuse.conditions import class_id, parse_context
-from undiffuse.denoiser import denoiser, guided
+from undiffuse.denoiser import denoiser, from_eps, guided
 from undiffuse.schedule import linear
 
 NAMES = ("hero", "non-hero", "food", "spell", "side-facing")
@@ -28,10 +28,35 @@ def test_denoiser_guidance_runs_both_branches_through_the_network():
 
     x, t, ctx = torch.randn(2, 1, 2, 2), torch.tensor([5, 5]), torch.eye(3)[:2] * 2
     s = linear(10)
-    assert torch.equal(denoiser(net, s, context=ctx, guidance=1.0)(x, t), 2 * torch.ones_like(x))
-    assert torch.equal(denoiser(net, s, context=ctx, guidance=0.0)(x, t), torch.zeros_like(x))
-    assert torch.allclose(denoiser(net, s, context=ctx, guidance=3.0)(x, t), 6 * torch.ones_like(x))
+    assert torch.equal(denoiser(net, s, context=ctx, guidance=1.0)(x, t)[0], 2 * torch.ones_like(x))
+    assert torch.equal(denoiser(net, s, context=ctx, guidance=0.0)(x, t)[0], torch.zeros_like(x))
+    eps, x0 = denoiser(net, s, context=ctx, guidance=3.0)(x, t)
+    assert torch.allclose(eps, 6 * torch.ones_like(x))
+    assert torch.allclose(x0, s.x0_from_eps(x, t, eps), atol=1e-5)  # the guided x0 belongs to the guided eps
     assert calls[-1] == (4, [False, False, True, True])  # one batched pass for both branches
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_denoiser_returns_eps_and_x0_passing_the_predicted_one_through(prediction):
+    """What the network predicts reaches the sampler untouched; the other one is converted once."""
+    s = linear(10)
+    x, t = torch.randn(3, 1, 2, 2), torch.tensor([1, 1, 1])  # alpha_bar 0.76: well conditioned in float32
+    out = torch.randn(3, 1, 2, 2)
+    eps, x0 = denoiser(lambda x_t, t_, context=None: out, s, prediction=prediction)(x, t)
+    if prediction == "eps":
+        assert eps is out and torch.allclose(x0, s.x0_from_eps(x, t, out))
+    elif prediction == "x0":
+        assert x0 is out and torch.allclose(eps, s.eps_from_x0(x, t, out))
+    else:
+        assert torch.allclose(s.v_target(x0, t, eps), out, atol=1e-5)
+    assert torch.allclose(x, s.q_sample(x0, t, eps), atol=1e-5)  # a consistent pair: x_t = a x0 + s eps
+
+
+def test_from_eps_adapts_a_bare_noise_prediction():
+    s = linear(10)
+    x, t = torch.randn(2, 1, 2, 2), torch.tensor([3, 3])
+    eps, x0 = from_eps(lambda x_t, t_: 0.5 * x_t, s)(x, t)
+    assert torch.equal(eps, 0.5 * x) and torch.allclose(x0, s.x0_from_eps(x, t, eps))
 
 
 def test_parse_context_names_mixtures_and_vectors():

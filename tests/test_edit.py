@@ -14,7 +14,7 @@ from undiffuse.schedule import linear
 from undiffuse.unet import UNet, UNetConfig
 
 from cli_helpers import fails_cleanly
-from gaussian import Mixture, exact_eps
+from gaussian import Mixture, exact_denoise
 
 SCHEDULE = linear(1000)
 
@@ -36,7 +36,7 @@ def _inpaint_gaussian(moves, n=2000, known_value=1.5, d=3, k=1, eta=1.0):
     mask[..., k:] = 1
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(n, 1, 1, d, generator=gen, dtype=torch.float64)
-    out = edit.inpaint_walk(data.eps_fn(SCHEDULE), SCHEDULE, x, known, mask, moves, eta=eta, generator=gen)
+    out = edit.inpaint_walk(data.denoise(SCHEDULE), SCHEDULE, x, known, mask, moves, eta=eta, generator=gen)
     # Gaussian conditioning: x_u | x_k ~ N(S_uk S_kk^-1 x_k, S_uu - S_uk S_kk^-1 S_ku) (zero mean)
     s_kk, s_uk, s_uu = cov[:k, :k], cov[k:, :k], cov[k:, k:]
     mean = s_uk @ torch.linalg.solve(s_kk, known[0, 0, 0, :k])
@@ -72,6 +72,21 @@ def test_repaint_samples_the_gaussian_conditional_and_plain_replacement_does_not
     assert mean_err < replace_mean_err / 5
 
 
+def test_inpainting_walks_with_the_samplers_ddim_step():
+    """With nothing kept, every projection leaves x as it is: replacement at eta 0 is then DDIM over
+    the same steps, to the last bit, and RePaint's walk visits its moves in order."""
+    data, _ = _gaussian()
+    denoise = data.denoise(SCHEDULE)
+    x = torch.randn(16, 1, 1, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    everything = torch.ones(1, 1, 1, 3)
+    out = edit.inpaint_walk(denoise, SCHEDULE, x, torch.zeros_like(x), everything, edit.replace_moves(1000, 20),
+                            eta=0.0)
+    assert torch.equal(out, ddim(denoise, SCHEDULE, x, timesteps(1000, 20)))
+    moves, seen = edit.repaint_moves(1000, 10, jump=3, resample=2), []
+    edit.inpaint_walk(denoise, SCHEDULE, x, torch.zeros_like(x), everything, moves, callback=seen.append)
+    assert [(d["i"], d["t"]) for d in seen] == list(enumerate(t for t, t_next in moves if t_next < t))
+
+
 def test_repaint_walk_goes_back_up_jump_levels_resample_times():
     moves = edit.repaint_moves(1000, 10, jump=3, resample=4)
     assert moves[0][0] == 999 and moves[-1] == (99, -1)
@@ -91,7 +106,7 @@ M, S = 0.4, 0.25
 
 
 def _sdedit(image, strength, seed=0, **options):
-    return edit.sdedit(exact_eps(SCHEDULE, M, S), SCHEDULE, image, strength, steps=20,
+    return edit.sdedit(exact_denoise(SCHEDULE, M, S), SCHEDULE, image, strength, steps=20,
                        generator=torch.Generator().manual_seed(seed), **options)
 
 
@@ -101,7 +116,7 @@ def test_sdedit_strength_0_returns_the_image_and_strength_1_ignores_it():
     assert torch.equal(_sdedit(a, 0.0), a)
     assert torch.equal(_sdedit(a, 1.0), _sdedit(b, 1.0))
     noise = torch.randn(a.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    assert torch.equal(_sdedit(a, 1.0), ddim(exact_eps(SCHEDULE, M, S), SCHEDULE, noise, steps=20))
+    assert torch.equal(_sdedit(a, 1.0), ddim(exact_denoise(SCHEDULE, M, S), SCHEDULE, noise, timesteps(1000, 20)))
     assert not torch.allclose(_sdedit(a, 0.99), _sdedit(b, 0.99))
     with pytest.raises(ValueError, match="strength"):
         _sdedit(a, 1.5)
@@ -114,16 +129,20 @@ def test_sdedit_starts_its_sampler_at_round_strength_times_T():
     seen.clear()
     _sdedit(torch.zeros(2, 1, 1, 2, dtype=torch.float64), 0.3, sampler="ddpm", callback=lambda step: seen.append(step["t"]))
     assert seen == list(range(299, -1, -1))
+    seen.clear()
+    _sdedit(torch.zeros(2, 1, 1, 2, dtype=torch.float64), 0.3, spacing="karras",
+            callback=lambda step: seen.append(step["t"]))
+    assert seen == timesteps(300, 20, "karras", SCHEDULE)  # Karras' levels over the steps below t0
 
 
 def test_sdedit_stays_closer_to_the_image_the_lower_the_strength():
     """Images drawn from data of unit variance: every strength gives data-like images, the further
     from the input the more noise was put in first, until at strength 1 they are independent."""
-    eps_fn = exact_eps(SCHEDULE, 0.0, 1.0)
+    denoise = exact_denoise(SCHEDULE, 0.0, 1.0)
     images = torch.randn(2000, 1, 1, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     distances = []
     for strength in (0.05, 0.1, 0.2, 0.3, 0.5, 1.0):
-        out = edit.sdedit(eps_fn, SCHEDULE, images, strength, steps=20, generator=torch.Generator().manual_seed(0))
+        out = edit.sdedit(denoise, SCHEDULE, images, strength, steps=20, generator=torch.Generator().manual_seed(0))
         distances.append((out - images).pow(2).mean().sqrt().item())
     print(distances)
     assert all(a < b for a, b in zip(distances, distances[1:]))

@@ -5,9 +5,10 @@ import torch
 from undiffuse.samplers import ddim, ddpm, randn, sample, timesteps
 from undiffuse.schedule import linear
 
-from gaussian import exact_eps
+from gaussian import exact_denoise
 
 M, S = 0.4, 0.25  # data: every pixel N(M, S^2)
+EVERY = list(range(999, -1, -1))  # every step of a 1000-step schedule, as ddpm walks it
 
 
 def _noise(n=4000, seed=0):
@@ -16,14 +17,14 @@ def _noise(n=4000, seed=0):
 
 def test_ddpm_with_exact_denoiser_reproduces_the_data_distribution():
     s = linear(1000)
-    out = ddpm(exact_eps(s, M, S), s, _noise(), generator=torch.Generator().manual_seed(1))
+    out = ddpm(exact_denoise(s, M, S), s, _noise(), EVERY, generator=torch.Generator().manual_seed(1))
     assert out.mean().item() == pytest.approx(M, abs=0.01)
     assert out.std().item() == pytest.approx(S, rel=0.04)
 
 
 def test_ddpm_without_its_extra_noise_collapses_to_the_mean():
     s = linear(1000)
-    out = ddpm(exact_eps(s, M, S), s, _noise(), add_noise=False)
+    out = ddpm(exact_denoise(s, M, S), s, _noise(), EVERY, add_noise=False)
     assert out.mean().item() == pytest.approx(M, abs=0.01)
     assert out.std().item() < 0.2 * S  # the samples lose almost all their variety
 
@@ -39,12 +40,12 @@ def _exact_flow(s, x_T):
 def test_ddim_eta_zero_solves_the_probability_flow_ode_at_first_order():
     s = linear(1000)
     x = _noise()
-    errors = {n: (ddim(exact_eps(s, M, S), s, x, steps=n) - _exact_flow(s, x)).abs().max().item()
+    errors = {n: (ddim(exact_denoise(s, M, S), s, x, timesteps(1000, n)) - _exact_flow(s, x)).abs().max().item()
               for n in (100, 200, 400)}
     assert errors[400] < 0.03
     for n in (100, 200):  # first order: twice the steps, half the error
         assert errors[n] / errors[2 * n] == pytest.approx(2.0, rel=0.15)
-    out = ddim(exact_eps(s, M, S), s, x, steps=1000)
+    out = ddim(exact_denoise(s, M, S), s, x, EVERY)
     assert out.mean().item() == pytest.approx(M, abs=0.01)
     assert out.std().item() == pytest.approx(S, rel=0.02)
 
@@ -53,8 +54,8 @@ def test_ddim_eta_one_over_all_steps_is_ddpm():
     """With every step and eta = 1, DDIM's sigma is DDPM's posterior variance: same noise, same path."""
     s = linear(1000)
     x = _noise(64)
-    a = ddpm(exact_eps(s, M, S), s, x, generator=torch.Generator().manual_seed(7))
-    b = ddim(exact_eps(s, M, S), s, x, steps=1000, eta=1.0, generator=torch.Generator().manual_seed(7))
+    a = ddpm(exact_denoise(s, M, S), s, x, EVERY, generator=torch.Generator().manual_seed(7))
+    b = ddim(exact_denoise(s, M, S), s, x, EVERY, eta=1.0, generator=torch.Generator().manual_seed(7))
     assert torch.allclose(a, b, atol=1e-8)
 
 
@@ -69,10 +70,11 @@ def test_ddim_sigma_equals_posterior_variance_for_adjacent_steps():
 def test_ddim_eta_zero_is_deterministic():
     s = linear(1000)
     x = _noise(16)
-    a = ddim(exact_eps(s, M, S), s, x, steps=25, generator=torch.Generator().manual_seed(1))
-    b = ddim(exact_eps(s, M, S), s, x, steps=25, generator=torch.Generator().manual_seed(2))
+    grid = timesteps(1000, 25)
+    a = ddim(exact_denoise(s, M, S), s, x, grid, generator=torch.Generator().manual_seed(1))
+    b = ddim(exact_denoise(s, M, S), s, x, grid, generator=torch.Generator().manual_seed(2))
     assert torch.equal(a, b)
-    c = ddim(exact_eps(s, M, S), s, x, steps=25, eta=1.0, generator=torch.Generator().manual_seed(2))
+    c = ddim(exact_denoise(s, M, S), s, x, grid, eta=1.0, generator=torch.Generator().manual_seed(2))
     assert not torch.equal(a, c)
 
 
@@ -97,7 +99,8 @@ def test_per_image_generators_make_an_image_depend_on_its_own_seed_only():
 def test_callback_sees_every_step():
     s = linear(100)
     seen = []
-    ddim(exact_eps(s, M, S), s, _noise(4), steps=10, callback=lambda d: seen.append((d["i"], d["t"], d["x0"].shape)))
+    ddim(exact_denoise(s, M, S), s, _noise(4), timesteps(100, 10),
+         callback=lambda d: seen.append((d["i"], d["t"], d["x0"].shape)))
     assert [i for i, _, _ in seen] == list(range(10))
     assert seen[0][1] == 99
 
@@ -105,6 +108,27 @@ def test_callback_sees_every_step():
 def test_sample_dispatch_rejects_bad_names_and_steps():
     s = linear(100)
     with pytest.raises(ValueError, match="unknown sampler"):
-        sample("plms", exact_eps(s, M, S), s, _noise(4))
+        sample("plms", exact_denoise(s, M, S), s, _noise(4))
     with pytest.raises(ValueError, match="another sampler"):
-        sample("ddpm", exact_eps(s, M, S), s, _noise(4), steps=10)
+        sample("ddpm", exact_denoise(s, M, S), s, _noise(4), steps=10)
+
+
+def test_ddpm_refuses_a_grid_that_skips_steps():
+    s = linear(100)
+    with pytest.raises(ValueError, match="every step"):
+        ddpm(exact_denoise(s, M, S), s, _noise(4), timesteps(100, 10))
+    seen = []
+    ddpm(exact_denoise(s, M, S), s, _noise(4), list(range(29, -1, -1)), callback=lambda d: seen.append(d["t"]))
+    assert seen == list(range(29, -1, -1))  # part-way down, as img2img starts it
+
+
+def test_sample_computes_the_grid_and_the_samplers_take_it_as_data():
+    s = linear(100)
+    x = _noise(16)
+    for spacing in ("trailing", "leading", "linspace", "karras"):
+        grid = timesteps(100, 7, spacing, s)
+        assert torch.equal(sample("ddim", exact_denoise(s, M, S), s, x, steps=7, spacing=spacing),
+                           ddim(exact_denoise(s, M, S), s, x, grid))
+    assert torch.equal(sample("ddpm", exact_denoise(s, M, S), s, x, generator=torch.Generator().manual_seed(0)),
+                       ddpm(exact_denoise(s, M, S), s, x, list(range(99, -1, -1)),
+                            generator=torch.Generator().manual_seed(0)))

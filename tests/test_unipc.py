@@ -35,10 +35,11 @@ def test_unipc_matches_diffusers_on_the_linear_schedule(steps):
     eps_fn = MIXTURE.eps_fn(schedule)
     x = _noise(64)
     theirs = _diffusers_unipc(schedule, eps_fn, x, steps, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
-    ours = unipc(eps_fn, schedule, x, steps=steps)
+    denoise, grid = MIXTURE.denoise(schedule), timesteps(1000, steps)
+    ours = unipc(denoise, schedule, x, grid)
     assert (ours - theirs).abs().max().item() < 1e-5  # float32 rounding over the steps; samples reach ~2
     # and the comparison can tell solvers apart: DPM-Solver++(2M), UniPC without its corrector, is far off
-    assert (dpmpp_2m(eps_fn, schedule, x, steps=steps) - theirs).abs().max().item() > 1e-3
+    assert (dpmpp_2m(denoise, schedule, x, grid) - theirs).abs().max().item() > 1e-3
 
 
 def test_unipc_matches_diffusers_on_other_betas():
@@ -48,19 +49,20 @@ def test_unipc_matches_diffusers_on_other_betas():
     eps_fn = MIXTURE.eps_fn(schedule)
     x = _noise(64, seed=3)
     theirs = _diffusers_unipc(schedule, eps_fn, x, 10, trained_betas=schedule.betas.numpy())
-    assert (unipc(eps_fn, schedule, x, steps=10) - theirs).abs().max().item() < 1e-5
+    ours = unipc(MIXTURE.denoise(schedule), schedule, x, timesteps(schedule.T, 10))
+    assert (ours - theirs).abs().max().item() < 1e-5
 
 
 def test_unipc_makes_one_network_call_a_step_and_reports_it():
     schedule = linear(1000)
-    eps_fn = MIXTURE.eps_fn(schedule)
+    denoise = MIXTURE.denoise(schedule)
     calls, seen = [], []
 
     def counted(x_t, t):
         calls.append(int(t[0]))
-        return eps_fn(x_t, t)
+        return denoise(x_t, t)
 
-    out = unipc(counted, schedule, _noise(8), steps=12, callback=lambda d: seen.append((d["t"], d["x0"])))
+    out = unipc(counted, schedule, _noise(8), timesteps(1000, 12), callback=lambda d: seen.append((d["t"], d["x0"])))
     assert calls == timesteps(1000, 12) == [t for t, _ in seen]
     assert torch.equal(out, seen[-1][1])  # the last step lands on the last clean-image prediction
     assert all(math.isfinite(x0.abs().max().item()) for _, x0 in seen)

@@ -1,8 +1,9 @@
 """Editing with a trained model, without retraining: inpainting, outpainting, image-to-image, interpolation.
 
 Two levels in each module:
-- over any eps_fn(x_t, t) and NoiseSchedule, as the samplers take them (so that the exact denoiser of
-  Gaussian data can check them): `inpaint_walk` with `replace_moves` or `repaint_moves`, `sdedit`, `slerp`;
+- over any denoise(x_t, t) -> (eps, x0) and NoiseSchedule, as the samplers take them (so that the exact
+  denoiser of Gaussian data can check them): `inpaint_walk` with `replace_moves` or `repaint_moves`, which
+  runs the samplers' walk with DDIM's step, `sdedit`, which cuts a sampler's timesteps at t0, `slerp`;
 - over a loaded run (`generate.load_run`): `inpaint`, `outpaint`, `img2img`, `interpolate`, with labels,
   contexts and classifier-free guidance exactly as `generate.sample_images` takes them.
 """
@@ -10,8 +11,8 @@ from .inpaint import (DEFAULT_JUMP, DEFAULT_RESAMPLE, DEFAULT_STEPS, METHODS, in
                       network_calls, outpaint, renoise, repaint_moves, replace_moves)
 from .interpolate import interpolate, slerp
 from .masks import load_mask, mask_from_picture
-from .sdedit import img2img, sdedit, sdedit_plan, truncate
+from .sdedit import img2img, sdedit, sdedit_plan
 
 __all__ = ["DEFAULT_JUMP", "DEFAULT_RESAMPLE", "DEFAULT_STEPS", "METHODS", "img2img", "inpaint", "inpaint_moves",
            "inpaint_walk", "interpolate", "load_mask", "mask_from_picture", "network_calls", "outpaint", "renoise", "repaint_moves",
-           "replace_moves", "sdedit", "sdedit_plan", "slerp", "truncate"]
+           "replace_moves", "sdedit", "sdedit_plan", "slerp"]

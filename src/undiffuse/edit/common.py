@@ -11,12 +11,12 @@ from ..noise import generators
 
 
 def _setup(run, n, labels, contexts, guidance, seed):
-    """The guided eps_fn of n images and their generators, as sample_images builds them."""
+    """The guided denoiser of n images and their generators, as sample_images builds them."""
     device = next(run.net.parameters()).device
     context = context_batch(run.net.cfg.context_dim, n, labels, contexts)
-    eps_fn = denoiser(run.net, run.schedule.to(device), prediction=run.prediction,
-                      context=None if context is None else context.to(device), guidance=guidance)
-    return eps_fn, generators(n, seed)
+    denoise = denoiser(run.net, run.schedule.to(device), prediction=run.prediction,
+                       context=None if context is None else context.to(device), guidance=guidance)
+    return denoise, generators(n, seed)
 
 
 def _image_batch(run, image, n, labels, contexts) -> tuple[Tensor, int]:

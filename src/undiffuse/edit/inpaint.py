@@ -11,19 +11,20 @@ A mask is 1 where pixels are regenerated and 0 where the image is kept.
 from __future__ import annotations
 
 import math
+from itertools import groupby
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..denoiser import EpsFn
+from ..denoiser import Denoise
 from ..errors import UsageError
 from ..generate import LoadedRun
 from ..grids import timesteps
 from ..noise import Generator, randn
-from ..samplers.ancestral import ddim_step
-from ..samplers.common import Callback, _levels, _pairs, _predict, _report
+from ..samplers import ddim_stepper, walk
+from ..samplers.common import Callback, levels, pairs
 from ..schedule import NoiseSchedule
 from .common import _image_batch, _setup
 
@@ -39,7 +40,7 @@ DEFAULT_JUMP, DEFAULT_RESAMPLE = 5, 5  # RePaint's 10 and 10 over 250 steps cost
 
 def replace_moves(T: int, steps: int, spacing: str = "trailing") -> list[tuple[int, int]]:
     """The (t, t_next) pairs of a plain sampler walk down: t_next = -1 is the clean image."""
-    return _pairs(timesteps(T, steps, spacing))
+    return pairs(timesteps(T, steps, spacing))
 
 
 def repaint_moves(T: int, steps: int, jump: int = DEFAULT_JUMP, resample: int = DEFAULT_RESAMPLE) -> list[tuple[int, int]]:
@@ -48,7 +49,7 @@ def repaint_moves(T: int, steps: int, jump: int = DEFAULT_JUMP, resample: int = 
     in all. Pairs (t, t_next); t_next < t is a denoising step, t_next > t a re-noising one."""
     if jump < 1 or resample < 1:
         raise UsageError(f"jump and resample must be >= 1, got {jump} and {resample}")
-    levels = timesteps(T, steps)[::-1]  # level k (0 = least noisy) -> its step t; level -1 is the image
+    grid = timesteps(T, steps)[::-1]  # level k (0 = least noisy) -> its step t; level -1 is the image
     left = {k: resample - 1 for k in range(0, steps - jump, jump)}
     k, path = steps - 1, [steps - 1]
     while k >= 0:
@@ -58,7 +59,7 @@ def repaint_moves(T: int, steps: int, jump: int = DEFAULT_JUMP, resample: int = 
             left[k] -= 1
             path += list(range(k + 1, k + jump + 1))
             k += jump
-    ts = [levels[k] if k >= 0 else -1 for k in path]
+    ts = [grid[k] if k >= 0 else -1 for k in path]
     return list(zip(ts[:-1], ts[1:]))
 
 
@@ -82,33 +83,39 @@ def network_calls(moves: Sequence[tuple[int, int]]) -> int:
 def renoise(schedule: NoiseSchedule, x: Tensor, s: int, t: int, generator: Generator = None) -> Tensor:
     """A draw of x_t ~ q(x_t | x_s) for t > s (s = -1: x is clean): the forward process from s to t,
     x_t = sqrt(alpha_bar_t / alpha_bar_s) x_s + sqrt(1 - alpha_bar_t / alpha_bar_s) z."""
-    a_s, a_t = _levels(schedule, s)[0], _levels(schedule, t)[0]
+    a_s, a_t = levels(schedule, s)[0], levels(schedule, t)[0]
     ratio = a_t / a_s
     return ratio * x + math.sqrt(max(0.0, 1 - ratio ** 2)) * randn(x.shape, generator, x.device, x.dtype)
 
 
 @torch.no_grad()
-def inpaint_walk(eps_fn: EpsFn, schedule: NoiseSchedule, x: Tensor, known: Tensor, mask: Tensor,
+def inpaint_walk(denoise: Denoise, schedule: NoiseSchedule, x: Tensor, known: Tensor, mask: Tensor,
                  moves: Sequence[tuple[int, int]], *, eta: float = 1.0, clip_denoised: bool = False,
                  generator: Generator = None, callback: Callback = None) -> Tensor:
     """Inpaint along `moves` (replace_moves or repaint_moves), starting from the noise x at moves[0][0].
 
     known: the image (B, C, H, W) whose pixels with mask 0 are kept; mask broadcasts to it (1 = regenerate).
-    After every step down the kept region is the known image noised to the new level with fresh noise,
-    so the last step, into t = -1, puts back the known pixels exactly. eta: 1 ancestral steps
-    (RePaint's), 0 deterministic DDIM steps in the generated region.
+    Each run of steps down is the samplers' walk with DDIM's step, projected after every step: the
+    kept region becomes the known image noised to the new level with fresh noise, so the last step,
+    into t = -1, puts back the known pixels exactly. eta: 1 ancestral steps (RePaint's), 0
+    deterministic DDIM steps in the generated region.
     """
     mask = mask.to(x.dtype)
-    x = _merge(schedule, x, known, mask, moves[0][0], generator)
-    i = 0  # counts network calls, as the samplers' callbacks do
-    for t, t_next in moves:
-        if t_next > t:  # RePaint going back up: both regions re-noised together, keeping them coherent
-            x = renoise(schedule, x, t, t_next, generator)
+
+    def merge(x: Tensor, t: int) -> Tensor:
+        return _merge(schedule, x, known, mask, t, generator)
+
+    x = merge(x, moves[0][0])
+    calls = 0  # the callback's i counts network calls, as the samplers' does
+    for going_up, stretch in groupby(moves, key=lambda move: move[1] > move[0]):
+        stretch = list(stretch)
+        if going_up:  # RePaint going back up: both regions re-noised together, keeping them coherent
+            for t, t_next in stretch:
+                x = renoise(schedule, x, t, t_next, generator)
             continue
-        eps, x0 = _predict(eps_fn, schedule, x, t, clip_denoised)
-        x = _merge(schedule, ddim_step(schedule, x0, eps, t, t_next, eta, generator), known, mask, t_next, generator)
-        _report(callback, i, t, x, x0)
-        i += 1
+        x = walk(denoise, schedule, x, stretch, ddim_stepper(schedule, eta, generator), clip_denoised=clip_denoised,
+                 callback=callback, project=merge, first=calls)
+        calls += len(stretch)
     return x
 
 
@@ -132,10 +139,10 @@ def inpaint(run: LoadedRun, image: Tensor, mask: Tensor, *, method: str = "repai
     eta = 1.0 if method == "repaint" else eta  # RePaint's steps are ancestral
     image, n = _image_batch(run, image, n, labels, contexts)
     mask = _mask_batch(mask, image)
-    eps_fn, gens = _setup(run, n, labels, contexts, guidance, seed)
+    denoise, gens = _setup(run, n, labels, contexts, guidance, seed)
     x = randn(image.shape, gens, image.device)
     with torch.inference_mode():
-        out = inpaint_walk(eps_fn, run.schedule.to(image.device), x, image, mask, moves, eta=eta,
+        out = inpaint_walk(denoise, run.schedule.to(image.device), x, image, mask, moves, eta=eta,
                            clip_denoised=clip_denoised, generator=gens, callback=callback)
     return out.clamp(-1, 1).cpu()
 

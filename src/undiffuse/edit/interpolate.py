@@ -10,7 +10,7 @@ from torch import Tensor
 from ..errors import UsageError
 from ..generate import LoadedRun
 from ..noise import generators, randn
-from ..samplers import STOCHASTIC, sample
+from ..samplers import get, sample
 from ..samplers.common import Callback
 from .common import _setup
 
@@ -39,15 +39,15 @@ def interpolate(run: LoadedRun, seeds: Sequence[int] = (0, 1), n: int = 8, *, sa
     one per image (a class may also change along the strip). Returns (n, C, H, W) in [-1, 1]."""
     if len(seeds) != 2 or n < 2:
         raise UsageError(f"interpolate takes two seeds and n >= 2, got {list(seeds)} and n = {n}")
-    if sampler in STOCHASTIC:
+    if get(sampler).stochastic:
         raise UsageError(f"{sampler} adds fresh noise at every step; interpolation needs a deterministic sampler")
     device = next(run.net.parameters()).device
     shape = (1, run.channels, run.image_size, run.image_size)
     a, b = (randn(shape, generators(1, s), device) for s in seeds)  # exactly sample_images' noise for seed s
     w = torch.linspace(0, 1, n, dtype=torch.float64)
     x = slerp(a.expand(n, *shape[1:]), b.expand(n, *shape[1:]), w)
-    eps_fn, _ = _setup(run, n, labels, contexts, guidance, 0)
+    denoise, _ = _setup(run, n, labels, contexts, guidance, 0)
     with torch.inference_mode():
-        out = sample(sampler, eps_fn, run.schedule.to(device), x, steps=steps, clip_denoised=clip_denoised,
+        out = sample(sampler, denoise, run.schedule.to(device), x, steps=steps, clip_denoised=clip_denoised,
                      callback=callback)
     return out.clamp(-1, 1).cpu()

@@ -5,13 +5,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..denoiser import EpsFn
+from ..denoiser import Denoise
 from ..errors import UsageError
 from ..generate import LoadedRun
 from ..noise import Generator, randn
-from ..samplers import DEFAULT_STEPS as SAMPLER_STEPS
-from ..samplers import SAMPLERS, sample
-from ..samplers.common import Callback, _predict, _report
+from ..samplers import get
+from ..samplers.common import Callback
 from ..schedule import NoiseSchedule
 from .common import _image_batch, _setup
 
@@ -19,40 +18,29 @@ from .common import _image_batch, _setup
 def sdedit_plan(T: int, strength: float, sampler: str = "ddim", steps: int | None = None) -> tuple[int, int]:
     """(t0, k): round(strength * T) forward steps put the image at step t0 = that - 1 (-1: no noise
     at all, T - 1: the pure-noise end), and the sampler walks k steps from there (at most t0 + 1;
-    ddpm all of them; by default the sampler's usual number)."""
+    a sampler that walks every step, all of them; by default the sampler's usual number)."""
     if not 0 <= strength <= 1:
         raise UsageError(f"strength must lie in [0, 1], got {strength}")
-    if sampler not in SAMPLERS:
-        raise UsageError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    record = get(sampler)
     t0 = round(strength * T) - 1
-    k = t0 + 1 if sampler == "ddpm" else min(steps or SAMPLER_STEPS[sampler], t0 + 1)
-    return t0, k
-
-
-def truncate(schedule: NoiseSchedule, t: int) -> NoiseSchedule:
-    """The schedule of steps 0..t alone: alpha_bar is a running product, so its first t + 1 values
-    are unchanged, and any sampler run on it starts at step t with the network's own step numbers."""
-    return NoiseSchedule(schedule.betas[:t + 1])
+    return t0, min(record.steps(steps, t0 + 1), t0 + 1)
 
 
 @torch.no_grad()
-def sdedit(eps_fn: EpsFn, schedule: NoiseSchedule, image: Tensor, strength: float, *, sampler: str = "ddim",
-           steps: int | None = None, generator: Generator = None, clip_denoised: bool = False,
-           callback: Callback = None, **options) -> Tensor:
-    """Meng et al. 2022: x_t0 ~ q(x_t0 | image), then `sampler` from t0 down (`steps` steps at most
-    t0 + 1; ddpm walks all of them). strength 0 returns the image itself; strength 1 starts from pure
-    noise, as `sample` does, and ignores the image."""
+def sdedit(denoise: Denoise, schedule: NoiseSchedule, image: Tensor, strength: float, *, sampler: str = "ddim",
+           steps: int | None = None, spacing: str = "trailing", generator: Generator = None,
+           clip_denoised: bool = False, callback: Callback = None, **options) -> Tensor:
+    """Meng et al. 2022: x_t0 ~ q(x_t0 | image), then `sampler` over its grid cut to start at t0
+    (`steps` steps, at most t0 + 1; ddpm walks all of them). strength 0 returns the image itself;
+    strength 1 starts from pure noise, as `sample` does, and ignores the image."""
     t0, steps = sdedit_plan(schedule.T, strength, sampler, steps)
     if t0 < 0:
         return image.clone()
     noise = randn(image.shape, generator, image.device, image.dtype)
     x = noise if t0 == schedule.T - 1 else schedule.q_sample(image, torch.full((len(image),), t0), noise)
-    if t0 == 0:  # one step to go: the network's clean image
-        eps, x0 = _predict(eps_fn, schedule, x, 0, clip_denoised)
-        _report(callback, 0, 0, x0, x0)
-        return x0
-    return sample(sampler, eps_fn, truncate(schedule, t0), x, steps=None if sampler == "ddpm" else steps, generator=generator, clip_denoised=clip_denoised,
-                  callback=callback, **options)
+    record = get(sampler)
+    return record.run(denoise, schedule, x, record.grid(schedule, steps, spacing, start=t0), generator=generator,
+                      clip_denoised=clip_denoised, callback=callback, **options)
 
 
 def img2img(run: LoadedRun, image: Tensor, *, strength: float, sampler: str = "ddim", steps: int | None = None,
@@ -64,8 +52,8 @@ def img2img(run: LoadedRun, image: Tensor, *, strength: float, sampler: str = "d
     back, 1 ignores it (the same images as `sample` with that seed). Returns (n, C, H, W) in [-1, 1]."""
     sdedit_plan(run.schedule.T, strength, sampler, steps)  # validates strength and sampler before any work
     image, n = _image_batch(run, image, n, labels, contexts)
-    eps_fn, gens = _setup(run, n, labels, contexts, guidance, seed)
+    denoise, gens = _setup(run, n, labels, contexts, guidance, seed)
     with torch.inference_mode():
-        out = sdedit(eps_fn, run.schedule.to(image.device), image, strength, sampler=sampler, steps=steps,
+        out = sdedit(denoise, run.schedule.to(image.device), image, strength, sampler=sampler, steps=steps,
                      generator=gens, clip_denoised=clip_denoised, callback=callback, **options)
     return out.clamp(-1, 1).cpu()

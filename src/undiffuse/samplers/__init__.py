@@ -8,13 +8,22 @@
     dpmpp-2m/3m     DPM-Solver++ multistep, 2nd/3rd order in log-SNR (Lu et al. 2022)
     unipc           UniPC-bh2: DPM-Solver++(2M)'s step plus a corrector that reuses the next call (Zhao et al. 2023)
 
-Every sampler takes
-    eps_fn(x_t, t) -> eps   the noise prediction (conditioning.denoiser builds it from a network),
-    schedule                the NoiseSchedule the network was trained with,
-    x                       the starting noise x_{T-1}, (B, C, H, W),
-and keyword options, and returns x_0. Fresh noise comes from `generator`: None, one
-torch.Generator, or a list with one generator per image (so that an image depends on its own seed
-only, whatever the batch). `callback({"i", "t", "x", "x0"})` sees every step, for animations.
+Every sampler is a function
+    run(denoise, schedule, x, timesteps, *, clip_denoised, generator, callback, **its options) -> x_0
+of
+    denoise(x_t, t) -> (eps, x0)   the noise and clean-image predictions (denoiser.denoiser builds it
+                                   from a network, denoiser.from_eps from a bare eps function),
+    schedule                       the NoiseSchedule the network was trained with,
+    x                              the starting image at timesteps[0], (B, C, H, W),
+    timesteps                      the descending integer steps to visit; the last one steps to the clean image.
+Only `sample` turns a number of steps and a spacing into that list (Sampler.grid); img2img cuts it to
+start part-way down. Fresh noise comes from `generator`: None, one torch.Generator, or a list with one
+generator per image (so that an image depends on its own seed only, whatever the batch).
+`callback({"i", "t", "x", "x0"})` sees every step, for animations.
+
+A new sampler is one module with such a function (most are a `common.Step` handed to `common.walk`)
+and its record in REGISTRY below; the command line, the web page, `eval` and tests/test_registry.py
+read everything they need from the record.
 """
 from __future__ import annotations
 
@@ -23,13 +32,13 @@ from typing import Callable
 
 from torch import Tensor
 
-from ..denoiser import EpsFn
+from ..denoiser import Denoise
 from ..errors import UsageError
 from ..grids import SPACINGS, karras_sigmas, karras_timesteps, timesteps
 from ..noise import Generator, randn
 from ..schedule import NoiseSchedule
-from .ancestral import ddim, ddim_invert, ddim_step, ddpm
-from .common import Callback
+from .ancestral import ddim, ddim_invert, ddim_step, ddim_stepper, ddpm
+from .common import Callback, walk
 from .multistep import dpmpp_2m, dpmpp_3m
 from .ode import euler, euler_ancestral, heun
 from .unipc import unipc
@@ -39,7 +48,7 @@ from .unipc import unipc
 class Sampler:
     """One sampler's record: everything the command line, the web page and the tests need to know."""
     name: str  # as typed on the command line
-    run: Callable[..., Tensor]  # run(eps_fn, schedule, x, *, steps, spacing, clip_denoised, generator, callback, ...)
+    run: Callable[..., Tensor]  # run(denoise, schedule, x, timesteps, *, clip_denoised, generator, callback, ...)
     default_steps: int | None  # None: walks every step of the schedule (ddpm)
     calls_per_step: int = 1  # network evaluations a step (guidance batches both branches into one)
     options: tuple[str, ...] = ()  # its own keyword options, beyond those every sampler takes
@@ -50,12 +59,24 @@ class Sampler:
     def walks_every_step(self) -> bool:
         return self.default_steps is None
 
+    def steps(self, steps: int | None, T: int) -> int:
+        """The steps it takes down T levels when asked for `steps` (None: its default)."""
+        return T if self.walks_every_step else steps or self.default_steps
+
     def network_calls(self, steps: int | None, T: int) -> int:
         """Network evaluations for one image; a multi-call step's last one, into the clean image, makes one."""
+        return self.calls_per_step * self.steps(steps, T) - (self.calls_per_step - 1)
+
+    def grid(self, schedule: NoiseSchedule, steps: int | None = None, spacing: str = "trailing",
+             start: int | None = None) -> list[int]:
+        """The descending timesteps it walks: from `start` (default T-1, the pure-noise end) down, `steps`
+        of them placed by `spacing` (grids.timesteps), or every one for a sampler that walks every step."""
+        T = schedule.T if start is None else start + 1
         if self.walks_every_step:
-            return T
-        steps = steps or self.default_steps
-        return self.calls_per_step * steps - (self.calls_per_step - 1)
+            if steps not in (None, T):
+                raise UsageError(f"{self.name} walks all {T} steps; use another sampler for --steps {steps}")
+            return list(range(T - 1, -1, -1))
+        return timesteps(T, self.steps(steps, T), spacing, schedule)
 
 
 # ddim: 10 steps drew digits as recognisable as 20 or 50 and scored the best FID on the budget models
@@ -86,8 +107,7 @@ def get(name: str) -> Sampler:
 
 def steps_walked(name: str, steps: int | None, T: int = 1000) -> int:
     """The sampler steps one run takes: how often the callback is called (heun's steps make two calls)."""
-    record = get(name)
-    return T if record.walks_every_step else steps or record.default_steps
+    return get(name).steps(steps, T)
 
 
 def network_calls(name: str, steps: int | None, T: int = 1000) -> int:
@@ -95,17 +115,15 @@ def network_calls(name: str, steps: int | None, T: int = 1000) -> int:
     return get(name).network_calls(steps, T)
 
 
-def sample(name: str, eps_fn: EpsFn, schedule: NoiseSchedule, x: Tensor, *, steps: int | None = None,
-           **options) -> Tensor:
-    """Run the sampler called `name` (CLI spelling, e.g. "dpmpp-2m"); `steps` is ignored by DDPM."""
+def sample(name: str, denoise: Denoise, schedule: NoiseSchedule, x: Tensor, *, steps: int | None = None,
+           spacing: str = "trailing", **options) -> Tensor:
+    """Run the sampler called `name` (CLI spelling, e.g. "dpmpp-2m") from x at step T-1 over its grid:
+    `steps` steps (default its own number) placed by `spacing`; ddpm walks all T (steps None or T)."""
     record = get(name)
-    if record.walks_every_step:
-        if steps not in (None, schedule.T):
-            raise UsageError(f"{name} walks all {schedule.T} steps; use another sampler for --steps {steps}")
-        return record.run(eps_fn, schedule, x, **options)
-    return record.run(eps_fn, schedule, x, steps=steps or record.default_steps, **options)
+    return record.run(denoise, schedule, x, record.grid(schedule, steps, spacing), **options)
 
 
-__all__ = ["REGISTRY", "Sampler", "get", "steps_walked", "SAMPLERS", "DEFAULT_STEPS", "STOCHASTIC", "SPACINGS", "Callback", "Generator", "network_calls", "sample",
-           "timesteps", "karras_sigmas", "karras_timesteps", "randn", "ddpm", "ddim", "ddim_step", "ddim_invert",
-           "euler", "euler_ancestral", "heun", "dpmpp_2m", "dpmpp_3m", "unipc"]
+__all__ = ["REGISTRY", "Sampler", "get", "steps_walked", "network_calls", "sample", "SAMPLERS", "DEFAULT_STEPS",
+           "STOCHASTIC", "SPACINGS", "Callback", "Generator", "timesteps", "karras_sigmas", "karras_timesteps", "randn",
+           "walk", "ddpm", "ddim", "ddim_step", "ddim_stepper", "ddim_invert", "euler", "euler_ancestral", "heun",
+           "dpmpp_2m", "dpmpp_3m", "unipc"]

@@ -6,50 +6,51 @@ import math
 import torch
 from torch import Tensor
 
-from ..denoiser import EpsFn
-from ..grids import timesteps
+from ..denoiser import Denoise
 from ..noise import Generator
 from ..schedule import NoiseSchedule
-from .common import Callback, _levels, _pairs, _predict, _report
+from .common import Callback, Step, levels, pairs, walk
 
 
 @torch.no_grad()
-def dpmpp_2m(eps_fn: EpsFn, schedule: NoiseSchedule, x: Tensor, *, steps: int = 20, spacing: str = "trailing",
+def dpmpp_2m(denoise: Denoise, schedule: NoiseSchedule, x: Tensor, timesteps: list[int], *,
              clip_denoised: bool = False, generator: Generator = None, callback: Callback = None) -> Tensor:
     """DPM-Solver++(2M), Lu et al. 2022b: second order, one network call a step."""
-    return _dpmpp(eps_fn, schedule, x, 2, steps, spacing, clip_denoised, callback)
+    return walk(denoise, schedule, x, pairs(timesteps), _dpmpp_step(schedule, 2), clip_denoised=clip_denoised,
+                callback=callback)
 
 
 @torch.no_grad()
-def dpmpp_3m(eps_fn: EpsFn, schedule: NoiseSchedule, x: Tensor, *, steps: int = 20, spacing: str = "trailing",
+def dpmpp_3m(denoise: Denoise, schedule: NoiseSchedule, x: Tensor, timesteps: list[int], *,
              clip_denoised: bool = False, generator: Generator = None, callback: Callback = None) -> Tensor:
     """DPM-Solver++(3M): third order, one network call a step."""
-    return _dpmpp(eps_fn, schedule, x, 3, steps, spacing, clip_denoised, callback)
+    return walk(denoise, schedule, x, pairs(timesteps), _dpmpp_step(schedule, 3), clip_denoised=clip_denoised,
+                callback=callback)
 
 
-def _dpmpp(eps_fn, schedule, x, order, steps, spacing, clip, callback):
+def _dpmpp_step(schedule: NoiseSchedule, order: int) -> Step:
     """Multistep exponential integrator in lambda = log(a / s) with the clean-image prediction D:
 
         x_next = (s_next / s) x + a_next * integral_0^h e^(u - h) D(lambda + u) du,   h = lambda_next - lambda,
 
     exact for the linear part of the probability-flow ODE (Lu et al. 2022b, eq. 9). D along the step
     is the polynomial through the last `order` predictions (Newton's divided differences in lambda),
-    integrated exactly; the first steps, with less history, use lower orders.
+    integrated exactly; the first steps, with less history, use lower orders. One Step per walk: it
+    keeps the history of the walk it serves.
     """
     history: list[tuple[float, Tensor]] = []  # (lambda, D), newest first
-    for i, (t, t_next) in enumerate(_pairs(timesteps(schedule.T, steps, spacing, schedule))):
-        _, x0 = _predict(eps_fn, schedule, x, t, clip)
-        a, s = _levels(schedule, t)
-        a_next, s_next = _levels(schedule, t_next)
+
+    def step(x: Tensor, eps: Tensor, x0: Tensor, t: int, t_next: int) -> Tensor:
+        a, s = levels(schedule, t)
         lam = math.log(a / s)
-        history = [(lam, x0)] + history[:order - 1]
+        history[:] = [(lam, x0)] + history[:order - 1]
         if t_next < 0:  # into sigma = 0, h is infinite: the integral's weight is all on D(lambda)
-            x = x0
-        else:
-            h = math.log(a_next / s_next) - lam
-            x = (s_next / s) * x + a_next * _integrate_newton(_trusted(history, h), h)
-        _report(callback, i, t, x, x0)
-    return x
+            return x0
+        a_next, s_next = levels(schedule, t_next)
+        h = math.log(a_next / s_next) - lam
+        return (s_next / s) * x + a_next * _integrate_newton(_trusted(history, h), h)
+
+    return step
 
 
 MAX_STRETCH = 2.0

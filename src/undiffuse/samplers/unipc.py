@@ -6,46 +6,50 @@ import math
 import torch
 from torch import Tensor
 
-from ..denoiser import EpsFn
-from ..grids import timesteps
+from ..denoiser import Denoise
 from ..noise import Generator
 from ..schedule import NoiseSchedule
-from .common import Callback, _levels, _pairs, _predict, _report
-
+from .common import Callback, Step, levels, pairs, walk
 from .multistep import _trusted
 
+
 @torch.no_grad()
-def unipc(eps_fn: EpsFn, schedule: NoiseSchedule, x: Tensor, *, steps: int = 20, spacing: str = "trailing",
+def unipc(denoise: Denoise, schedule: NoiseSchedule, x: Tensor, timesteps: list[int], *,
           clip_denoised: bool = False, generator: Generator = None, callback: Callback = None) -> Tensor:
     """UniPC-bh2, Zhao et al. 2023: a second-order multistep predictor (UniP) whose every step is then
     redone by the corrector (UniC) with the prediction at the step's end as well, which the next step
     needs anyway: one network call a step, and one order more than the predictor alone (third order,
     measured in tests/test_solvers.py). Like diffusers' UniPCMultistepScheduler (which it matches,
     tests/test_unipc.py) the first step is first order and the last one, into the clean image, takes
-    the prediction as it is, with no corrector after it; as in _dpmpp, the predictor drops to first
-    order where the step is far longer than the history it would extrapolate from (_trusted)."""
+    the prediction as it is, with no corrector after it; as in _dpmpp_step, the predictor drops to
+    first order where the step is far longer than the history it would extrapolate from (_trusted)."""
+    return walk(denoise, schedule, x, pairs(timesteps), _unipc_step(schedule), clip_denoised=clip_denoised,
+                callback=callback)
+
+
+def _unipc_step(schedule: NoiseSchedule) -> Step:
+    """The Step of one walk: it keeps the history of clean-image predictions and the last predictor's start."""
     history: list[tuple[float, Tensor]] = []  # (lambda, D), newest first
-    last = None  # where the last predictor started: (x, s, lambda, how many history points it used)
-    for i, (t, t_next) in enumerate(_pairs(timesteps(schedule.T, steps, spacing, schedule))):
-        _, x0 = _predict(eps_fn, schedule, x, t, clip_denoised)
-        a, s = _levels(schedule, t)
+    last: list = []  # where the last predictor started: x, s, lambda, how many history points it used
+
+    def step(x: Tensor, eps: Tensor, x0: Tensor, t: int, t_next: int) -> Tensor:
+        a, s = levels(schedule, t)
         lam = math.log(a / s)
-        if last is not None:  # UniC: the same step again, now knowing D at its end
+        if last:  # UniC: the same step again, now knowing D at its end
             x_start, s_start, lam_start, used = last
             h = lam - lam_start
             x = _unipc_move(x_start, s_start, a, s, h, history[0][1], _unic_points(history[:used], h, x0))
-        history = [(lam, x0)] + history[:1]
-        if t_next < 0:  # into sigma = 0, as in _dpmpp; no corrector follows the last step
-            x = x0
-        else:
-            a_next, s_next = _levels(schedule, t_next)
-            h = math.log(a_next / s_next) - lam
-            used = len(_trusted(history, h))
-            older = [((history[1][0] - lam) / h, history[1][1], 0.5)] if used == 2 else []
-            last = (x, s, lam, used)
-            x = _unipc_move(x, s, a_next, s_next, h, x0, older)  # UniP-2 (first step: UniP-1, DDIM)
-        _report(callback, i, t, x, x0)
-    return x
+        history[:] = [(lam, x0)] + history[:1]
+        if t_next < 0:  # into sigma = 0, as in _dpmpp_step; no corrector follows the last step
+            return x0
+        a_next, s_next = levels(schedule, t_next)
+        h = math.log(a_next / s_next) - lam
+        used = len(_trusted(history, h))
+        older = [((history[1][0] - lam) / h, history[1][1], 0.5)] if used == 2 else []
+        last[:] = [x, s, lam, used]
+        return _unipc_move(x, s, a_next, s_next, h, x0, older)  # UniP-2 (first step: UniP-1, DDIM)
+
+    return step
 
 
 def _unipc_move(x, s, a_next, s_next, h, d0, points):

@@ -57,7 +57,7 @@ def main() -> None:
     for path in args.runs:
         run = load_run(path)
         plan = run.config["plan"]
-        real_feats = extract(real_images(run.config["train"]["data"], run.image_size, run.channels))
+        real_feats = extract(real_images(run.config["data_source"], run.image_size, run.channels))
         for entry in args.samplers.split(","):
             name, steps, eta = parse(entry)
             c = cell(run, extract, real_feats, judge_net, labels, name, steps, eta, args.guidance)

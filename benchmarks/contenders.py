@@ -103,19 +103,19 @@ def _undiffuse(size, side, channels, batch_size, planned_steps):
     data = ImageData(torch.rand(512, channels, side, side) * 2 - 1, None, (), "random")
     folder = tempfile.mkdtemp(prefix="undiffuse-bench-")  # the Trainer's run folder, removed at exit
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    cfg = TrainConfig(data="(in memory)", steps=planned_steps, batch_size=batch_size or 128, model=size,
-                      grids=0, checkpoint_minutes=1e9)
-    trainer = Trainer(cfg, folder, overwrite=True, data=data)
+    cfg = TrainConfig.flat(data="(in memory)", steps=planned_steps, batch_size=batch_size or 128, model=size,
+                           grids=0, checkpoint_minutes=1e9)
+    trainer = Trainer.create(cfg, folder, overwrite=True, data=data)
     net = trainer.model
 
     def step(_batch: Tensor) -> float:
         return trainer.train_step()
 
     def sample(n: int, steps: int, seed: int) -> Tensor:
-        return sample_images(trainer.ema, trainer.schedule, cfg.prediction, n, image_size=side,
+        return sample_images(trainer.ema, trainer.schedule, cfg.diffusion.prediction, n, image_size=side,
                              sampler="ddim", steps=steps, seed=seed)
 
-    return Contender("undiffuse", net, lambda x, t: net(x, t), cfg.batch_size, step, sample,
+    return Contender("undiffuse", net, lambda x, t: net(x, t), cfg.optim.batch_size, step, sample,
                      f"AdamW, peak lr {trainer.plan.lr:.1e}, warm-up + cosine, EMA, min-SNR-5, eps, linear schedule")
 
 

@@ -20,7 +20,7 @@ from undiffuse.denoiser import denoiser
 from undiffuse.training.recipe import unet_config
 from undiffuse.samplers import get, sample
 from undiffuse.schedule import linear
-from undiffuse.training import diffusion_loss
+from undiffuse.training import diffusion_loss, draw_noise
 from undiffuse.unet import UNet, count_parameters
 
 from report import markdown_table, write_section
@@ -41,7 +41,8 @@ def train_images_per_second(net: UNet, size: int, batch: int, repeats: int = 8, 
     times = []
     for i in range(repeats + 2):
         start = time.perf_counter()
-        loss = diffusion_loss(net, schedule, x, c, None, g, "eps", 5.0)
+        t, noise = draw_noise(schedule.T, x.shape, g)
+        loss = diffusion_loss(net, schedule, x, t, noise, c, prediction="eps", min_snr=5.0)
         opt.zero_grad()
         loss.backward()
         opt.step()

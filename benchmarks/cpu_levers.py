@@ -48,9 +48,9 @@ def trainer(size: str, side: int, channels: int, channels_last: bool = False):
     data = ImageData(torch.rand(512, channels, side, side) * 2 - 1, labels, tuple(map(str, range(10))), "random")
     folder = tempfile.mkdtemp(prefix="undiffuse-levers-")
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    cfg = TrainConfig(data="(in memory)", steps=1000, batch_size=BATCH, model=size, grids=0, checkpoint_minutes=1e9,
-                      channels_last=channels_last)
-    return Trainer(cfg, folder, overwrite=True, data=data)
+    cfg = TrainConfig.flat(data="(in memory)", steps=1000, batch_size=BATCH, model=size, grids=0, checkpoint_minutes=1e9,
+                           channels_last=channels_last)
+    return Trainer.create(cfg, folder, overwrite=True, data=data)
 
 
 def seconds_per_step(step, repeats: int = 4, threads: int = 2) -> float:
@@ -78,7 +78,7 @@ def conv_share(tr) -> float:
 def compiled_training(size, side, channels):
     tr = trainer(size, side, channels)
     torch._dynamo.reset()  # each configuration compiles afresh, with static shapes
-    tr.net = torch.compile(tr.model, dynamic=False)  # what --compile did; the Trainer refuses it on a CPU
+    tr.learner.net = torch.compile(tr.model, dynamic=False)  # what --compile did; the Trainer refuses it on a CPU
     start = time.perf_counter()
     tr.train_step()
     return tr, time.perf_counter() - start

@@ -36,8 +36,8 @@ def main() -> None:
     before = generate(load_run(args.run), args.n, labels=[0] * args.n, guidance=0.0, steps=50, seed=0)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "finetuned"
-        cfg = TrainConfig(data="mnist", base=args.run, only_label=str(args.digit), minutes=args.minutes, grids=0)
-        trainer = Trainer(cfg, out)
+        cfg = TrainConfig.flat(data="mnist", base=args.run, only_label=str(args.digit), minutes=args.minutes, grids=0)
+        trainer = Trainer.create(cfg, out)
         trainer.train(progress=False)
         after = generate(load_run(out), args.n, labels=[0] * args.n, guidance=0.0, steps=50, seed=0)
         steps = trainer.plan.steps

@@ -34,12 +34,12 @@ def train_undiffuse(out: Path, minutes: float, n: int, steps: int) -> dict:
     from undiffuse.training import TrainConfig, Trainer
 
     start = time.perf_counter()
-    trainer = Trainer(TrainConfig(data="mnist", minutes=minutes), out / "run", overwrite=True)
+    trainer = Trainer.create(TrainConfig.flat(data="mnist", minutes=minutes), out / "run", overwrite=True)
     trainer.train(progress=False)
     seconds = time.perf_counter() - start
     run = load_run(out / "run")
     labels = [i % run.num_classes for i in range(n)]
-    info = {"train_seconds": seconds, "steps": trainer.step, "batch_size": trainer.cfg.batch_size,
+    info = {"train_seconds": seconds, "steps": trainer.step, "batch_size": trainer.cfg.optim.batch_size,
             "model": trainer.size, "params": sum(p.numel() for p in run.net.parameters()),
             "threads": torch.get_num_threads()}
     for name, guidance in (("undiffuse", DEFAULT_GUIDANCE), ("undiffuse-w0", 0.0)):

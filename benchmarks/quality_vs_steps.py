@@ -65,7 +65,7 @@ def main() -> None:
         return
     from undiffuse.eval.metrics import feature_extractor, frechet_distance, kid
 
-    real = load_data(cfg["train"]["data"], image_size=run.image_size, channels=run.channels).images
+    real = load_data(cfg["data_source"], image_size=run.image_size, channels=run.channels).images
     features = feature_extractor("digits" if run.image_size == 28 and run.channels == 1 else "inception")
     real_f = features(real)
 

@@ -4,7 +4,6 @@ The subprocess tests run the real `python -m undiffuse train` on the 8x8 digits 
 model, one thread each (bit-exact comparisons need the same thread count on both sides).
 """
 import errno
-import importlib
 import os
 import random
 import shutil
@@ -19,9 +18,8 @@ import torch
 
 from undiffuse import checkpoint as ckpt
 from undiffuse.cli import main
-from undiffuse.training import TrainConfig, Trainer, TrainingDiverged, read_log
-
-train_module = importlib.import_module("undiffuse.training.trainer")  # the package exports a function of that name
+from undiffuse.training import TrainConfig, Trainer, TrainingDiverged, learner, read_log
+from undiffuse.training.log import LOG
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -35,7 +33,7 @@ def undiffuse(*args) -> list[str]:
 
 def _cfg(**kw):
     base = dict(data="digits", image_size=16, steps=8, batch_size=16, model="tiny", grids=0, seed=2)
-    return TrainConfig(**{**base, **kw})
+    return TrainConfig.flat(**{**base, **kw})
 
 
 def _state(folder: Path) -> dict[str, torch.Tensor]:
@@ -78,7 +76,7 @@ def test_sigterm_saves_and_says_how_to_resume(tmp_path):
     process = subprocess.Popen(undiffuse(*TRAIN, "--steps", "1000", "--out", run), env=ENV,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while not (run / train_module.LOG).is_file() or len((run / train_module.LOG).read_text().splitlines()) < 3:
+    while not (run / LOG).is_file() or len((run / LOG).read_text().splitlines()) < 3:
         if time.time() > deadline or process.poll() is not None:
             process.kill()
             pytest.fail(f"training did not start: {process.communicate()}")
@@ -94,17 +92,17 @@ def test_sigterm_saves_and_says_how_to_resume(tmp_path):
 
 
 def _flaky_loss(monkeypatch, trainer, bad_steps):
-    real = train_module.per_image_loss
+    real = learner.diffusion_loss
 
     def loss(*args, **kwargs):
         out = real(*args, **kwargs)
         return out * float("nan") if trainer.step in bad_steps else out
 
-    monkeypatch.setattr(train_module, "per_image_loss", loss)
+    monkeypatch.setattr(learner, "diffusion_loss", loss)
 
 
 def test_a_non_finite_loss_skips_the_update_and_is_counted(tmp_path, monkeypatch):
-    trainer = Trainer(_cfg(), tmp_path / "r")
+    trainer = Trainer.create(_cfg(), tmp_path / "r")
     _flaky_loss(monkeypatch, trainer, {3, 4})
     trainer.train(until=3, progress=False)
     before = [p.clone() for p in (*trainer.model.parameters(), *trainer.ema.parameters())]
@@ -114,13 +112,13 @@ def test_a_non_finite_loss_skips_the_update_and_is_counted(tmp_path, monkeypatch
     assert result.skipped == 2 and trainer.bad_steps == 2
     result = trainer.train(progress=False)
     assert trainer.bad_steps == 0 and result.steps == 8
-    assert int(trainer.optimizer.state_dict()["state"][0]["step"]) == 6  # 8 steps, 2 of them skipped
-    assert trainer.optimizer.state_dict()["state"][0]["exp_avg"].isfinite().all()
+    assert int(trainer.learner.optimizer.state_dict()["state"][0]["step"]) == 6  # 8 steps, 2 of them skipped
+    assert trainer.learner.optimizer.state_dict()["state"][0]["exp_avg"].isfinite().all()
 
 
 def test_too_many_non_finite_losses_in_a_row_stop_with_exit_2_keeping_the_checkpoint(tmp_path, monkeypatch, capsys):
-    real = train_module.per_image_loss
-    monkeypatch.setattr(train_module, "per_image_loss", lambda *a, **k: real(*a, **k) * float("inf"))
+    real = learner.diffusion_loss
+    monkeypatch.setattr(learner, "diffusion_loss", lambda *a, **k: real(*a, **k) * float("inf"))
     run = tmp_path / "r"
     code = main(["train", "--data", "digits", "--image-size", "16", "--steps", "20", "--batch-size", "8",
                  "--model", "tiny", "--grids", "0", "--quiet", "--max-bad-steps", "3", "--out", str(run)])
@@ -137,7 +135,7 @@ def test_too_many_non_finite_losses_in_a_row_stop_with_exit_2_keeping_the_checkp
                                    PermissionError(errno.EACCES, "Permission denied")])
 def test_a_full_disk_or_unwritable_folder_is_one_line_and_keeps_the_checkpoint(tmp_path, monkeypatch, capsys, error):
     run = tmp_path / "r"
-    Trainer(_cfg(checkpoint_minutes=1e-6), run).train(until=4, progress=False)
+    Trainer.create(_cfg(checkpoint_minutes=1e-6), run).train(until=4, progress=False)
     before = _state(run)
 
     def fail(*args, **kwargs):
@@ -156,7 +154,7 @@ def test_a_full_disk_or_unwritable_folder_is_one_line_and_keeps_the_checkpoint(t
 
 def test_keeps_the_last_k_checkpoints_and_falls_back_when_the_newest_is_truncated(tmp_path, capsys):
     run = tmp_path / "r"
-    Trainer(_cfg(checkpoint_minutes=1e-6, keep_checkpoints=2), run).train(until=5, progress=False)
+    Trainer.create(_cfg(checkpoint_minutes=1e-6, keep_checkpoints=2), run).train(until=5, progress=False)
     assert [p.name for p in ckpt.checkpoint_folders(run)] == ["step00000005", "step00000004"]
     newest = run / ckpt.CHECKPOINTS / "step00000005" / ckpt.EMA
     newest.write_bytes(newest.read_bytes()[:1000])  # as a dying disk or a careless copy leaves it
@@ -166,13 +164,13 @@ def test_keeps_the_last_k_checkpoints_and_falls_back_when_the_newest_is_truncate
     captured = capsys.readouterr()
     assert "using an older checkpoint" in captured.err and "resuming" in captured.out and "step 4 of 8" in captured.out
     whole = tmp_path / "whole"
-    Trainer(_cfg(), whole).train(progress=False)
+    Trainer.create(_cfg(), whole).train(progress=False)
     _assert_same_state(whole, run)
 
 
 def test_a_run_killed_before_its_first_checkpoint_starts_again(tmp_path):
     run = tmp_path / "r"
-    Trainer(_cfg(), run)
+    Trainer.create(_cfg(), run)
     shutil.rmtree(run / ckpt.CHECKPOINTS)  # as if killed before the first rename
     for name in ckpt.FILES:
         (run / name).unlink()

@@ -28,7 +28,7 @@ for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
 
 def _cfg(**kw):
     base = dict(data="digits", image_size=16, steps=4, batch_size=12, model="tiny", grids=0, seed=4, lr=1e-3)
-    return TrainConfig(**{**base, **kw})
+    return TrainConfig.flat(**{**base, **kw})
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
@@ -55,7 +55,7 @@ def test_two_gloo_processes_under_torchrun_equal_one_process(tmp_path):
     args = ["train", "--data", "digits", "--image-size", "16", "--steps", "4", "--batch-size", "12",
             "--model", "tiny", "--grids", "0", "--seed", "4", "--lr", "1e-3", "--quiet"]
     single = tmp_path / "single"
-    Trainer(_cfg(), single).train(progress=False)
+    Trainer.create(_cfg(), single).train(progress=False)
     run = tmp_path / "ddp"
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                            "-m", "undiffuse", *args, "--out", str(run)], env=ENV, capture_output=True, text=True,
@@ -85,9 +85,9 @@ def test_ranks_agree_on_the_model_and_steps_a_time_budget_picks(tmp_path):
 
 
 def test_gradient_accumulation_equals_one_big_batch(tmp_path):
-    whole = Trainer(_cfg(), tmp_path / "a")
+    whole = Trainer.create(_cfg(), tmp_path / "a")
     whole.train(progress=False)
-    accumulated = Trainer(_cfg(grad_accum=4), tmp_path / "b")
+    accumulated = Trainer.create(_cfg(grad_accum=4), tmp_path / "b")
     accumulated.train(progress=False)
     _assert_close(whole.model.state_dict(), accumulated.model.state_dict())
     _assert_close(whole.ema.state_dict(), accumulated.ema.state_dict())
@@ -95,9 +95,9 @@ def test_gradient_accumulation_equals_one_big_batch(tmp_path):
 
 
 def test_channels_last_gives_the_same_run(tmp_path):
-    plain = Trainer(_cfg(steps=2), tmp_path / "a")
+    plain = Trainer.create(_cfg(steps=2), tmp_path / "a")
     plain.train(progress=False)
-    nhwc = Trainer(_cfg(steps=2, channels_last=True), tmp_path / "b")
+    nhwc = Trainer.create(_cfg(steps=2, channels_last=True), tmp_path / "b")
     assert nhwc.model.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     nhwc.train(progress=False)
     _assert_close(plain.model.state_dict(), nhwc.model.state_dict())
@@ -123,17 +123,17 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_trains_and_resumes(tmp_path, precision):
     run = tmp_path / precision
-    trainer = Trainer(_cfg(steps=6, precision=precision, checkpoint_minutes=1e-6), run)
-    assert trainer.scaler.is_enabled() == (precision == "fp16")
+    trainer = Trainer.create(_cfg(steps=6, precision=precision, checkpoint_minutes=1e-6), run)
+    assert trainer.learner.scaler.is_enabled() == (precision == "fp16")
     trainer.train(until=3, progress=False)
-    scale = trainer.scaler.get_scale() if precision == "fp16" else None
+    scale = trainer.learner.scaler.get_scale() if precision == "fp16" else None
     resumed = Trainer.resume(run)
     assert resumed.step == 3
     if precision == "fp16":
-        assert resumed.scaler.get_scale() == scale  # the loss scale is part of the checkpoint
+        assert resumed.learner.scaler.get_scale() == scale  # the loss scale is part of the checkpoint
     result = resumed.train(progress=False)
     assert result.steps == 6 and torch.isfinite(torch.tensor(read_log(run)[1])).all()
-    fp32 = Trainer(_cfg(steps=6), tmp_path / "fp32")
+    fp32 = Trainer.create(_cfg(steps=6), tmp_path / "fp32")
     fp32.train(progress=False)
     # the same run to the precision of the format: close, not equal
     _assert_close(fp32.model.state_dict(), resumed.model.state_dict(), atol=0.05)
@@ -147,23 +147,23 @@ def test_compile_flag_wraps_the_network(tmp_path, monkeypatch):
         return module
 
     monkeypatch.setattr(torch, "compile", fake_compile)
-    monkeypatch.setattr(importlib.import_module("undiffuse.training.trainer"), "COMPILE_ON_CPU", True)
-    trainer = Trainer(_cfg(steps=1, compile=True), tmp_path / "r")
-    assert compiled == [trainer.model] and trainer.net is trainer.model
+    monkeypatch.setattr(importlib.import_module("undiffuse.training.setup"), "COMPILE_ON_CPU", True)
+    trainer = Trainer.create(_cfg(steps=1, compile=True), tmp_path / "r")
+    assert compiled == [trainer.model] and trainer.learner.net is trainer.model
     assert json.loads((tmp_path / "r" / ckpt.CONFIG).read_text())["train"]["compile"] is True
 
 
 def test_compile_is_refused_on_a_cpu_before_anything_is_written(tmp_path):
     with pytest.raises(ValueError, match="--compile is for CUDA"):
-        Trainer(_cfg(steps=1, compile=True), tmp_path / "r")
+        Trainer.create(_cfg(steps=1, compile=True), tmp_path / "r")
     assert not (tmp_path / "r").exists()
 
 
 @pytest.mark.slow
 def test_compiled_training_equals_eager(tmp_path, monkeypatch):
-    monkeypatch.setattr(importlib.import_module("undiffuse.training.trainer"), "COMPILE_ON_CPU", True)
-    eager = Trainer(_cfg(steps=2), tmp_path / "a")
+    monkeypatch.setattr(importlib.import_module("undiffuse.training.setup"), "COMPILE_ON_CPU", True)
+    eager = Trainer.create(_cfg(steps=2), tmp_path / "a")
     eager.train(progress=False)
-    compiled = Trainer(_cfg(steps=2, compile=True), tmp_path / "b")
+    compiled = Trainer.create(_cfg(steps=2, compile=True), tmp_path / "b")
     compiled.train(progress=False)
     _assert_close(eager.model.state_dict(), compiled.model.state_dict(), atol=1e-4)

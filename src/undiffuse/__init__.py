@@ -1,7 +1,7 @@
 """undiffuse: denoising diffusion models for your own images.
 
     import undiffuse as ud
-    result = ud.train(ud.TrainConfig(data="mnist", minutes=10), "runs/digits")
+    result = ud.train(ud.TrainConfig.flat(data="mnist", minutes=10), "runs/digits")
     run = ud.load_run("runs/digits")
     images = ud.generate(run, 10, labels=list(range(10)), sampler="ddim", steps=50)
     ud.save_grid(images, "digits.png", nrow=10)

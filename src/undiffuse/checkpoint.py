@@ -1,6 +1,6 @@
 """A run folder on disk, and nothing that loading it could execute.
 
-    RUN/config.json              what the run is: model, schedule, data, recipe, class names
+    RUN/config.json              what the run is: model, schedule, data, recipe, class names (run.py)
     RUN/model.safetensors        the raw weights
     RUN/ema.safetensors          the EMA weights (what sampling uses)
     RUN/train_state.safetensors  optimizer moments, step and RNG state, for --resume
@@ -14,7 +14,6 @@ steps is detected, and `--resume` falls back to the previous checkpoint when the
 from __future__ import annotations
 
 import errno
-import json
 import os
 import shutil
 import tempfile
@@ -29,7 +28,6 @@ from .errors import CheckpointError
 CONFIG, MODEL, EMA, STATE = "config.json", "model.safetensors", "ema.safetensors", "train_state.safetensors"
 CHECKPOINTS = "checkpoints"
 FILES = (MODEL, EMA, STATE)
-FORMAT_VERSION = 1
 
 
 def atomic_write(path: Path, write) -> None:
@@ -60,27 +58,6 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
-
-
-def save_config(run: Path, config: dict) -> None:
-    config = {"format_version": FORMAT_VERSION, **config}
-    atomic_write(run / CONFIG, lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
-
-
-def load_config(run: Path) -> dict:
-    run = Path(run)
-    if not run.is_dir():
-        raise CheckpointError(f"run folder '{run}' does not exist")
-    path = run / CONFIG
-    if not path.is_file():
-        raise CheckpointError(f"'{run}' is not an undiffuse run folder (no {CONFIG})")
-    try:
-        config = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path} is not valid JSON ({e})") from None
-    if not isinstance(config, dict) or config.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path} was written by an incompatible version of undiffuse")
-    return config
 
 
 def saved_step(path: Path) -> int:

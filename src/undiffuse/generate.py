@@ -16,10 +16,10 @@ from .conditions import context_batch
 from .denoiser import DEFAULT_GUIDANCE, denoiser
 from .errors import UsageError
 from .noise import generators, randn
-from .parameterization import PREDICTIONS
+from .run import read_run
 from .samplers import Callback, sample
-from .schedule import SCHEDULES, NoiseSchedule, make_schedule
-from .unet import UNet, UNetConfig
+from .schedule import NoiseSchedule
+from .unet import UNet
 
 DEFAULT_SAMPLER = "ddim"  # 10 steps (samplers.DEFAULT_STEPS): the best fidelity and FID per network call on
 # the budget models (benchmarks/budget_samplers.py), where fresh noise (eta 1) or 20-50 steps scored worse
@@ -42,26 +42,15 @@ class LoadedRun:
 
 def load_run(run: str | Path, *, weights: str = "ema", device: str | torch.device = "cpu") -> LoadedRun:
     """The network of a run folder; weights="ema" (default, better samples) or "raw"."""
-    run = Path(run)
-    config = ckpt.load_config(run)
-    try:
-        unet_cfg = UNetConfig(**config["unet"])
-        schedule_cfg = config["schedule"]
-        if schedule_cfg["name"] not in SCHEDULES or config["prediction"] not in PREDICTIONS:
-            raise ValueError("unknown schedule or prediction")
-        schedule = make_schedule(schedule_cfg["name"], int(schedule_cfg["T"]), bool(schedule_cfg.get("zero_snr")))
-        names = tuple(str(n) for n in config.get("class_names", []))
-        size, channels = int(config["image_size"]), int(config["channels"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise ckpt.CheckpointError(f"{run / ckpt.CONFIG} does not describe a model this version can build ({e})") from None
-    if len(names) != unet_cfg.context_dim:
-        raise ckpt.CheckpointError(f"{run / ckpt.CONFIG}: {len(names)} class names for a context of {unet_cfg.context_dim}")
     if weights not in ("ema", "raw"):
         raise UsageError(f"unknown weights {weights!r}; choose ema or raw")
-    net = UNet(unet_cfg)
+    run = Path(run)
+    record = read_run(run)  # every key checked before anything is built
+    net = UNet(record.unet)
     ckpt.load_weights(net, run / (ckpt.EMA if weights == "ema" else ckpt.MODEL))
     net = net.to(device).eval().requires_grad_(False)
-    return LoadedRun(net, schedule, config["prediction"], names, size, channels, config)
+    return LoadedRun(net, record.schedule.build(), record.prediction, record.class_names, record.image_size,
+                     record.channels, record.to_json())
 
 
 def sample_images(net: UNet, schedule: NoiseSchedule, prediction: str, n: int, *,

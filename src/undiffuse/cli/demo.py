@@ -30,7 +30,7 @@ def run(args) -> int:
         raise UsageError(f"--minutes must lie in (0, 1440], got {args.minutes}")
     run_folder = Path(args.out) if args.out else free_folder(Path("runs") / "demo")
     say(f"undiffuse demo: {args.minutes:g} minutes of training on the bundled MNIST digits -> {run_folder}")
-    trainer = Trainer(TrainConfig(data="mnist", minutes=args.minutes, seed=args.seed), run_folder)
+    trainer = Trainer.create(TrainConfig.flat(data="mnist", minutes=args.minutes, seed=args.seed), run_folder)
     describe_trainer(trainer)
     if train_and_report(trainer, progress=not args.quiet) is None:
         return 130

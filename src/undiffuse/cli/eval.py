@@ -45,18 +45,17 @@ def add(sub) -> None:
 
 
 def run(args) -> int:
-    from ..checkpoint import atomic_write, load_config
+    from ..checkpoint import atomic_write
     from ..device import pick_device
     from ..eval.evaluate import default_features, read_samples, real_images
     from ..eval.metrics import feature_extractor, score_features
+    from ..run import read_run
 
-    config = load_config(args.run)
+    record = read_run(args.run)
     out = _output(args)
     _check(args)
-    spec = args.against or config.get("data_source")
-    if not spec:
-        raise UsageError(f"{args.run} does not record its training data; give --against SPEC")
-    size, channels = int(config["image_size"]), int(config["channels"])
+    spec = args.against or record.data_source
+    size, channels = record.image_size, record.channels
     real = real_images(spec, size, channels)
     features = args.features or default_features(spec)
     device = pick_device(args.device)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from .output import say
 from .progress import describe_trainer, train_and_report
-from .train import choices
 
 FLAGS = ("steps", "minutes", "batch_size", "lr", "warmup", "ema_decay", "cond_drop", "seed", "checkpoint_minutes",
          "grids", "device", "labels", "context_names", "keep_checkpoints", "max_bad_steps", "precision",
@@ -12,7 +11,7 @@ DEFAULT_MINUTES = 2.0
 
 
 def add(sub) -> None:
-    from ..training import TrainConfig
+    from ..training.config import GROUPS, TrainConfig
     from .flags import add_config_flags
 
     p = sub.add_parser("finetune", help="continue training a run on new data or one class", description=(
@@ -24,8 +23,9 @@ def add(sub) -> None:
     p.add_argument("--out", required=True, metavar="RUN2", help="the new run folder")
     p.add_argument("--overwrite", action="store_true", help="replace the existing run folder RUN2")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    skip = {f for f in TrainConfig.__dataclass_fields__ if f not in FLAGS}
-    add_config_flags(p, TrainConfig, choices(), skip=skip)
+    skip = set(TrainConfig().options()) - set(FLAGS)
+    for options in GROUPS.values():
+        add_config_flags(p, options, TrainConfig.choices(), skip=skip)
     p.set_defaults(handler=run)
 
 
@@ -35,9 +35,8 @@ def run(args) -> int:
     values = {k: v for k, v in vars(args).items() if k in FLAGS}
     if "steps" not in values and "minutes" not in values:
         values["minutes"] = DEFAULT_MINUTES
-    cfg = TrainConfig(data=args.data, base=args.base, only_label=args.label, **values)
-    cfg.validate()
-    trainer = Trainer(cfg, args.out, overwrite=args.overwrite)
+    cfg = TrainConfig.flat(data=args.data, base=args.base, only_label=args.label, **values)
+    trainer = Trainer.create(cfg, args.out, overwrite=args.overwrite)
     if trainer.context_dim and trainer.data.labels is None:
         say("the data's labels do not match the base run's classes: fine-tuning on the null context")
     say(f"fine-tuning {args.base} on {len(trainer.data.images)} images"

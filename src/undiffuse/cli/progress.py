@@ -1,4 +1,5 @@
-"""What the training commands print: the data and the plan before, the outcome after, and how to resume."""
+"""What the training commands print: the data and the plan before (or instead, for a dry run), the
+outcome after, and how to resume."""
 from __future__ import annotations
 
 import shlex
@@ -12,15 +13,62 @@ def describe_trainer(trainer) -> None:
 
     if not trainer.world.is_main:
         return
-    data, plan = trainer.data, trainer.plan
-    kind = f"{data.num_classes} classes" if trainer.context_dim else "unconditional"
-    skipped = f", {data.skipped} unreadable files skipped" if data.skipped else ""
-    say(f"data: {data.source}: {len(data.images)} images {data.channels}x{data.image_size}x{data.image_size}, "
-        f"{kind}{skipped}")
+    plan = trainer.plan
+    say(data_line(trainer.data, trainer.context_dim))
     where = f"{trainer.world.size} processes on {trainer.device.type}" if trainer.world.active else trainer.device
     steps = f"about {plan.steps} steps (the deadline decides)" if trainer.deadline else f"{plan.steps} steps"
     say(f"model: {trainer.size}, {count_parameters(trainer.model) / 1e6:.2f}M parameters on {where}; "
-        f"{steps} of {trainer.cfg.batch_size}, lr {plan.lr:.2g}, warm-up {plan.warmup}, EMA {plan.ema_decay:.4f}")
+        f"{steps} of {trainer.cfg.optim.batch_size}, lr {plan.lr:.2g}, warm-up {plan.warmup}, EMA {plan.ema_decay:.4f}")
+
+
+def data_line(data, context_dim: int) -> str:
+    kind = f"{data.num_classes} classes" if context_dim else "unconditional"
+    skipped = f", {data.skipped} unreadable files skipped" if data.skipped else ""
+    return (f"data: {data.source}: {len(data.images)} images {data.channels}x{data.image_size}x{data.image_size}, "
+            f"{kind}{skipped}")
+
+
+def describe_dry_run(given, setup, size: str | None, plan) -> None:
+    """The resolved options (those the recipe, the data, the device or a base run filled in marked *),
+    the data, the device, the model and the plan. size and plan are None where a time budget decides
+    them when training starts."""
+    from ..training.recipe import peak_lr
+
+    o = setup.cfg.optim
+    filled = dict(image_size=setup.data.image_size, channels=setup.data.channels, **({"model": size} if size else {}))
+    if plan is not None:
+        filled.update(lr=plan.lr, warmup=plan.warmup, ema_decay=plan.ema_decay)
+    else:  # a time budget: its step count, hence the warm-up and the EMA, are counted at the start
+        filled.update(minutes=o.budget_seconds / 60, lr=o.lr if o.lr is not None else peak_lr(o.batch_size))
+    resolved = setup.cfg.updated(**filled)
+    say("dry run: nothing is written. Options (* filled in by the recipe, the data, the device or the base run):")
+    for name, value in resolved.options().items():
+        say(f"  {name} = {value!r}{' *' if value != given.options()[name] else ''}")
+    say(data_line(setup.data, setup.context_dim))
+    say(f"device: {setup.device}" + (f", {setup.world.size} processes" if setup.world.active else ""))
+    say(_model_line(setup, size))
+    say(_plan_line(resolved.optim, plan))
+
+
+def _model_line(setup, size: str | None) -> str:
+    from ..training.recipe import unet_config
+    from ..unet import UNet, count_parameters
+
+    if size is None:
+        return ("model: auto, chosen when training starts by timing a step of each size on this machine "
+                "(the dry run does not time them)")
+    data = setup.data
+    unet = unet_config(size, data.image_size, data.channels, setup.context_dim, setup.cfg.diffusion.context_mode)
+    return f"model: {size}, {count_parameters(UNet(unet)) / 1e6:.2f}M parameters"
+
+
+def _plan_line(o, plan) -> str:
+    """o: the resolved optimisation options."""
+    if plan is None:
+        return (f"plan: as many steps of {o.batch_size} images as {o.minutes:g} minutes allow, counted when "
+                f"training starts, peak lr {o.lr:.3g}; the warm-up, the EMA and the cosine follow that count")
+    return (f"plan: {plan.steps} steps of {o.batch_size} images, peak lr {plan.lr:.3g} with {plan.warmup} warm-up "
+            f"steps and a cosine to a tenth of it, EMA {plan.ema_decay:.4f}")
 
 
 def train_and_report(trainer, progress: bool):

@@ -14,10 +14,28 @@ from __future__ import annotations
 
 import statistics
 from collections import deque
+from typing import Callable
 
 REFIT_EVERY = 5  # steps between re-fits of the step-count estimate (cheap: no I/O)
 WINDOW = 20  # recent step times the estimate is fitted to (few: a machine that slows down is seen soon)
 WORST_OF = 5  # the next step is assumed to cost as much as the slowest of the last few
+
+
+class Stopwatch:
+    """The seconds a run has trained over all its sessions: those of the sessions before (from its
+    checkpoint) plus this session's, by `clock` (time.perf_counter, or a test's fake clock)."""
+
+    def __init__(self, clock: Callable[[], float], before: float = 0.0):
+        self.clock = clock
+        self.restart(before)
+
+    def restart(self, before: float) -> None:
+        """`before` seconds of training lie behind us as of now."""
+        self.before, self.since = before, self.clock()
+
+    @property
+    def elapsed(self) -> float:
+        return self.before + self.clock() - self.since
 
 
 class Deadline:

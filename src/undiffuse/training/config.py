@@ -1,11 +1,23 @@
-"""The training options: one frozen dataclass, checked when it is built from flags, TOML or config.json."""
+"""The training options: four small frozen groups, each checked when it is built.
+
+    SourceOptions     what the model learns from
+    DiffusionOptions  the network and the diffusion it learns
+    OptimOptions      the optimisation and its budget
+    RuntimeOptions    where and how the same steps are computed, and what is written on the way
+
+`TrainConfig` holds one of each. Option names are unique across the groups, so the flags, the TOML
+keys and config.json's "train" section stay flat: `TrainConfig.flat(data="digits", steps=20)` builds
+one from flat options and `cfg.options()` gives them back.
+
+Each field's type is checked, and its `Annotated` rules: a `Literal` of the choices, a `Range`. The
+choices sit in `Annotated[str, Literal[...]]` so that a reader of plain type hints (cli/flags.py's
+flag generator) sees `str`. A bad value raises UsageError naming the option and what it allows.
+"""
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import get_type_hints
-
-import torch
+from typing import Annotated, Literal, get_args, get_origin, get_type_hints
 
 from ..errors import UsageError
 from ..parameterization import PREDICTIONS
@@ -14,103 +26,176 @@ from ..unet import CONTEXT_MODES
 from .recipe import CONTEXT_MODE, MODEL_SIZES
 
 DEFAULT_MINUTES = 10.0
-
-
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class Range:
+    low: float
+    high: float = math.inf
+    open_low: bool = False  # low itself is out
+    open_high: bool = False  # high itself is out
+
+    def allows(self, value) -> bool:
+        above = self.low < value if self.open_low else self.low <= value
+        below = value < self.high if self.open_high else value <= self.high
+        return above and below and math.isfinite(value)
+
+    def __str__(self) -> str:
+        if self.high == math.inf:
+            return "be positive" if (self.low, self.open_low) == (0, True) else f"be >= {self.low:g}"
+        return f"lie in {'(' if self.open_low else '['}{self.low:g}, {self.high:g}{')' if self.open_high else ']'}"
+
+
+POSITIVE, AT_LEAST_0, BELOW_1 = Range(0, open_low=True), Range(0), Range(0, 1, open_high=True)
+ModelSize = Annotated[str, Literal[("auto", *MODEL_SIZES)]]
+Schedule = Annotated[str, Literal[SCHEDULES]]
+Prediction = Annotated[str, Literal[PREDICTIONS]]
+ContextMode = Annotated[str, Literal[CONTEXT_MODES]]
+Precision = Annotated[str, Literal[PRECISIONS]]
+
+
+def _check(name: str, value, hint) -> None:
+    kind, *rules = get_args(hint) if get_origin(hint) is Annotated else (hint,)
+    if not _has_type(value, kind):
+        raise UsageError(f"{name} must be {_kind_name(kind)}, got {value!r}")
+    for rule in rules if value is not None else ():
+        if get_origin(rule) is Literal and value not in get_args(rule):
+            raise UsageError(f"{name} must be one of {', '.join(map(str, get_args(rule)))}, got {value!r}")
+        if isinstance(rule, Range) and not rule.allows(value):
+            raise UsageError(f"{name} must {rule}, got {value!r}")
+
+
+def _has_type(value, kind) -> bool:
+    kinds = get_args(kind) or (kind,)
+    if value is None or isinstance(value, bool):
+        return type(value) in kinds
+    return any(isinstance(value, k) for k in kinds if k is not type(None)) or (isinstance(value, int) and float in kinds)
+
+
+def _kind_name(kind) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", type(None): "none"}
+    return " or ".join(names[k] for k in get_args(kind) or (kind,))
+
+
+class _Checked:
+    """Checks every field against its annotation after construction, then `check` across fields."""
+
+    def __post_init__(self):
+        for name, hint in get_type_hints(type(self), include_extras=True).items():
+            _check(name, getattr(self, name), hint)
+        self.check()
+
+    def check(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class SourceOptions(_Checked):
     data: str = "mnist"  # data spec: mnist, digits, an image folder or a .npy array
     labels: str | None = None  # optional .npy of class ids for the images
-    image_size: int | None = None  # side in pixels; None: inferred from the data
-    channels: int | None = None  # 1 or 3; None: inferred from the data
+    image_size: Annotated[int | None, Range(8, 1024)] = None  # side in pixels; None: inferred from the data
+    channels: Annotated[int | None, Literal[1, 3]] = None  # 1 or 3; None: inferred from the data
     conditional: bool = True  # condition on the class when the data has labels
     context_names: str | None = None  # comma-separated names of the classes or context attributes
     base: str | None = None  # fine-tune: the run folder whose EMA weights this run starts from
     only_label: str | None = None  # fine-tune: train on the images of this class only (name or id)
-    steps: int | None = None  # optimizer steps; None: as many as `minutes` affords
-    minutes: float | None = None  # wall-clock budget; used when steps is None (default 10)
-    batch_size: int | None = None  # images per optimizer step; None: 32 on a CPU, 128 on CUDA (recipe.py)
-    model: str = "auto"  # tiny, small, medium, large, or auto: the largest the budget trains well
-    lr: float | None = None  # peak learning rate; None: from the recipe
-    warmup: int | None = None  # warm-up steps; None: from the recipe
-    ema_decay: float | None = None  # None: the EMA averages over about the last tenth of the run
-    grad_clip: float = 1.0  # max global gradient norm
-    schedule: str = "linear"  # noise schedule: linear, cosine or sigmoid
-    zero_snr: bool = False  # rescale the schedule to zero terminal SNR (Lin et al. 2023); needs prediction v or x0
-    T: int = 1000  # diffusion steps
-    prediction: str = "eps"  # what the network predicts: eps, x0 or v
-    min_snr: float | None = 5.0  # min-SNR-gamma loss weighting (Hang et al. 2023); 0 or None: plain MSE
-    cond_drop: float = 0.1  # probability of training on the null context (for guidance)
-    context_mode: str = CONTEXT_MODE  # how the class reaches the U-Net: scale (FiLM), add (to the time embedding), both
-    seed: int = 0  # seeds the weights, the batches and the noise
-    checkpoint_minutes: float = 2.0  # save at least this often
-    grids: int = 4  # sample grids written to RUN/samples during training
-    device: str = "auto"  # auto, cpu, cuda, cuda:N
-    keep_checkpoints: int = 2  # checkpoints kept in RUN/checkpoints; resume falls back to an older one
-    max_bad_steps: int = 5  # non-finite losses in a row (each step skipped) before training stops
-    precision: str = "fp32"  # fp32, bf16 or fp16: autocast (fp16 adds loss scaling; slow on a CPU)
-    grad_accum: int = 1  # micro-batches per step: the same update with 1/K of the activation memory
-    compile: bool = False  # torch.compile the network (CUDA only: see COMPILE_ON_CPU)
-    channels_last: bool = False  # NHWC memory layout: faster convolutions on recent GPUs, 1.07-1.21x on a CPU
-    grad_checkpointing: bool = False  # recompute activations in the backward pass: less memory, slower
 
-    def validate(self) -> None:
-        """Reject absurd values before any work starts (ValueError with one line)."""
-        positive = {"T": self.T, "keep_checkpoints": self.keep_checkpoints,
-                    "max_bad_steps": self.max_bad_steps, "grad_accum": self.grad_accum}
-        if self.min_snr is not None and not self.min_snr >= 0:
-            raise UsageError(f"min_snr must be >= 0, got {self.min_snr}")
-        for name in ("batch_size", "steps", "minutes", "lr", "warmup", "image_size", "checkpoint_minutes"):
-            if getattr(self, name) is not None:
-                positive[name] = getattr(self, name)
-        for name, value in positive.items():
-            if not value > 0 or (isinstance(value, float) and not math.isfinite(value)):
-                raise UsageError(f"{name} must be positive, got {value}")
-        _choice("schedule", self.schedule, SCHEDULES)
-        _choice("prediction", self.prediction, PREDICTIONS)
+
+@dataclass(frozen=True)
+class DiffusionOptions(_Checked):
+    model: ModelSize = "auto"  # tiny, small, medium, large, or auto: the largest the budget trains well
+    context_mode: ContextMode = CONTEXT_MODE  # how the class reaches the U-Net: scale (FiLM), add (to the time embedding), both
+    schedule: Schedule = "linear"  # noise schedule: linear, cosine or sigmoid
+    zero_snr: bool = False  # rescale the schedule to zero terminal SNR (Lin et al. 2023); needs prediction v or x0
+    T: Annotated[int, Range(2, 100_000)] = 1000  # diffusion steps
+    prediction: Prediction = "eps"  # what the network predicts: eps, x0 or v
+    min_snr: Annotated[float | None, AT_LEAST_0] = 5.0  # min-SNR-gamma loss weighting (Hang et al. 2023); 0 or None: plain MSE
+    cond_drop: Annotated[float, BELOW_1] = 0.1  # probability of training on the null context (for guidance)
+
+    def check(self) -> None:
         if self.zero_snr and self.prediction == "eps":
             raise UsageError("zero_snr needs prediction v or x0: with no signal left at the last step, "
                              "the noise says nothing about the image")
-        _choice("model", self.model, ("auto", *MODEL_SIZES))
-        _choice("precision", self.precision, PRECISIONS)
-        _choice("context_mode", self.context_mode, CONTEXT_MODES)
-        if self.batch_size is not None and self.grad_accum > self.batch_size:
-            raise UsageError(f"grad_accum {self.grad_accum} splits a batch of {self.batch_size} into empty parts")
-        if not 0 <= self.cond_drop < 1:
-            raise UsageError(f"cond_drop must lie in [0, 1), got {self.cond_drop}")
-        if self.ema_decay is not None and not 0 <= self.ema_decay < 1:
-            raise UsageError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
-        if self.grids < 0 or self.grad_clip <= 0:
-            raise UsageError("grids must be >= 0 and grad_clip > 0")
-        if self.T < 2 or self.T > 100_000:
-            raise UsageError(f"T must lie in [2, 100000], got {self.T}")
+
+
+@dataclass(frozen=True)
+class OptimOptions(_Checked):
+    steps: Annotated[int | None, POSITIVE] = None  # optimizer steps; None: as many as `minutes` affords
+    minutes: Annotated[float | None, POSITIVE] = None  # wall-clock budget; used when steps is None (default 10)
+    batch_size: Annotated[int | None, POSITIVE] = None  # images per optimizer step; None: 32 on a CPU, 128 on CUDA (recipe.py)
+    lr: Annotated[float | None, POSITIVE] = None  # peak learning rate; None: from the recipe
+    warmup: Annotated[int | None, POSITIVE] = None  # warm-up steps; None: from the recipe
+    ema_decay: Annotated[float | None, BELOW_1] = None  # None: the EMA averages over about the last tenth of the run
+    grad_clip: Annotated[float, POSITIVE] = 1.0  # max global gradient norm
+    precision: Precision = "fp32"  # fp32, bf16 or fp16: autocast (fp16 adds loss scaling; slow on a CPU)
+    seed: int = 0  # seeds the weights, the batches and the noise
+
+    @property
+    def budget_seconds(self) -> float | None:
+        """A time budget's seconds; None for a run of `steps` steps."""
+        return None if self.steps is not None else 60 * (self.minutes or DEFAULT_MINUTES)
+
+
+@dataclass(frozen=True)
+class RuntimeOptions(_Checked):
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    compile: bool = False  # torch.compile the network (CUDA only: see setup.COMPILE_ON_CPU)
+    channels_last: bool = False  # NHWC memory layout: faster convolutions on recent GPUs, 1.07-1.21x on a CPU
+    grad_checkpointing: bool = False  # recompute activations in the backward pass: less memory, slower
+    grad_accum: Annotated[int, POSITIVE] = 1  # micro-batches per step: the same update with 1/K of the activation memory
+    checkpoint_minutes: Annotated[float, POSITIVE] = 2.0  # save at least this often
+    keep_checkpoints: Annotated[int, POSITIVE] = 2  # checkpoints kept in RUN/checkpoints; resume falls back to an older one
+    grids: Annotated[int, AT_LEAST_0] = 4  # sample grids written to RUN/samples during training
+    max_bad_steps: Annotated[int, POSITIVE] = 5  # non-finite losses in a row (each step skipped) before training stops
+
+
+GROUPS = {"source": SourceOptions, "diffusion": DiffusionOptions, "optim": OptimOptions, "runtime": RuntimeOptions}
+GROUP_OF = {f.name: group for group, cls in GROUPS.items() for f in fields(cls)}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    source: SourceOptions = SourceOptions()
+    diffusion: DiffusionOptions = DiffusionOptions()
+    optim: OptimOptions = OptimOptions()
+    runtime: RuntimeOptions = RuntimeOptions()
+
+    def __post_init__(self):
+        accum, batch = self.runtime.grad_accum, self.optim.batch_size
+        if batch is not None and accum > batch:
+            raise UsageError(f"grad_accum {accum} splits a batch of {batch} into empty parts")
 
     @classmethod
-    def from_dict(cls, values: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known
+    def flat(cls, **options) -> "TrainConfig":
+        """From flat options (flags, TOML, config.json): TrainConfig.flat(data="digits", steps=20)."""
+        unknown = sorted(set(options) - set(GROUP_OF))
         if unknown:
-            raise UsageError(f"unknown training option(s): {', '.join(sorted(unknown))}")
-        hints = get_type_hints(cls)
-        for name, value in values.items():  # a JSON or TOML value of the wrong type fails here, not mid-run
-            if not _has_type(value, hints[name]):
-                raise UsageError(f"training option {name} must be {hints[name]}, got {value!r}")
-        return cls(**values)
+            raise UsageError(f"unknown training option(s): {', '.join(unknown)}")
+        parts = {group: {} for group in GROUPS}
+        for name, value in options.items():
+            parts[GROUP_OF[name]][name] = value
+        return cls(**{group: GROUPS[group](**values) for group, values in parts.items()})
+
+    def options(self) -> dict:
+        """Every option by its flat name, in the groups' order."""
+        return {f.name: getattr(getattr(self, group), f.name) for group, cls in GROUPS.items() for f in fields(cls)}
+
+    def updated(self, **options) -> "TrainConfig":
+        """A copy with some options changed, checked like a new one."""
+        return self.flat(**{**self.options(), **options})
+
+    @staticmethod
+    def choices() -> dict[str, tuple]:
+        """The closed choices of the options, from their Literal rules (the command line's choices)."""
+        out = {}
+        for cls in GROUPS.values():
+            for name, hint in get_type_hints(cls, include_extras=True).items():
+                rules = get_args(hint)[1:] if get_origin(hint) is Annotated else ()
+                out.update({name: get_args(r) for r in rules if get_origin(r) is Literal})
+        return out
 
 
-def _has_type(value, hint) -> bool:
-    kinds = getattr(hint, "__args__", (hint,))
-    if value is None:
-        return type(None) in kinds
-    if isinstance(value, bool):
-        return bool in kinds
-    if isinstance(value, int) and float in kinds:
-        return True
-    return any(k is not type(None) and isinstance(value, k) for k in kinds)
-
-
-def _choice(name: str, value: str, options) -> None:
-    if value not in options:
-        raise UsageError(f"unknown {name} {value!r}; choose one of {', '.join(options)}")
+@dataclass(frozen=True)
+class FlatOptions(RuntimeOptions, OptimOptions, DiffusionOptions, SourceOptions):
+    """Every option as one flat class, never built: the shape that cli/flags' TOML reader takes."""

@@ -8,7 +8,7 @@ from .. import checkpoint as ckpt
 from .log import LOG
 
 
-def _check_run_folder(run: Path, overwrite: bool) -> None:
+def check_run_folder(run: Path, overwrite: bool) -> None:
     """Never overwrite a run by accident; with overwrite, only replace something that is a run."""
     if run.exists() and not run.is_dir():
         raise ckpt.CheckpointError(f"'{run}' exists and is not a folder")
@@ -20,8 +20,8 @@ def _check_run_folder(run: Path, overwrite: bool) -> None:
             raise ckpt.CheckpointError(f"refusing to overwrite '{run}': it is not an undiffuse run folder")
 
 
-def _clear_run_folder(run: Path) -> None:
-    """Create the run folder, or empty the files of the run it replaces (checked by _check_run_folder)."""
+def clear_run_folder(run: Path) -> None:
+    """Create the run folder, or empty the files of the run it replaces (checked by check_run_folder)."""
     for name in (ckpt.MODEL, ckpt.EMA, ckpt.STATE, LOG, "loss.png", "samples.png"):
         (run / name).unlink(missing_ok=True)
     shutil.rmtree(run / ckpt.CHECKPOINTS, ignore_errors=True)

@@ -15,7 +15,7 @@ LOG_COLUMNS = ["step", "loss", "lr", "images_per_s", "seconds", "skipped"]
 
 
 @contextlib.contextmanager
-def _open_log(path: Path, write: bool):
+def open_log(path: Path, write: bool):
     """The run's log opened for appending (with its header), or None on the ranks that do not write."""
     if not write:
         yield None
@@ -26,7 +26,23 @@ def _open_log(path: Path, write: bool):
         yield f
 
 
-def _truncate_log(path: Path, step: int) -> None:
+class LogWriter:
+    """Rows of log.csv as training goes, each echoed on the progress bar."""
+
+    def __init__(self, file, bar, batch_size: int):
+        self.file, self.writer, self.bar, self.batch_size = file, csv.writer(file), bar, batch_size
+
+    def row(self, step: int, losses: list[float], lr: float, steps: int, seconds: float, elapsed: float,
+            skipped: int) -> None:
+        """losses: those since the last row; steps in `seconds`: this session's, for the speed."""
+        rate = self.batch_size * steps / max(1e-9, seconds)
+        mean = sum(losses) / len(losses) if losses else float("nan")
+        self.writer.writerow([step, f"{mean:.6f}", f"{lr:.3e}", f"{rate:.1f}", f"{elapsed:.2f}", skipped])
+        self.file.flush()  # for `tail -f`, and so that a kill loses no row before the checkpoint
+        self.bar.set_postfix(loss=f"{mean:.4f}", img_s=f"{rate:.0f}")
+
+
+def truncate_log(path: Path, step: int) -> None:
     """Drop log rows written after the checkpoint we resume from, so the log has no duplicates, and
     the half-written row a kill can leave at the end."""
     if not path.is_file():

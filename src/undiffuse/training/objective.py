@@ -1,35 +1,30 @@
 """The objective: L = || target - net(x_t, t, c) ||^2 with t uniform per image (Ho et al. 2020, alg. 1),
-min-SNR weighted. The training loop and every user call the same functions."""
+min-SNR weighted. The training loop calls `diffusion_loss` exactly as a user does; `draw_noise` draws
+its t and noise."""
 from __future__ import annotations
 
 import torch
 
 from ..parameterization import min_snr_weight, target
-from ..unet import UNet
 
 
-def diffusion_loss(model: UNet, schedule, x0, context, null, generator, prediction: str,
-                   min_snr: float | None = None):
-    """One Monte-Carlo estimate of the loss: noise x0 to a random t and regress the target.
+def diffusion_loss(model, schedule, x0, t, noise, context=None, null=None, *, prediction: str = "eps",
+                   min_snr: float | None = None) -> torch.Tensor:
+    """The mean over the batch of the per-image squared error of the target, computed in float32
+    under autocast: x0 noised to step t with `noise`, and the network asked for the target.
 
     min_snr = gamma weights each image so that its loss, expressed as an x0 error, counts
     min(snr, gamma): the many nearly clean steps stop dominating the gradient (Hang et al. 2023,
-    eq. 7), which several times speeds up convergence. None gives Ho et al.'s plain MSE.
+    eq. 7), which several times speeds up convergence. None or 0 gives Ho et al.'s plain MSE.
     """
-    t, noise = draw_noise(schedule.T, x0.shape, generator)
-    t, noise = t.to(x0.device), noise.to(x0.device)
-    return per_image_loss(model, schedule, x0, t, noise, context, null, prediction, min_snr).mean()
-
-
-def draw_noise(T: int, shape, generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """t uniform in [0, T) per image and the Gaussian noise eps of shape (B, C, H, W)."""
-    return torch.randint(T, (shape[0],), generator=generator), torch.randn(shape, generator=generator)
-
-
-def per_image_loss(model, schedule, x0, t, noise, context, null, prediction: str, min_snr: float | None):
-    """(B,) squared errors of the target, min-SNR weighted; computed in float32 under autocast."""
     x_t = schedule.q_sample(x0, t, noise)
-    per_image = (model(x_t, t, context, null).float() - target(prediction, schedule, x0, t, noise)).pow(2).flatten(1).mean(1)
+    error = model(x_t, t, context, null).float() - target(prediction, schedule, x0, t, noise)
+    per_image = error.pow(2).flatten(1).mean(1)
     if min_snr:
         per_image = per_image * min_snr_weight(schedule, t, min_snr, prediction)
-    return per_image
+    return per_image.mean()
+
+
+def draw_noise(T: int, shape, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """t uniform in [0, T) per image and the Gaussian noise eps of shape (B, C, H, W), on the CPU."""
+    return torch.randint(T, (shape[0],), generator=generator), torch.randn(shape, generator=generator)

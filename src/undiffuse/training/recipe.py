@@ -9,10 +9,10 @@ decays on a cosine to a tenth of its peak, and the model is the largest that sti
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
-from ..unet import UNetConfig
 from ..errors import UsageError
+from ..run import Plan
+from ..unet import UNetConfig
 
 # Width and depth per size; the levels follow from the image size (see `unet_config`).
 MODEL_SIZES = {
@@ -35,14 +35,6 @@ def default_batch_size(device_type: str) -> int:
     return CPU_BATCH if device_type == "cpu" else CUDA_BATCH
 
 
-@dataclass(frozen=True)
-class Plan:
-    steps: int  # optimizer steps the run will take
-    lr: float  # peak learning rate
-    warmup: int  # linear warm-up steps
-    ema_decay: float  # EMA decay after its own warm-up
-
-
 def unet_config(size: str, image_size: int, channels: int, context_dim: int,
                 context_mode: str = CONTEXT_MODE) -> UNetConfig:
     """Halve the resolution until it reaches 8 or less (28 -> 14 -> 7); attend at 8x8 and below."""
@@ -62,14 +54,18 @@ def unet_config(size: str, image_size: int, channels: int, context_dim: int,
 def plan(steps: int, batch_size: int, lr: float | None = None, warmup: int | None = None,
          ema_decay: float | None = None) -> Plan:
     """Fill in what the user left to the recipe, from the number of steps the run will take."""
-    # Up to 128 images a step, 2e-3 whatever the batch: at batch 32 on a 4-minute budget, 2e-3 and 4e-3
-    # drew the digit asked equally often, 1e-3 much less often (benchmarks/budget_recipe.py). Larger
-    # batches take less noisy steps: the peak grows with sqrt(batch) from there.
-    lr = lr if lr is not None else 2e-3 * math.sqrt(max(1.0, batch_size / 128))
+    lr = lr if lr is not None else peak_lr(batch_size)
     warmup = warmup if warmup is not None else max(10, min(1000, steps // 20))
     # Average over roughly the last tenth of the run: the 'horizon' 1 / (1 - decay).
     ema_decay = ema_decay if ema_decay is not None else min(0.9999, 1 - 1 / max(10, steps / 10))
     return Plan(steps=steps, lr=lr, warmup=min(warmup, steps), ema_decay=ema_decay)
+
+
+def peak_lr(batch_size: int) -> float:
+    """Up to 128 images a step, 2e-3 whatever the batch: at batch 32 on a 4-minute budget, 2e-3 and 4e-3
+    drew the digit asked equally often, 1e-3 much less often (benchmarks/budget_recipe.py). Larger
+    batches take less noisy steps: the peak grows with sqrt(batch) from there."""
+    return 2e-3 * math.sqrt(max(1.0, batch_size / 128))
 
 
 def lr_at(step: int, plan: Plan, done: float | None = None) -> float:

@@ -5,7 +5,7 @@ import signal
 import threading
 
 
-class _StopOnSignal:
+class StopOnSignal:
     """SIGINT/SIGTERM ask the loop to stop at the next step boundary, never inside an update."""
 
     def __init__(self):

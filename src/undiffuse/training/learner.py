@@ -1,0 +1,143 @@
+"""The network being trained and one update of it: the U-Net, its EMA, AdamW and the loss scaler.
+
+Every random draw of step s comes from a generator seeded by (seed, s), and the mini-batch of step s
+is a pure function of (seed, s) too (data.batch_at), so a resumed run takes exactly the steps an
+uninterrupted one would. Under torchrun every rank draws the same global batch and computes its own
+slice of each micro-batch (see distributed.py).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from pathlib import Path
+
+import torch
+
+from .. import checkpoint as ckpt
+from ..conditions import drop_mask, one_hot
+from ..data import batch_at
+from ..unet import UNet
+from . import distributed as dist
+from .objective import diffusion_loss, draw_noise
+from .recipe import unet_config
+from .setup import Setup
+
+DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class Learner:
+    """`net` is what the loss calls: the model, wrapped by `wrap` for DDP and torch.compile."""
+
+    def __init__(self, setup: Setup, size: str):
+        cfg, data = setup.cfg, setup.data
+        self.setup = setup
+        torch.manual_seed(cfg.optim.seed)  # the initial weights
+        unet = unet_config(size, data.image_size, data.channels, setup.context_dim, cfg.diffusion.context_mode)
+        self.model = UNet(unet).to(setup.device)
+        if cfg.runtime.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.model.grad_checkpointing = cfg.runtime.grad_checkpointing
+        self.ema = copy.deepcopy(self.model).requires_grad_(False)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=0.0, weight_decay=0.0)  # lr set per step
+        self.scaler = torch.amp.GradScaler(setup.device.type, enabled=cfg.optim.precision == "fp16")
+        self.schedule = setup.schedule.to(setup.device)
+        self.net, self.ddp = self.model, None
+
+    def wrap(self) -> None:
+        """Wrap the network for training: DistributedDataParallel across processes, then compile."""
+        setup = self.setup
+        if setup.world.active:
+            from torch.nn.parallel import DistributedDataParallel
+
+            unused = bool(setup.context_dim) and setup.data.labels is None  # only the null context is trained
+            ids = [setup.device.index] if setup.device.type == "cuda" else None
+            self.net = self.ddp = DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=unused)
+        if setup.cfg.runtime.compile:
+            self.net = torch.compile(self.net)
+
+    def backward(self, step: int) -> torch.Tensor:
+        """Forward and backward over this rank's part of each micro-batch of `step`. Returns this
+        rank's share of the batch's mean loss: summed over ranks, the batch's mean."""
+        cfg, world, device = self.setup.cfg, self.setup.world, self.setup.device
+        batch = draw_batch(self.setup, step)
+        micro_batches = torch.arange(cfg.optim.batch_size).tensor_split(cfg.runtime.grad_accum)
+        total = torch.zeros((), device=device)
+        for k, micro in enumerate(micro_batches):
+            index = micro[dist.shard(len(micro), world)]
+            x0, context, null, t, noise = (None if v is None else v[index].to(device) for v in batch)
+            if cfg.runtime.channels_last:
+                x0, noise = (v.contiguous(memory_format=torch.channels_last) for v in (x0, noise))
+            last = k == len(micro_batches) - 1
+            with contextlib.nullcontext() if last or self.ddp is None else self.ddp.no_sync():
+                with torch.autocast(device.type, dtype=DTYPES[cfg.optim.precision], enabled=cfg.optim.precision != "fp32"):
+                    loss = diffusion_loss(self.net, self.schedule, x0, t, noise, context, null,
+                                          prediction=cfg.diffusion.prediction, min_snr=cfg.diffusion.min_snr)
+                    loss = loss * len(index) / cfg.optim.batch_size
+                # times world.size: DDP averages the ranks' gradients, and we want their sum
+                self.scaler.scale(loss * world.size).backward()
+            total += loss.detach()
+        return total
+
+    def update(self, step: int, lr: float, ema_decay: float) -> tuple[float, bool]:
+        """One optimizer and EMA update at learning rate `lr`: (the batch's mean loss, whether the
+        step was bad). A non-finite loss or gradient skips the update: weights, EMA and optimizer
+        stay untouched."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = dist.total(self.backward(step), self.setup.world).item()
+        self.scaler.unscale_(self.optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.setup.cfg.optim.grad_clip).item()
+        if math.isfinite(loss) and math.isfinite(norm):
+            self.scaler.step(self.optimizer)
+            torch._foreach_lerp_(list(self.ema.parameters()), list(self.model.parameters()), 1.0 - ema_decay)
+        # fp16: an overflowing gradient is the loss scaler's business (it lowers the scale), not an error
+        bad = not math.isfinite(loss) or (not math.isfinite(norm) and not self.scaler.is_enabled())
+        self.scaler.update()
+        return loss, bad
+
+    def start_from(self, weights: Path) -> None:
+        """Fine-tuning: the weights and the EMA both start from a base run's EMA weights."""
+        ckpt.load_weights(self.model, weights)
+        self.ema.load_state_dict(self.model.state_dict())
+
+    def tensors(self, elapsed: float) -> dict[str, dict[str, torch.Tensor]]:
+        """A checkpoint's tensors: the weights, the EMA, the optimizer, the loss scale and the clock."""
+        state = ckpt.optimizer_tensors(self.optimizer)
+        state["elapsed"] = torch.tensor(elapsed, dtype=torch.float64)
+        if self.scaler.is_enabled():
+            state["scaler.scale"] = torch.tensor(self.scaler.get_scale(), dtype=torch.float64)
+            state["scaler.growth_tracker"] = torch.tensor(self.scaler.state_dict()["_growth_tracker"])
+        return {ckpt.MODEL: self.model.state_dict(), ckpt.EMA: self.ema.state_dict(), ckpt.STATE: state}
+
+    def load(self, tensors: dict, run: Path) -> float:
+        """Load a checkpoint's tensors; returns the seconds the run had trained."""
+        ckpt.check_fits(self.model, tensors[ckpt.MODEL], run / ckpt.MODEL)
+        ckpt.check_fits(self.ema, tensors[ckpt.EMA], run / ckpt.EMA)
+        self.model.load_state_dict(tensors[ckpt.MODEL])
+        self.ema.load_state_dict(tensors[ckpt.EMA])
+        state = tensors[ckpt.STATE]
+        ckpt.load_optimizer_tensors(self.optimizer, state)
+        if self.scaler.is_enabled() and "scaler.scale" in state:
+            scaler = self.scaler.state_dict()
+            scaler.update(scale=float(state["scaler.scale"]), _growth_tracker=int(state["scaler.growth_tracker"]))
+            self.scaler.load_state_dict(scaler)
+        return float(state["elapsed"])
+
+
+def draw_batch(setup: Setup, step: int) -> tuple:
+    """The global batch of a step with all its random draws, identical on every rank:
+    (x0, context, null, t, noise), context and null None for an unconditional model."""
+    cfg, k = setup.cfg, setup.context_dim
+    generator = torch.Generator().manual_seed(cfg.optim.seed * 1_000_003 + step + 1)
+    images, labels = batch_at(setup.data, cfg.optim.batch_size, step, cfg.optim.seed)
+    context = null = None
+    if k and labels is None:  # unlabelled data for a conditional model: the null context
+        null = torch.ones(len(images), dtype=torch.bool)
+        context = torch.zeros(len(images), k)
+    elif k:
+        context = labels.float() if labels.ndim == 2 else one_hot(labels, k)
+        null = drop_mask(len(labels), cfg.diffusion.cond_drop, generator, "cpu")
+    t, noise = draw_noise(setup.schedule.T, images.shape, generator)
+    return images, context, null, t, noise

@@ -1,0 +1,89 @@
+"""What a run trains on and where: its options completed, its data, its classes, its device.
+
+A new run, a resumed run and a dry run resolve the same way, and only then is a network built:
+`new_setup` from the options (and a fine-tuning run's base), `resumed_setup` from a run's record.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..data import ImageData, load_data, name_contexts
+from ..device import pick_device
+from ..errors import UsageError
+from ..run import BaseRun, RunRecord, read_run
+from ..schedule import NoiseSchedule, make_schedule
+from . import distributed as dist
+from .config import TrainConfig
+from .finetune import base_run, fit_to, inherit, only_class
+from .recipe import default_batch_size
+
+# torch.compile on a CPU trained 0.98-1.21x as fast as eager after 40-75 s of compiling
+# convolutions, and a CPU budget of minutes does not win the compile time back. Refused there.
+COMPILE_ON_CPU = False
+
+
+@dataclass(frozen=True)
+class Setup:
+    cfg: TrainConfig  # complete: the batch size for the device, a fine-tuning run's inherited options
+    data: ImageData  # fitted to the classes the model conditions on
+    context_dim: int  # 0: unconditional
+    class_names: tuple[str, ...]
+    finetuned_from: BaseRun | None
+    device: torch.device  # this process's device
+    world: dist.World  # the torchrun processes (one when not under torchrun)
+    schedule: NoiseSchedule
+
+
+def new_setup(cfg: TrainConfig, data: ImageData | None = None) -> Setup:
+    """A new run's setup. A fine-tuning run (cfg base) takes its base's model, shape and classes."""
+    device, world = hardware(cfg)
+    if cfg.optim.batch_size is None:
+        cfg = cfg.updated(batch_size=default_batch_size(device.type))
+    base = read_run(cfg.source.base) if cfg.source.base else None
+    if base is not None:
+        cfg = inherit(cfg, base)
+    data = data if data is not None else load(cfg)
+    if base is not None:
+        data, context_dim, names = fit_to(data, base), base.unet.context_dim, base.class_names
+    else:
+        context_dim = data.num_classes if cfg.source.conditional and data.labels is not None else 0
+        names = data.class_names if context_dim else ()
+    finetuned_from = base_run(cfg.source.base) if base is not None else None
+    return Setup(cfg, data, context_dim, names, finetuned_from, device, world, _schedule(cfg))
+
+
+def resumed_setup(cfg: TrainConfig, record: RunRecord, data: ImageData | None = None) -> Setup:
+    """A resumed run's setup: its data read again, fitted to the classes its record names."""
+    device, world = hardware(cfg)
+    data = data if data is not None else load(cfg)
+    if record.finetuned_from is not None:
+        data = fit_to(data, record)
+    return Setup(cfg, data, record.unet.context_dim, record.class_names, record.finetuned_from, device, world,
+                 record.schedule.build())
+
+
+def hardware(cfg: TrainConfig) -> tuple[torch.device, dist.World]:
+    """This process's device and the torchrun world it belongs to."""
+    device = pick_device(cfg.runtime.device)
+    if cfg.runtime.compile and device.type == "cpu" and not COMPILE_ON_CPU:
+        raise UsageError("--compile is for CUDA: on a CPU it trained 0.98-1.21x as fast as eager after 40-75 s "
+                         "of compiling (benchmarks/cpu_levers.py), too little for the runs a CPU affords")
+    world = dist.setup(device)
+    return dist.local_device(device, world), world
+
+
+def load(cfg: TrainConfig) -> ImageData:
+    s = cfg.source
+    data = load_data(s.data, labels=s.labels, image_size=s.image_size, channels=s.channels)
+    if s.context_names:
+        data = name_contexts(data, s.context_names)
+    if s.only_label is not None:
+        data = only_class(data, s.only_label)
+    return data
+
+
+def _schedule(cfg: TrainConfig) -> NoiseSchedule:
+    d = cfg.diffusion
+    return make_schedule(d.schedule, d.T, d.zero_snr)

@@ -19,7 +19,7 @@ from undiffuse.cli.flags import read_toml
 from undiffuse.errors import UsageError
 from undiffuse.data import DataError, load_data
 from undiffuse.training import TrainConfig
-from undiffuse.training.config import FlatOptions
+from undiffuse.training.config import GROUP_OF
 
 from cli_helpers import fails_cleanly
 
@@ -264,6 +264,6 @@ def test_fuzz_toml_files_are_accepted_or_refused_cleanly(tmp_path_factory, text)
     path = tmp_path_factory.mktemp("fuzz") / "c.toml"
     path.write_text(text)
     try:
-        TrainConfig.flat(**read_toml(str(path), FlatOptions))
+        TrainConfig.flat(**read_toml(str(path), GROUP_OF))
     except UsageError:
         pass

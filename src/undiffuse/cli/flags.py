@@ -184,17 +184,18 @@ def _field_comments(cls) -> dict[str, str]:
     return out
 
 
-def config_values(args: argparse.Namespace, cls) -> dict:
-    """The config fields a TOML file (--config) and the typed flags set; flags win."""
+def config_values(args: argparse.Namespace, names) -> dict:
+    """The options a TOML file (--config) and the typed flags set, flags winning; `names` are the
+    options known. Their types and ranges are checked once, by the config they build."""
     values = {}
     if getattr(args, "config", None):
-        values.update(read_toml(args.config, cls))
-    names = {f.name for f in fields(cls)}
+        values.update(read_toml(args.config, names))
     values.update({k: v for k, v in vars(args).items() if k in names})
     return values
 
 
-def read_toml(path: str, cls) -> dict:
+def read_toml(path: str, names) -> dict:
+    """The options of a TOML file (dashes or underscores), refusing keys that are not in `names`."""
     import tomllib
 
     try:
@@ -207,17 +208,8 @@ def read_toml(path: str, cls) -> dict:
     except OSError as e:
         raise UsageError(f"config file '{path}' cannot be read ({e.strerror})") from None
     values = {k.replace("-", "_"): v for k, v in values.items()}
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - names)
+    unknown = sorted(set(values) - set(names))
     if unknown:
-        raise UsageError(f"config file '{path}': unknown key(s) {', '.join(unknown)}; "
+        raise UsageError(f"config file '{path}': unknown key(s) {', '.join(unknown)[:200]}; "
                          f"known: {', '.join(sorted(names))}")
-    hints = get_type_hints(cls)
-    for key, value in values.items():
-        kind = scalar_type(hints[key])
-        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            values[key], ok = float(value), True
-        if not ok:
-            raise UsageError(f"config file '{path}': {key} must be a {kind.__name__}, got {value!r}")
     return values

@@ -34,9 +34,9 @@ def add(sub) -> None:
 
 def run(args) -> int:
     from ..training import TrainConfig, Trainer
-    from ..training.config import FlatOptions
+    from ..training.config import GROUP_OF
 
-    values = config_values(args, FlatOptions)
+    values = config_values(args, GROUP_OF)
     if args.resume:
         trainer = resume(args.out, values, args.dry_run)
     else:

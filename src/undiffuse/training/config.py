@@ -194,8 +194,3 @@ class TrainConfig:
                 rules = get_args(hint)[1:] if get_origin(hint) is Annotated else ()
                 out.update({name: get_args(r) for r in rules if get_origin(r) is Literal})
         return out
-
-
-@dataclass(frozen=True)
-class FlatOptions(RuntimeOptions, OptimOptions, DiffusionOptions, SourceOptions):
-    """Every option as one flat class, never built: the shape that cli/flags' TOML reader takes."""

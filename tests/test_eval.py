@@ -30,8 +30,19 @@ def test_eval_samples_scores_and_never_replaces_an_earlier_eval(trained, capsys)
     assert KEYS <= set(result) and result["n_fake"] == 20 and result["n_real"] == 1797
     assert result["features"] == "digits" and result["against"] == "digits"
     assert result["sampler"] == DEFAULT_SAMPLER
+    assert result["memorisation"]["pixels"]["near_copies"] < 0.5  # an 8-step model draws blobs, not copies
     assert main(argv) == 0
     assert json.loads((trained / "eval-2.json").read_text())["fid"] == pytest.approx(result["fid"])
+
+
+def test_eval_reports_memorisation_against_the_training_images(trained, tmp_path, capsys):
+    train = load_data("digits", image_size=16).images
+    copies = _unit_npy(train[:50], tmp_path / "copies.npy")  # a "model" that returns its training images
+    assert main(["eval", str(trained), "--samples", str(copies), "--out", str(tmp_path / "c.json")]) == 0
+    out = capsys.readouterr().out
+    scores = json.loads((tmp_path / "c.json").read_text())["memorisation"]
+    assert scores["pixels"]["near_copies"] == 1.0 and scores["features"]["near_copies"] == 1.0
+    assert "near copies" in out and (tmp_path / "c-closest.png").is_file()
 
 
 def test_eval_of_real_images_beats_noise(trained, tmp_path, capsys):

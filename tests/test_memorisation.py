@@ -31,10 +31,11 @@ def test_copies_are_flagged_and_held_out_images_are_not(digits):
     g = torch.Generator().manual_seed(1)
     copies = training[torch.randperm(len(training), generator=g)[:300]]
     noisy = (copies + 0.1 * torch.randn(copies.shape, generator=g)).clamp(-1, 1)
-    exact = memorisation(copies, training, extract)
+    train_f = extract(training)
+    exact = memorisation(copies, training, extract(copies), train_f)
     assert exact["pixels"]["near_copies"] == exact["features"]["near_copies"] == 1.0
     assert memorisation(noisy, training)["pixels"]["near_copies"] > 0.95
-    real = memorisation(held_out, training, extract)
+    real = memorisation(held_out, training, extract(held_out), train_f)
     assert real["pixels"]["near_copies"] < 0.02 and real["features"]["near_copies"] < 0.08
     for space in ("pixels", "features"):  # held-out images are as far from the training set as its images
         assert 0.8 < real[space]["median_ratio"] < 1.25, space  # are from each other

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from .flags import add_device, check_guidance, sampler_options
-from .output import output_path, say
+from .output import output_path, say, write_picture
 
 MAX_N = 100_000
 
@@ -48,6 +48,7 @@ def run(args) -> int:
     from ..checkpoint import atomic_write
     from ..device import pick_device
     from ..eval.evaluate import default_features, read_samples, real_images
+    from ..eval.memorisation import summary
     from ..eval.metrics import feature_extractor, score_features
     from ..run import read_run
 
@@ -64,13 +65,44 @@ def run(args) -> int:
         fake, source = read_samples(args.samples, channels, size), {"samples": str(args.samples)}
     else:
         fake, source = _samples(args, device)
-    result = {**score_features(extract(real), extract(fake)), "features": features, "run": str(args.run),
-              "against": spec, **source}
+    real_f, fake_f = extract(real), extract(fake)
+    result = {**score_features(real_f, fake_f), "features": features, "run": str(args.run), "against": spec,
+              **source}
+    copies = _memorisation(record, spec, real, real_f, fake, fake_f, extract)
+    if copies is not None:
+        result["memorisation"] = summary(copies)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, lambda p: p.write_text(json.dumps(result, indent=2) + "\n"))
     _print_scores(result)
     say(f"written: {out}")
+    if copies is not None:
+        say(f"closest pairs (generated above, nearest training image below): {_closest(copies, fake, out)}")
     return 0
+
+
+def _memorisation(record, spec, real, real_f, fake, fake_f, extract):
+    """Memorisation against the run's training images (those of --against when they are the same)."""
+    from ..eval.evaluate import real_images
+    from ..eval.memorisation import memorisation
+
+    if not record.data_source:
+        return None
+    if spec != record.data_source:
+        real = real_images(record.data_source, record.image_size, record.channels)
+        real_f = extract(real)
+    scores = memorisation(fake, real, fake_f, real_f)
+    scores["training"] = real
+    return scores
+
+
+def _closest(scores: dict, fake, out: Path) -> Path:
+    from ..eval.memorisation import closest_pairs
+    from ..viz import image_grid
+
+    path = out.with_name(out.stem + "-closest.png")
+    k = min(8, len(fake))
+    write_picture(image_grid(closest_pairs(fake, scores["training"], scores, k=k), nrow=k), path)
+    return path
 
 
 def _check(args) -> None:
@@ -90,7 +122,18 @@ def _print_scores(result: dict) -> None:
         f"{result['against']}, {result['features']} features")
     say("| metric | value |\n|---|---|\n"
         f"| FID | {result['fid']:.3f} |\n| KID | {result['kid']:.5f} ± {result['kid_std']:.5f} |\n"
-        f"| precision | {result['precision']:.3f} |\n| recall | {result['recall']:.3f} |")
+        f"| precision | {result['precision']:.3f} |\n| recall | {result['recall']:.3f} |"
+        + "".join(_memorisation_rows(result.get("memorisation", {}))))
+
+
+def _memorisation_rows(scores: dict):
+    """Distance to the nearest training image over the training set's own nearest-neighbour distance
+    (1: as novel as a real image), and the share of near copies, in each space measured."""
+    for space in ("pixels", "features"):
+        if space in scores:
+            s = scores[space]
+            yield (f"\n| nearest training image, distance ratio ({space}) | {s['median_ratio']:.2f} |"
+                   f"\n| near copies, ratio < {scores['copy_ratio']:.2f} ({space}) | {100 * s['near_copies']:.1f}% |")
 
 
 def _output(args) -> Path:

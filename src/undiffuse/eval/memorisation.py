@@ -45,19 +45,20 @@ def copy_scores(generated: Tensor, training: Tensor) -> dict:
             "near_copies": (ratio < COPY_RATIO).double().mean().item(), "ratio": ratio, "nearest": index}
 
 
-def memorisation(generated: Tensor, training: Tensor, extract=None) -> dict:
-    """Scores in pixel space and, given a feature extractor (eval.metrics.feature_extractor), in its
-    space; images in [-1, 1]. The per-image tensors are kept under "pixels"/"features" for pictures."""
+def memorisation(generated: Tensor, training: Tensor, generated_features: Tensor | None = None,
+                 training_features: Tensor | None = None) -> dict:
+    """Scores in pixel space and, given the images' features (eval.metrics.feature_extractor), in that
+    space; images in [-1, 1]. The per-image tensors are kept for pictures (summary() drops them)."""
     out = {"pixels": copy_scores(generated, training), "copy_ratio": COPY_RATIO}
-    if extract is not None:
-        out["features"] = copy_scores(extract(generated), extract(training))
+    if generated_features is not None and training_features is not None:
+        out["features"] = copy_scores(generated_features, training_features)
     return out
 
 
 def summary(scores: dict) -> dict:
     """The JSON-able part of memorisation(): the per-image tensors dropped."""
     return {space: {k: v for k, v in s.items() if not isinstance(v, Tensor)} if isinstance(s, dict) else s
-            for space, s in scores.items()}
+            for space, s in scores.items() if not isinstance(s, Tensor)}
 
 
 def closest_pairs(generated: Tensor, training: Tensor, scores: dict, k: int = 8) -> Tensor:

@@ -13,12 +13,12 @@ import math
 import torch
 
 from undiffuse.denoiser import from_eps
-from undiffuse.schedule import NoiseSchedule, _take
+from undiffuse.schedule import NoiseSchedule, take
 
 
 def exact_eps(schedule: NoiseSchedule, m: float, s: float):
     def eps_fn(x_t, t):
-        ab = _take(schedule.alpha_bar, t, x_t)
+        ab = take(schedule.alpha_bar, t, x_t)
         a, sigma = ab.sqrt(), (1 - ab).sqrt()
         return sigma * (x_t - a * m) / (a ** 2 * s ** 2 + sigma ** 2)
 

@@ -102,17 +102,17 @@ class NoiseSchedule:
 
     def posterior_mean(self, x0: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
         """Mean of q(x_{t-1} | x_t, x0) (eq. 7)."""
-        ab, ab_prev, beta = (_take(v, t, x_t) for v in (self.alpha_bar, self.alpha_bar_prev, self.betas))
+        ab, ab_prev, beta = (take(v, t, x_t) for v in (self.alpha_bar, self.alpha_bar_prev, self.betas))
         coef_x0 = ab_prev.sqrt() * beta / (1 - ab)
         coef_xt = (1 - beta).sqrt() * (1 - ab_prev) / (1 - ab)
         return coef_x0 * x0 + coef_xt * x_t
 
     def _signal_noise(self, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
-        ab = _take(self.alpha_bar, t, like)
+        ab = take(self.alpha_bar, t, like)
         return ab.sqrt(), (1 - ab).sqrt()
 
 
-def _take(values: Tensor, t: Tensor, like: Tensor) -> Tensor:
+def take(values: Tensor, t: Tensor, like: Tensor) -> Tensor:
     """values[t] shaped (B, 1, 1, ...) to broadcast over `like`, in like's dtype and device."""
     t = torch.as_tensor(t, device=values.device).long().reshape(-1)
     out = values[t].to(device=like.device, dtype=like.dtype)

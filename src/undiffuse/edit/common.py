@@ -10,7 +10,7 @@ from ..errors import UsageError
 from ..noise import generators
 
 
-def _setup(run, n, labels, contexts, guidance, seed):
+def guided_setup(run, n, labels, contexts, guidance, seed):
     """The guided denoiser of n images and their generators, as sample_images builds them."""
     device = next(run.net.parameters()).device
     context = context_batch(run.net.cfg.context_dim, n, labels, contexts)
@@ -19,7 +19,7 @@ def _setup(run, n, labels, contexts, guidance, seed):
     return denoise, generators(n, seed)
 
 
-def _image_batch(run, image, n, labels, contexts) -> tuple[Tensor, int]:
+def image_batch(run, image, n, labels, contexts) -> tuple[Tensor, int]:
     """image as (n, C, H, W) float on the run's device; n from the argument, labels, contexts or batch."""
     if image.ndim == 3:
         image = image[None]

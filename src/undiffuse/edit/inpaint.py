@@ -26,7 +26,7 @@ from ..noise import Generator, randn
 from ..samplers import ddim_stepper, walk
 from ..samplers.common import Callback, levels, pairs
 from ..schedule import NoiseSchedule
-from .common import _image_batch, _setup
+from .common import image_batch, guided_setup
 
 
 METHODS = ("repaint", "replace")
@@ -137,9 +137,9 @@ def inpaint(run: LoadedRun, image: Tensor, mask: Tensor, *, method: str = "repai
     "replace" (eta: 1 ancestral, 0 deterministic). Returns (n, C, H, W) in [-1, 1]."""
     moves = inpaint_moves(run.schedule.T, method, steps, jump, resample)
     eta = 1.0 if method == "repaint" else eta  # RePaint's steps are ancestral
-    image, n = _image_batch(run, image, n, labels, contexts)
+    image, n = image_batch(run, image, n, labels, contexts)
     mask = _mask_batch(mask, image)
-    denoise, gens = _setup(run, n, labels, contexts, guidance, seed)
+    denoise, gens = guided_setup(run, n, labels, contexts, guidance, seed)
     x = randn(image.shape, gens, image.device)
     with torch.inference_mode():
         out = inpaint_walk(denoise, run.schedule.to(image.device), x, image, mask, moves, eta=eta,

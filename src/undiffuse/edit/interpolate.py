@@ -12,7 +12,7 @@ from ..generate import LoadedRun
 from ..noise import generators, randn
 from ..samplers import get, sample
 from ..samplers.common import Callback
-from .common import _setup
+from .common import guided_setup
 
 
 def slerp(a: Tensor, b: Tensor, w: float | Tensor) -> Tensor:
@@ -46,7 +46,7 @@ def interpolate(run: LoadedRun, seeds: Sequence[int] = (0, 1), n: int = 8, *, sa
     a, b = (randn(shape, generators(1, s), device) for s in seeds)  # exactly sample_images' noise for seed s
     w = torch.linspace(0, 1, n, dtype=torch.float64)
     x = slerp(a.expand(n, *shape[1:]), b.expand(n, *shape[1:]), w)
-    denoise, _ = _setup(run, n, labels, contexts, guidance, 0)
+    denoise, _ = guided_setup(run, n, labels, contexts, guidance, 0)
     with torch.inference_mode():
         out = sample(sampler, denoise, run.schedule.to(device), x, steps=steps, clip_denoised=clip_denoised,
                      callback=callback)

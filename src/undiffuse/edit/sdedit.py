@@ -12,7 +12,7 @@ from ..noise import Generator, randn
 from ..samplers import get
 from ..samplers.common import Callback
 from ..schedule import NoiseSchedule
-from .common import _image_batch, _setup
+from .common import image_batch, guided_setup
 
 
 def sdedit_plan(T: int, strength: float, sampler: str = "ddim", steps: int | None = None) -> tuple[int, int]:
@@ -51,8 +51,8 @@ def img2img(run: LoadedRun, image: Tensor, *, strength: float, sampler: str = "d
     `steps` steps (the sampler's default number), conditioned like `sample`; strength 0 gives the image
     back, 1 ignores it (the same images as `sample` with that seed). Returns (n, C, H, W) in [-1, 1]."""
     sdedit_plan(run.schedule.T, strength, sampler, steps)  # validates strength and sampler before any work
-    image, n = _image_batch(run, image, n, labels, contexts)
-    denoise, gens = _setup(run, n, labels, contexts, guidance, seed)
+    image, n = image_batch(run, image, n, labels, contexts)
+    denoise, gens = guided_setup(run, n, labels, contexts, guidance, seed)
     with torch.inference_mode():
         out = sdedit(denoise, run.schedule.to(image.device), image, strength, sampler=sampler, steps=steps,
                      generator=gens, clip_denoised=clip_denoised, callback=callback, **options)

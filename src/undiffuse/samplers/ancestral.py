@@ -7,8 +7,8 @@ from torch import Tensor
 from ..denoiser import Denoise
 from ..errors import UsageError
 from ..noise import Generator, randn
-from ..schedule import NoiseSchedule, _take
-from .common import Callback, Step, _predict, _report, levels, pairs, walk
+from ..schedule import NoiseSchedule, take
+from .common import Callback, Step, predict, report, levels, pairs, walk
 
 
 @torch.no_grad()
@@ -28,7 +28,7 @@ def ddpm(denoise: Denoise, schedule: NoiseSchedule, x: Tensor, timesteps: list[i
         mean = schedule.posterior_mean(x0, x, t_batch)
         if not (add_noise and t > 0):
             return mean
-        std = _take(schedule.posterior_variance, t_batch, x).sqrt()
+        std = take(schedule.posterior_variance, t_batch, x).sqrt()
         return mean + std * randn(x.shape, generator, x.device, x.dtype)
 
     return walk(denoise, schedule, x, pairs(timesteps), step, clip_denoised=clip_denoised, callback=callback)
@@ -74,9 +74,9 @@ def ddim_invert(denoise: Denoise, schedule: NoiseSchedule, x0: Tensor, timesteps
     up = list(timesteps)[::-1]
     x = x0
     for i, (t, t_next) in enumerate(zip([-1] + up[:-1], up)):
-        eps, _ = _predict(denoise, schedule, x, t_next, False)
+        eps, _ = predict(denoise, schedule, x, t_next, False)
         a, s = levels(schedule, t)
         clean = (x - s * eps) / a
         x = ddim_step(schedule, clean, eps, t, t_next, 0.0)
-        _report(callback, i, t_next, x, clean)
+        report(callback, i, t_next, x, clean)
     return x

@@ -33,7 +33,7 @@ def levels(schedule: NoiseSchedule, t: int) -> tuple[float, float]:
     return ab ** 0.5, (1 - ab) ** 0.5
 
 
-def _predict(denoise: Denoise, schedule: NoiseSchedule, x: Tensor, t: int, clip: bool) -> tuple[Tensor, Tensor]:
+def predict(denoise: Denoise, schedule: NoiseSchedule, x: Tensor, t: int, clip: bool) -> tuple[Tensor, Tensor]:
     """(eps, x0) at step t; clipping x0 to the data range [-1, 1] re-derives eps to match (the one
     place that does, so every sampler clips alike)."""
     t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
@@ -44,7 +44,7 @@ def _predict(denoise: Denoise, schedule: NoiseSchedule, x: Tensor, t: int, clip:
     return eps, x0
 
 
-def _report(callback: Callback, i: int, t: int, x: Tensor, x0: Tensor) -> None:
+def report(callback: Callback, i: int, t: int, x: Tensor, x0: Tensor) -> None:
     if callback is not None:
         callback({"i": i, "t": t, "x": x, "x0": x0})
 
@@ -54,9 +54,9 @@ def walk(denoise: Denoise, schedule: NoiseSchedule, x: Tensor, moves: Sequence[t
     """The loop of every sampler: at each (t, t_next), the prediction at t, the step to t_next, the
     projection (if any), and the callback's {"i", "t", "x", "x0"} with i counted from `first`."""
     for i, (t, t_next) in enumerate(moves, first):
-        eps, x0 = _predict(denoise, schedule, x, t, clip_denoised)
+        eps, x0 = predict(denoise, schedule, x, t, clip_denoised)
         x = step(x, eps, x0, t, t_next)
         if project is not None:
             x = project(x, t_next)
-        _report(callback, i, t, x, x0)
+        report(callback, i, t, x, x0)
     return x

@@ -48,7 +48,7 @@ def _dpmpp_step(schedule: NoiseSchedule, order: int) -> Step:
             return x0
         a_next, s_next = levels(schedule, t_next)
         h = math.log(a_next / s_next) - lam
-        return (s_next / s) * x + a_next * _integrate_newton(_trusted(history, h), h)
+        return (s_next / s) * x + a_next * _integrate_newton(trusted_history(history, h), h)
 
     return step
 
@@ -56,7 +56,7 @@ def _dpmpp_step(schedule: NoiseSchedule, order: int) -> Step:
 MAX_STRETCH = 2.0
 
 
-def _trusted(history, h):
+def trusted_history(history, h):
     """The history a polynomial may extrapolate from without blowing up: an extrapolation over h from
     points spread over much less than h amplifies their errors by (h / spread)^order, so the oldest
     points are dropped while the step is over MAX_STRETCH times the spread they cover. This bites

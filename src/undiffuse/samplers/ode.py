@@ -7,7 +7,7 @@ from torch import Tensor
 from ..denoiser import Denoise
 from ..noise import Generator, randn
 from ..schedule import NoiseSchedule
-from .common import Callback, Step, _predict, levels, pairs, walk
+from .common import Callback, Step, predict, levels, pairs, walk
 
 # Karras et al. 2022's sigma_max for data in [-1, 1] (table 1, "EDM"): at higher noise the data's
 # spread is lost in the noise, E[x0 | z] is the data mean, and eps is constant along the flow.
@@ -61,7 +61,7 @@ def heun(denoise: Denoise, schedule: NoiseSchedule, x: Tensor, timesteps: list[i
         sigma, sigma_next = s / a, s_next / a_next
         z = x / a + (sigma_next - sigma) * eps  # Euler's predictor
         if t_next >= 0:
-            eps_next, _ = _predict(denoise, schedule, a_next * z, t_next, clip_denoised)
+            eps_next, _ = predict(denoise, schedule, a_next * z, t_next, clip_denoised)
             z = z + (sigma_next - _corrected(sigma, sigma_next)) * (eps_next - eps) / 2
         return a_next * z
 

@@ -10,7 +10,7 @@ from ..denoiser import Denoise
 from ..noise import Generator
 from ..schedule import NoiseSchedule
 from .common import Callback, Step, levels, pairs, walk
-from .multistep import _trusted
+from .multistep import trusted_history
 
 
 @torch.no_grad()
@@ -22,7 +22,7 @@ def unipc(denoise: Denoise, schedule: NoiseSchedule, x: Tensor, timesteps: list[
     measured in tests/test_solvers.py). Like diffusers' UniPCMultistepScheduler (which it matches,
     tests/test_unipc.py) the first step is first order and the last one, into the clean image, takes
     the prediction as it is, with no corrector after it; as in _dpmpp_step, the predictor drops to
-    first order where the step is far longer than the history it would extrapolate from (_trusted)."""
+    first order where the step is far longer than the history it would extrapolate from (trusted_history)."""
     return walk(denoise, schedule, x, pairs(timesteps), _unipc_step(schedule), clip_denoised=clip_denoised,
                 callback=callback)
 
@@ -44,7 +44,7 @@ def _unipc_step(schedule: NoiseSchedule) -> Step:
             return x0
         a_next, s_next = levels(schedule, t_next)
         h = math.log(a_next / s_next) - lam
-        used = len(_trusted(history, h))
+        used = len(trusted_history(history, h))
         older = [((history[1][0] - lam) / h, history[1][1], 0.5)] if used == 2 else []
         last[:] = [x, s, lam, used]
         return _unipc_move(x, s, a_next, s_next, h, x0, older)  # UniP-2 (first step: UniP-1, DDIM)

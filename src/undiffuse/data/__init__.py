@@ -32,6 +32,7 @@ class ImageData:
     class_names: tuple[str, ...]  # () when unlabelled
     source: str  # the spec it came from
     skipped: int = 0  # unreadable image files that were skipped
+    files: tuple[str, ...] = ()  # for a folder: each image's path relative to it (captions/metadata)
 
     @property
     def num_classes(self) -> int:
@@ -55,7 +56,7 @@ def load_data(spec: str, *, labels: str | None = None, image_size: int | None = 
     if labels is not None:
         ids, names = read_labels(labels, len(images))
     images = set_channels(images, channels or images.shape[1])
-    return ImageData(to_model_range(images), ids, names, str(spec), loaded.skipped)
+    return ImageData(to_model_range(images), ids, names, str(spec), loaded.skipped, loaded.files)
 
 
 def batch_indices(n: int, batch_size: int, step: int, seed: int) -> Tensor:
@@ -116,7 +117,7 @@ def name_contexts(data: "ImageData", names: str | list[str] | tuple[str, ...]) -
     if len(names) != data.num_classes or len(set(names)) != len(names) or not all(names):
         raise DataError(f"{len(names)} context names for {data.num_classes} classes or attributes; "
                         "give one distinct name for each")
-    return ImageData(data.images, data.labels, names, data.source, data.skipped)
+    return ImageData(data.images, data.labels, names, data.source, data.skipped, data.files)
 
 
 __all__ = ["DataError", "ImageData", "IMAGE_EXTENSIONS", "SPEC_HELP", "batch_at", "batch_indices", "load_data", "load_image", "name_contexts"]

@@ -38,7 +38,7 @@ def _load_folder_quietly(root: Path, size: int | None) -> Loaded:
     labels = None
     if names:
         labels = torch.tensor([names.index(p.relative_to(root).parts[0]) for p in kept], dtype=torch.int64)
-    return Loaded(stacked, labels, names, len(files) - len(kept))
+    return Loaded(stacked, labels, names, len(files) - len(kept), tuple(p.relative_to(root).as_posix() for p in kept))
 
 
 def _find_images(root: Path) -> list[Path]:

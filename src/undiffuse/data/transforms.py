@@ -20,6 +20,7 @@ class Loaded(NamedTuple):
     labels: Tensor | None
     class_names: tuple[str, ...]
     skipped: int = 0
+    files: tuple[str, ...] = ()  # a folder's images kept, as posix paths relative to it, in order
 
 
 def fit_square(images: Tensor, size: int) -> Tensor:

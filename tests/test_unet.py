@@ -64,3 +64,62 @@ def test_config_is_validated():
         UNetConfig(base=0)
     with pytest.raises(ValueError, match="groups"):
         UNetConfig(base=12, groups=8)
+
+
+# --- block styles ------------------------------------------------------------------------------------
+
+def test_adm_blocks_take_one_scale_shift_and_the_mid_block_is_res_attn_res():
+    film = UNet(UNetConfig(base=16, mults=(1, 2), attention=(1,), context_dim=3))
+    adm = UNet(UNetConfig(base=16, mults=(1, 2), attention=(1,), context_dim=3, block_style="adm"))
+    assert film.cfg.block_style == "film"  # the default: what every run before the field used
+    assert {"shift", "scale"} <= dict(film.down[0].blocks[0].named_children()).keys()
+    assert adm.down[0].blocks[0].scale_shift.out_features == 2 * 16
+    assert [type(a).__name__ for a in film.mid.attns] == ["Attention", "Attention"]
+    assert [type(a).__name__ for a in adm.mid.attns] == ["Attention", "Identity"]
+    with pytest.raises(ValueError, match="block_style"):
+        UNetConfig(block_style="resnet")
+
+
+def test_adm_class_changes_the_output_and_null_rows_are_unconditional():
+    net = _randomised(UNetConfig(channels=1, base=16, mults=(1, 2), blocks=1, attention=(1,), context_dim=10,
+                                 block_style="adm"))
+    x, t = torch.randn(1, 1, 16, 16).repeat(2, 1, 1, 1), torch.tensor([500, 500])
+    with torch.no_grad():
+        out = net(x, t, torch.eye(10)[[3, 7]])
+        assert not torch.allclose(out[0], out[1], atol=1e-4)
+        null = net(x, t, torch.eye(10)[[3, 7]], torch.tensor([True, True]))
+        assert torch.allclose(null, net(x, t, None), atol=1e-6)
+
+
+def test_the_adm_unet_trains_on_the_digits(tmp_path):
+    from undiffuse.training import TrainConfig, Trainer, read_log
+
+    cfg = TrainConfig.flat(data="digits", steps=30, batch_size=16, model="tiny", grids=0, seed=0, block_style="adm")
+    Trainer.create(cfg, tmp_path / "run").train(progress=False)
+    steps, losses = read_log(tmp_path / "run")
+    assert steps[-1] == 30
+    assert sum(losses[-10:]) / 10 < 0.7 * sum(losses[:5]) / 5  # the loss falls
+
+
+def test_configs_without_block_style_load_as_film(tmp_path):
+    import json
+    import shutil
+    from pathlib import Path
+
+    from undiffuse.generate import generate, load_run
+    from undiffuse.run import read_run
+    from undiffuse.training import TrainConfig, Trainer
+
+    old = tmp_path / "old"
+    old.mkdir()
+    shutil.copy(Path(__file__).parent / "data" / "format1_config.json", old / "config.json")
+    assert read_run(old).unet.block_style == "film"  # format 1
+    run = tmp_path / "run"
+    Trainer.create(TrainConfig.flat(data="digits", image_size=16, steps=2, batch_size=8, model="tiny", grids=0),
+                   run).train(progress=False)
+    before = generate(load_run(run), 2, labels=[1, 2], steps=2)
+    config = json.loads((run / "config.json").read_text())
+    assert config["unet"].pop("block_style") == "film"
+    (run / "config.json").write_text(json.dumps(config))  # as format 2 wrote it before the field
+    assert read_run(run).unet.block_style == "film"
+    assert torch.equal(generate(load_run(run), 2, labels=[1, 2], steps=2), before)

@@ -7,7 +7,8 @@
 
 Format 2 (written now) holds each fact once; "train" keeps the training options that are not facts
 of the record (IN_RECORD names the others). Format 1 also kept those options in "train", flat beside
-the rest, and runs written before unet.context_mode existed lack it (they used "scale"); it is read
+the rest, and runs written before unet.context_mode existed lack it (they used "scale"); runs written
+before unet.block_style lack that (they used "film", the default, in either format); it is read
 as it was meant, and rewritten as format 2 when its record is next written (a resume that extends
 the run or changes an option, a time budget's checkpoint).
 """
@@ -22,14 +23,15 @@ from .checkpoint import CONFIG, atomic_write
 from .errors import CheckpointError, UsageError
 from .parameterization import PREDICTIONS
 from .schedule import SCHEDULES, NoiseSchedule, make_schedule
-from .unet import CONTEXT_MODES, UNetConfig
+from .unet import BLOCK_STYLES, CONTEXT_MODES, UNetConfig
 
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 # Training options the record holds as its own facts, so "train" leaves them out: the data read
 # (data_source), the base run (finetuned_from), the image shape, the schedule, the prediction and
-# how the class reaches the U-Net (unet.context_mode).
-IN_RECORD = ("data", "base", "image_size", "channels", "schedule", "T", "zero_snr", "prediction", "context_mode")
+# how the class reaches the U-Net and its blocks (unet.context_mode, unet.block_style).
+IN_RECORD = ("data", "base", "image_size", "channels", "schedule", "T", "zero_snr", "prediction", "context_mode",
+             "block_style")
 MAX_T = 100_000
 _MISSING = object()
 
@@ -204,7 +206,8 @@ def _unet(s: _Section) -> UNetConfig:
                   blocks=s.integer("blocks", 1, 64), attention=s.integers("attention", 0, len(mults) - 1, len(mults)),
                   head_channels=s.integer("head_channels", 1, 4096), context_dim=s.integer("context_dim", 0, 100_000),
                   groups=s.integer("groups", 1, 4096), dropout=s.number("dropout", 0, 1, below_high=True),
-                  context_mode=s.choice("context_mode", CONTEXT_MODES))
+                  context_mode=s.choice("context_mode", CONTEXT_MODES),
+                  block_style=s.choice("block_style", BLOCK_STYLES, default="film"))
     s.only(values)
     try:
         return UNetConfig(**values)

@@ -3,9 +3,15 @@
 Residual blocks (GroupNorm, SiLU, 3x3 conv) at each resolution, halved by strided convs and doubled
 back by nearest upsampling, with skip connections between the two paths; self-attention at the
 lowest resolutions. The step t enters through a sinusoidal embedding and an MLP; the context
-(class one-hot, attributes, mixtures) through `conditions.ContextEmbedding`. In every block they
-act as FiLM on the features: the context embedding scales them, the time embedding shifts them,
-h <- (1 + c) * h + t, the generalisation of the course notebook's `c * h + t`.
+(class one-hot, attributes, mixtures) through `conditions.ContextEmbedding`. How they reach each
+block is the config's `block_style`:
+
+    film  the context embedding scales the normalised features, the time embedding shifts them,
+          h <- (1 + c) * h + t (the course notebook's `c * h + t` generalised); mid block res-attn-res-attn
+    adm   the class is added to the time embedding and one SiLU + Linear of the sum gives both,
+          h <- (1 + scale) * h + shift (Dhariwal & Nichol 2021's scale-shift norm); mid block res-attn-res.
+          Block for block what diffusers' UNet2DModel computes with resnet_time_scale_shift="scale_shift",
+          so these runs export exactly (interop/).
 """
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ from .conditions import ContextEmbedding
 
 
 CONTEXT_MODES = ("scale", "add", "both")
+BLOCK_STYLES = ("film", "adm")
 
 
 @dataclass(frozen=True)
@@ -39,7 +46,11 @@ class UNetConfig:
     # How the context embedding c reaches the blocks: "scale" (FiLM, h <- (1 + c) h + t, the course
     # notebook's c * h + t generalised), "add" (ADM: c is added to the time embedding, h <- h + (t + c)),
     # or "both". New runs get recipe.CONTEXT_MODE; "scale" is what runs written before this field used.
+    # Film blocks only: adm blocks always add the class to the time embedding.
     context_mode: str = "scale"
+    # The residual blocks (see the module docstring): "film" is what every run written before this
+    # field used; "adm" maps one to one onto diffusers' UNet2DModel.
+    block_style: str = "film"
 
     def __post_init__(self):
         object.__setattr__(self, "mults", tuple(self.mults))
@@ -51,12 +62,24 @@ class UNetConfig:
             raise UsageError("unet mults must be positive integers")
         if self.context_mode not in CONTEXT_MODES:
             raise UsageError(f"unknown unet context_mode {self.context_mode!r}; choose one of {', '.join(CONTEXT_MODES)}")
+        if self.block_style not in BLOCK_STYLES:
+            raise UsageError(f"unknown unet block_style {self.block_style!r}; choose one of {', '.join(BLOCK_STYLES)}")
         if any(c % self.groups for c in self.level_channels):
             raise UsageError(f"every level's channels {self.level_channels} must divide by groups={self.groups}")
 
     @property
     def level_channels(self) -> list[int]:
         return [self.base * m for m in self.mults]
+
+    @property
+    def scaled(self) -> bool:
+        """Whether the blocks take the context embedding as a separate FiLM scale."""
+        return self.context_dim > 0 and self.block_style == "film" and self.context_mode != "add"
+
+    @property
+    def added(self) -> bool:
+        """Whether the context embedding is added to the time embedding."""
+        return self.context_dim > 0 and (self.block_style == "adm" or self.context_mode != "scale")
 
     @property
     def downsampling(self) -> int:
@@ -75,12 +98,25 @@ def sinusoidal_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> T
 
 
 class ResBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int, emb_dim: int, scaled: bool, groups: int, dropout: float):
+    """Two GroupNorm-SiLU-conv layers around a skip; the embeddings modulate the second norm's output.
+
+    film: h <- (1 + scale(c)) * h + shift(t), both plain Linears of their own embedding.
+    adm:  (scale, shift) = Linear(SiLU(t + c)), h <- (1 + scale) * h + shift.
+    """
+
+    def __init__(self, c_in: int, c_out: int, emb_dim: int, scaled: bool, groups: int, dropout: float,
+                 style: str = "film"):
         super().__init__()
         self.norm1 = nn.GroupNorm(groups, c_in)
         self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
-        self.shift = nn.Linear(emb_dim, c_out)  # from the time embedding
-        self.scale = nn.Linear(emb_dim, c_out) if scaled else None  # from the context embedding
+        # Layers are created in the order runs written before block_style had, so that a seed still
+        # draws the same initial film network.
+        if style == "adm":
+            self.scale_shift = nn.Linear(emb_dim, 2 * c_out)
+        else:
+            self.shift = nn.Linear(emb_dim, c_out)  # from the time embedding
+            self.scale = nn.Linear(emb_dim, c_out) if scaled else None  # from the context embedding
+        self.style = style
         self.norm2 = nn.GroupNorm(groups, c_out)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
@@ -89,13 +125,18 @@ class ResBlock(nn.Module):
         self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x: Tensor, t_emb: Tensor, c_emb: Tensor | None) -> Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.norm2(h)
-        if self.scale is not None and c_emb is not None:
-            h = h * (1 + self.scale(c_emb)[:, :, None, None])
-        h = h + self.shift(t_emb)[:, :, None, None]
+        h = self.norm2(self.conv1(F.silu(self.norm1(x))))
+        h = self._modulate(h, t_emb, c_emb)
         h = self.conv2(self.dropout(F.silu(h)))
         return self.skip(x) + h
+
+    def _modulate(self, h: Tensor, t_emb: Tensor, c_emb: Tensor | None) -> Tensor:
+        if self.style == "adm":
+            scale, shift = self.scale_shift(F.silu(t_emb))[:, :, None, None].chunk(2, dim=1)
+            return h * (1 + scale) + shift
+        if self.scale is not None and c_emb is not None:
+            h = h * (1 + self.scale(c_emb)[:, :, None, None])
+        return h + self.shift(t_emb)[:, :, None, None]
 
 
 class Attention(nn.Module):
@@ -119,14 +160,15 @@ class Attention(nn.Module):
 
 
 class Level(nn.Module):
-    """The residual blocks (each optionally followed by attention) of one resolution."""
+    """The residual blocks of one resolution, each followed by attention where `attends` says so."""
 
-    def __init__(self, c_ins: list[int], c_out: int, attend: bool, cfg: UNetConfig, emb_dim: int):
+    def __init__(self, c_ins: list[int], c_out: int, attends: list[bool], cfg: UNetConfig, emb_dim: int):
         super().__init__()
-        scaled = cfg.context_dim > 0 and cfg.context_mode != "add"
-        self.blocks = nn.ModuleList(ResBlock(c, c_out, emb_dim, scaled, cfg.groups, cfg.dropout) for c in c_ins)
+        self.blocks = nn.ModuleList(
+            ResBlock(c, c_out, emb_dim, cfg.scaled, cfg.groups, cfg.dropout, cfg.block_style) for c in c_ins
+        )
         self.attns = nn.ModuleList(
-            Attention(c_out, cfg.head_channels, cfg.groups) if attend else nn.Identity() for _ in c_ins
+            Attention(c_out, cfg.head_channels, cfg.groups) if attend else nn.Identity() for attend in attends
         )
 
 
@@ -149,7 +191,8 @@ class UNet(nn.Module):
         skips, c = [chans[0]], chans[0]
         self.down, self.downsample = nn.ModuleList(), nn.ModuleList()
         for i, c_out in enumerate(chans):
-            self.down.append(Level([c] + [c_out] * (cfg.blocks - 1), c_out, i in cfg.attention, cfg, emb_dim))
+            self.down.append(Level([c] + [c_out] * (cfg.blocks - 1), c_out, [i in cfg.attention] * cfg.blocks,
+                                   cfg, emb_dim))
             c = c_out
             skips += [c] * cfg.blocks
             last = i == len(chans) - 1
@@ -157,7 +200,8 @@ class UNet(nn.Module):
             if not last:
                 skips.append(c)
 
-        self.mid = Level([c, c], c, True, cfg, emb_dim)
+        # film: res-attn-res-attn; adm: res-attn-res, as UNet2DModel's mid block
+        self.mid = Level([c, c], c, [True, cfg.block_style == "film"], cfg, emb_dim)
 
         # Decoder: each block eats one skip, in reverse order.
         self.up, self.upsample = nn.ModuleList(), nn.ModuleList()
@@ -166,7 +210,7 @@ class UNet(nn.Module):
             for _ in range(cfg.blocks + 1):
                 c_ins.append(c + skips.pop())
                 c = c_out
-            self.up.append(Level(c_ins, c_out, i in cfg.attention, cfg, emb_dim))
+            self.up.append(Level(c_ins, c_out, [i in cfg.attention] * len(c_ins), cfg, emb_dim))
             self.upsample.append(
                 nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, c, 3, padding=1))
                 if i > 0 else nn.Identity()
@@ -184,7 +228,7 @@ class UNet(nn.Module):
         t = t.expand(x.shape[0]) if t.ndim == 0 else t
         t_emb = self.time_mlp(sinusoidal_embedding(t, self.cfg.base))
         c_emb = self.context(context, null, batch=x.shape[0]) if self.context is not None else None
-        if c_emb is not None and self.cfg.context_mode != "scale":
+        if c_emb is not None and self.cfg.added:
             t_emb = t_emb + c_emb  # the class shifts every block from the first step of training
 
         h = self.conv_in(x)

@@ -15,7 +15,8 @@ from .flags import Parser
 
 EXIT_USAGE = 2
 COMMANDS = ("demo", "train", "finetune", "sample", "noise", "eval", "inpaint", "outpaint", "img2img",
-            "interpolate", "serve")
+            "interpolate", "serve", "export", "import")
+MODULES = {"import": "import_run"}  # command names that are not module names (import is a keyword)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"undiffuse {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for name in COMMANDS:
-        importlib.import_module(f"{__name__}.{name.replace('-', '_')}").add(sub)
+        importlib.import_module(f"{__name__}.{MODULES.get(name, name.replace('-', '_'))}").add(sub)
     return parser
 
 

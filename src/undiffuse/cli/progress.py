@@ -58,7 +58,8 @@ def _model_line(setup, size: str | None) -> str:
         return ("model: auto, chosen when training starts by timing a step of each size on this machine "
                 "(the dry run does not time them)")
     data = setup.data
-    unet = unet_config(size, data.image_size, data.channels, setup.context_dim, setup.cfg.diffusion.context_mode)
+    d = setup.cfg.diffusion
+    unet = unet_config(size, data.image_size, data.channels, setup.context_dim, d.context_mode, d.block_style)
     return f"model: {size}, {count_parameters(UNet(unet)) / 1e6:.2f}M parameters"
 
 

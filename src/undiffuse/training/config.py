@@ -22,7 +22,7 @@ from typing import Annotated, Literal, get_args, get_origin, get_type_hints
 from ..errors import UsageError
 from ..parameterization import PREDICTIONS
 from ..schedule import SCHEDULES
-from ..unet import CONTEXT_MODES
+from ..unet import BLOCK_STYLES, CONTEXT_MODES
 from .recipe import CONTEXT_MODE, MODEL_SIZES
 
 DEFAULT_MINUTES = 10.0
@@ -52,6 +52,7 @@ ModelSize = Annotated[str, Literal[("auto", *MODEL_SIZES)]]
 Schedule = Annotated[str, Literal[SCHEDULES]]
 Prediction = Annotated[str, Literal[PREDICTIONS]]
 ContextMode = Annotated[str, Literal[CONTEXT_MODES]]
+BlockStyle = Annotated[str, Literal[BLOCK_STYLES]]
 Precision = Annotated[str, Literal[PRECISIONS]]
 
 
@@ -106,6 +107,7 @@ class SourceOptions(_Checked):
 class DiffusionOptions(_Checked):
     model: ModelSize = "auto"  # tiny, small, medium, large, or auto: the largest the budget trains well
     context_mode: ContextMode = CONTEXT_MODE  # how the class reaches the U-Net: scale (FiLM), add (to the time embedding), both
+    block_style: BlockStyle = "film"  # U-Net blocks: film, or adm (scale-shift norm of time + class; exports to diffusers)
     schedule: Schedule = "linear"  # noise schedule: linear, cosine or sigmoid
     zero_snr: bool = False  # rescale the schedule to zero terminal SNR (Lin et al. 2023); needs prediction v or x0
     T: Annotated[int, Range(2, 100_000)] = 1000  # diffusion steps

@@ -30,6 +30,7 @@ def inherit(cfg: TrainConfig, base: RunRecord) -> TrainConfig:
     return cfg.updated(model=base.model_size, image_size=base.image_size, channels=base.channels,
                        schedule=base.schedule.name, T=base.schedule.T, zero_snr=base.schedule.zero_snr,
                        prediction=base.prediction, context_mode=base.unet.context_mode,
+                       block_style=base.unet.block_style,
                        lr=cfg.optim.lr if cfg.optim.lr is not None else base.plan.lr / 4)
 
 

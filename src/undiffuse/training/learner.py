@@ -33,7 +33,8 @@ class Learner:
         cfg, data = setup.cfg, setup.data
         self.setup = setup
         torch.manual_seed(cfg.optim.seed)  # the initial weights
-        unet = unet_config(size, data.image_size, data.channels, setup.context_dim, cfg.diffusion.context_mode)
+        unet = unet_config(size, data.image_size, data.channels, setup.context_dim, cfg.diffusion.context_mode,
+                           cfg.diffusion.block_style)
         self.model = UNet(unet).to(setup.device)
         if cfg.runtime.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)

@@ -1,0 +1,293 @@
+"""A run folder -> a diffusers folder (`export_run`), and a diffusers folder -> a run folder (`import_folder`).
+
+    OUT/model_index.json, unet/, scheduler/   an unconditional run: DDPMPipeline.from_pretrained(OUT) loads it
+    OUT/unet/, scheduler/                      a class-conditional run: UNet2DModel and DDPMScheduler, each
+                                               with subfolder=...; class id K is the null class (guidance)
+    OUT/undiffuse.json                         where it came from, the class names, the null id
+
+Only safetensors are written and read (a pickle can run code when loaded). Each side is checked
+against the other before anything is kept: the two networks' eps on random (x_t, t, class) must
+agree to float tolerance, and the largest difference is returned. Both write into a temporary
+folder beside OUT and rename it into place, so a failure leaves no half folder. diffusers is
+imported here only, when a function runs.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from .. import checkpoint as ckpt
+from ..conditions import one_hot
+from ..errors import CheckpointError, UsageError
+from ..generate import load_run
+from ..lock import run_lock
+from ..run import Plan, RunRecord, read_run, write_run
+from ..unet import UNet
+from .diffusers import (from_diffusers_state, prediction_of, scheduler_config, schedule_of,
+                        to_diffusers_state, unet2d_config, unet_config_of)
+
+UNET, SCHEDULER, NOTE = "unet", "scheduler", "undiffuse.json"
+WEIGHTS, CONFIG_JSON, SCHEDULER_JSON = "diffusion_pytorch_model.safetensors", "config.json", "scheduler_config.json"
+PICKLES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
+TOLERANCE = 1e-4  # of the eps difference, relative to the largest eps: float32 round-off is ~1e-6
+
+
+@dataclass
+class Exchanged:
+    out: Path
+    max_eps_difference: float  # between the two networks on random (x_t, t, class)
+    seconds: float
+    classes: int  # 0 for an unconditional model
+
+
+def require_diffusers():
+    try:
+        import diffusers
+    except ImportError:
+        raise UsageError("this needs diffusers, which is not installed: pip install diffusers") from None
+    diffusers.utils.logging.set_verbosity_error()  # its notes on unused config keys are not the user's
+    return diffusers
+
+
+# --- export ------------------------------------------------------------------------------------------
+
+def export_run(run: str | Path, out: str | Path, *, weights: str = "ema", overwrite: bool = False) -> Exchanged:
+    """Write `run` as a diffusers folder at `out`; a UsageError when the run cannot be expressed."""
+    start, run, out = time.perf_counter(), Path(run), Path(out)
+    record = read_run(run)
+    config = unet2d_config(record)  # refused before anything is loaded
+    _check_class_ids(record)
+    _check_out(out, overwrite, Path(UNET) / CONFIG_JSON, "a diffusers")
+    diffusers = require_diffusers()
+    net = load_run(run, weights=weights).net
+    unet = diffusers.UNet2DModel(**config)
+    unet.load_state_dict(to_diffusers_state(net), strict=True)
+    unet.eval()
+    scheduler = diffusers.DDPMScheduler(**scheduler_config(record))
+    difference = max_eps_difference(net, unet, record.schedule.T)
+    with _staged(out) as tmp:
+        _save(tmp, diffusers, unet, scheduler, record)
+        (tmp / NOTE).write_text(json.dumps(_note(run, weights, record), indent=2) + "\n")
+    return Exchanged(out, difference, time.perf_counter() - start, len(record.class_names))
+
+
+def _save(folder: Path, diffusers, unet, scheduler, record: RunRecord) -> None:
+    if record.class_names:  # DDPMPipeline cannot pass class ids: no model_index.json
+        unet.save_pretrained(folder / UNET, safe_serialization=True)
+        scheduler.save_pretrained(folder / SCHEDULER)
+    else:
+        diffusers.DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(folder, safe_serialization=True)
+
+
+def _note(run: Path, weights: str, record: RunRecord) -> dict:
+    from .. import __version__
+
+    k = len(record.class_names)
+    return {"exported_by": f"undiffuse {__version__}", "run": str(run.resolve()), "weights": weights,
+            "class_names": list(record.class_names), "null_class": k if k else None,
+            "prediction": record.prediction, "schedule": asdict(record.schedule)}
+
+
+def _check_class_ids(record: RunRecord) -> None:
+    """A class embedding takes one id per image: refuse a run trained on multi-hot or mixed contexts."""
+    labels = record.train.get("labels")
+    if not record.class_names or not isinstance(labels, str):
+        return
+    try:
+        import numpy as np
+
+        array = np.load(labels, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError):
+        return  # gone: the exported table is exact for one-hot classes whatever the run saw
+    if array.ndim == 2 and array.shape[1] > 1 and not (((array == 0) | (array == 1)).all() and (array.sum(1) == 1).all()):
+        raise UsageError(f"this run was trained on context vectors ({labels}), not class ids; a diffusers "
+                         "class embedding takes one id per image, so it cannot be exported")
+
+
+@torch.no_grad()
+def max_eps_difference(net: UNet, unet, T: int, n: int = 8, seed: int = 0) -> float:
+    """The largest |eps| difference of our network and the UNet2DModel on the same random inputs,
+    the null class among them; a RuntimeError (a bug, not bad input) beyond float tolerance."""
+    g = torch.Generator().manual_seed(seed)
+    cfg, size = net.cfg, unet.config.sample_size
+    x = torch.randn(n, cfg.channels, size, size, generator=g)
+    t = torch.randint(0, T, (n,), generator=g)
+    k = cfg.context_dim
+    if k:
+        labels = torch.cat([torch.randint(0, k, (n - 1,), generator=g), torch.tensor([k])])
+        ours = net(x, t, one_hot(labels.clamp(max=k - 1), k), labels == k)
+        theirs = unet(x, t, class_labels=labels).sample
+    else:
+        ours, theirs = net(x, t), unet(x, t).sample
+    difference = (ours - theirs).abs().max().item()
+    if not difference <= TOLERANCE * max(1.0, ours.abs().max().item()):
+        raise RuntimeError(f"the converted network differs from the original by {difference:g} in eps")
+    return difference
+
+
+# --- import ------------------------------------------------------------------------------------------
+
+def import_folder(folder: str | Path, out: str | Path, *, overwrite: bool = False,
+                  class_names: list[str] | None = None, data: str | None = None) -> Exchanged:
+    """Write the UNet2DModel + scheduler of `folder` (save_pretrained's layout, or a DDPMPipeline's)
+    as a run folder at `out`; a CheckpointError naming what undiffuse cannot express."""
+    start, folder, out = time.perf_counter(), Path(folder), Path(out)
+    if not folder.is_dir():
+        raise CheckpointError(f"'{folder}' does not exist or is not a folder")
+    _check_out(out, overwrite, Path(ckpt.CONFIG), "an undiffuse run")
+    unet_dir, config = _unet_folder(folder)
+    diffusers = require_diffusers()
+    config = {**_defaults(diffusers.UNet2DModel), **config}
+    cfg, size = unet_config_of(config, str(unet_dir / CONFIG_JSON))
+    schedule, prediction = _schedule(folder, diffusers)  # refused before any weight is read
+    unet = diffusers.UNet2DModel.from_pretrained(unet_dir, use_safetensors=True, local_files_only=True).eval()
+    net = UNet(cfg).eval()
+    net.load_state_dict(from_diffusers_state(cfg, net.state_dict(), unet.state_dict(), config["flip_sin_to_cos"]))
+    difference = max_eps_difference(net, unet, schedule.T)
+    record = RunRecord(unet=cfg, model_size="imported", schedule=schedule, prediction=prediction, image_size=size,
+                       channels=cfg.channels, class_names=_names(folder, cfg.context_dim, class_names),
+                       data_source=data or f"unknown (imported from {folder.resolve()})", num_images=1,
+                       plan=Plan(steps=1, lr=1e-4, warmup=0, ema_decay=0.0),
+                       train={"imported_from": str(folder.resolve())})
+    with _staged(out) as tmp:
+        _write_run_folder(tmp, record, net)
+    return Exchanged(out, difference, time.perf_counter() - start, cfg.context_dim)
+
+
+def _unet_folder(folder: Path) -> tuple[Path, dict]:
+    """The UNet's folder and its config.json, checked before diffusers is imported."""
+    unet_dir = folder / UNET if (folder / UNET).is_dir() else folder
+    config = _read_json(unet_dir / CONFIG_JSON)
+    if config.get("_class_name", "UNet2DModel") != "UNet2DModel":
+        raise CheckpointError(f"{unet_dir / CONFIG_JSON}: _class_name = {config['_class_name']!r} cannot be "
+                              "expressed by undiffuse (it imports UNet2DModel, without cross-attention)")
+    _require_safetensors(unet_dir)
+    return unet_dir, config
+
+
+def _write_run_folder(folder: Path, record: RunRecord, net: UNet) -> None:
+    write_run(folder, record)
+    tensors = {k: v.contiguous() for k, v in net.state_dict().items()}
+    for name in (ckpt.EMA, ckpt.MODEL):  # one set of weights: sampling and fine-tuning read the same
+        save_file(tensors, str(folder / name), metadata={"step": "0"})
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise CheckpointError(f"'{path.parent}' is not a diffusers model folder (no {path.name})")
+    try:
+        values = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path} is not readable JSON ({e})") from None
+    if not isinstance(values, dict):
+        raise CheckpointError(f"{path} must hold a JSON object")
+    return values
+
+
+def _require_safetensors(unet_dir: Path) -> None:
+    if (unet_dir / WEIGHTS).is_file() or (unet_dir / f"{WEIGHTS}.index.json").is_file():
+        return
+    pickles = sorted(p.name for p in unet_dir.iterdir() if p.suffix in PICKLES)
+    if pickles:
+        raise CheckpointError(f"'{unet_dir}' holds only pickled weights ({pickles[0]}); undiffuse reads safetensors "
+                              "only, since loading a pickle can run code: convert it to safetensors first")
+    raise CheckpointError(f"'{unet_dir}' has no {WEIGHTS}")
+
+
+def _defaults(cls) -> dict:
+    """The constructor defaults, for keys a hand-written config.json leaves out."""
+    params = inspect.signature(cls.__init__).parameters.values()
+    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+
+
+def _schedule(folder: Path, diffusers):
+    """(ScheduleSpec, prediction) from the folder's scheduler config, read as a DDPMScheduler."""
+    path = _scheduler_json(folder)
+    config = _read_json(path)
+    family = {"DDPMScheduler", *diffusers.DDPMScheduler._compatibles} - {"EDMEulerScheduler"}
+    if config.get("_class_name", "DDPMScheduler") not in family:
+        raise CheckpointError(f"{path}: _class_name = {config['_class_name']!r} cannot be expressed by undiffuse "
+                              "(it reads the betas of DDPM-family schedulers)")
+    try:
+        scheduler = diffusers.DDPMScheduler.from_config(config)
+    except (NotImplementedError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    schedule = schedule_of(scheduler.betas, str(path))
+    prediction = prediction_of(scheduler.config.prediction_type, str(path))
+    if schedule.zero_snr and prediction == "eps":
+        raise CheckpointError(f"{path}: a zero-terminal-SNR schedule needs prediction_type v_prediction or sample")
+    return schedule, prediction
+
+
+def _scheduler_json(folder: Path) -> Path:
+    """Beside the UNet (a pipeline's scheduler/, or the folder itself), or beside the unet/ folder given."""
+    for path in (folder / SCHEDULER / SCHEDULER_JSON, folder / SCHEDULER_JSON, folder.parent / SCHEDULER / SCHEDULER_JSON):
+        if path.is_file():
+            return path
+    raise CheckpointError(f"'{folder}' has no {SCHEDULER}/{SCHEDULER_JSON}: its betas and prediction are unknown")
+
+
+def _names(folder: Path, k: int, given: list[str] | None) -> tuple[str, ...]:
+    """--class-names, else the names undiffuse exported, else 0..K-1."""
+    if given is not None:
+        if len(given) != k:
+            raise UsageError(f"{len(given)} class names for a model of {k} classes")
+        return tuple(given)
+    note = next((p for p in (folder / NOTE, folder.parent / NOTE) if p.is_file()), None)  # FOLDER or FOLDER/unet
+    try:
+        names = json.loads(note.read_text()).get("class_names") if note else None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        names = None
+    if isinstance(names, list) and len(names) == k and all(isinstance(n, str) for n in names):
+        return tuple(names)
+    return tuple(str(i) for i in range(k))
+
+
+# --- the folder written ------------------------------------------------------------------------------
+
+def _check_out(out: Path, overwrite: bool, marker: Path, kind: str) -> None:
+    """Never replace something by accident; with overwrite, only a folder of the kind written."""
+    if out.exists() and not out.is_dir():
+        raise CheckpointError(f"'{out}' exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise CheckpointError(f"'{out}' already exists; pass --overwrite to replace it")
+        if not (out / marker).is_file():
+            raise CheckpointError(f"refusing to overwrite '{out}': it is not {kind} folder")
+
+
+@contextmanager
+def _staged(out: Path):
+    """Yield a temporary folder beside `out`; rename it to `out` (replacing a checked one) at the end."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    except OSError as e:
+        raise CheckpointError(f"cannot write '{out}' ({e.strerror or e})") from None
+    try:
+        yield tmp
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes a private folder
+        _replace(tmp, out)
+    except OSError as e:
+        raise CheckpointError(f"cannot write '{out}' ({e.strerror or e})") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    if out.is_dir():
+        with run_lock(out, "being replaced"):  # never under a run that is training
+            shutil.rmtree(out)
+    os.replace(tmp, out)

@@ -5,7 +5,7 @@ import json
 import time
 from pathlib import Path
 
-from ..errors import UsageError
+from ..errors import DataError, UsageError
 from .flags import add_device, check_guidance, sampler_options
 from .output import output_path, say, write_picture
 
@@ -88,7 +88,11 @@ def _memorisation(record, spec, real, real_f, fake, fake_f, extract):
     if not record.data_source:
         return None
     if spec != record.data_source:
-        real = real_images(record.data_source, record.image_size, record.channels)
+        try:
+            real = real_images(record.data_source, record.image_size, record.channels)
+        except DataError:  # an imported run, or training data no longer where it was
+            say(f"memorisation not measured: the training data {record.data_source!r} cannot be loaded")
+            return None
         real_f = extract(real)
     scores = memorisation(fake, real, fake_f, real_f)
     scores["training"] = real

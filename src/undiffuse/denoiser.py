@@ -8,6 +8,10 @@ the top of a zero-terminal-SNR schedule).
 Guided prediction (Ho & Salimans 2022): eps = eps_null + w * (eps_ctx - eps_null); w = 0 is
 unconditional, w = 1 conditional, and one batched pass computes both branches otherwise. x0 is affine
 in eps at a given x_t, so the same blend of the two x0 predictions is the guided x0.
+
+A text network takes `text` (a TextBatch per image) instead of `context`; a negative prompt takes
+the place of the null branch: eps = eps_neg + w * (eps_pos - eps_neg). Rows that are all null (the
+empty prompt) with no negative prompt run one unconditional pass, the null branch exactly.
 """
 from __future__ import annotations
 
@@ -16,6 +20,8 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from .conditions.prompt import cat_text, nulled
+from .conditions.text import TextBatch
 from .parameterization import to_eps_x0
 from .schedule import NoiseSchedule
 
@@ -36,12 +42,17 @@ def guided(pred_null: Tensor, pred_ctx: Tensor, w: float) -> Tensor:
 
 
 def denoiser(model: nn.Module, schedule: NoiseSchedule, *, prediction: str = "eps",
-             context: Tensor | None = None, guidance: float = 1.0) -> Denoise:
+             context: Tensor | None = None, guidance: float = 1.0, text: TextBatch | None = None,
+             negative: TextBatch | None = None) -> Denoise:
     """The one adapter from a network to the `denoise(x_t, t) -> (eps, x0)` that samplers take.
 
     context: (B, K) per image, or None for an unconditional model (or all-null rows).
     guidance: w; 1 asks one conditional pass, 0 one unconditional pass, anything else both.
+    text: (B rows) a text network's prompts; negative: (B rows) the prompts that replace the null branch.
     """
+    if text is not None:
+        return _text_denoiser(model, schedule, prediction, text, negative, guidance)
+
     def denoise(x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         t = t.expand(x_t.shape[0]) if t.ndim == 0 else t
         if context is None or guidance == 1.0:
@@ -52,6 +63,27 @@ def denoiser(model: nn.Module, schedule: NoiseSchedule, *, prediction: str = "ep
         null = torch.arange(2 * b, device=x_t.device) >= b
         pred = model(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([context, context]), null)
         eps, x0 = to_eps_x0(pred, torch.cat([x_t, x_t]), torch.cat([t, t]), schedule, prediction)
+        return guided(eps[b:], eps[:b], guidance), guided(x0[b:], x0[:b], guidance)
+
+    return denoise
+
+
+def _text_denoiser(model: nn.Module, schedule: NoiseSchedule, prediction: str, text: TextBatch,
+                   negative: TextBatch | None, guidance: float) -> Denoise:
+    against = negative if negative is not None else nulled(text)  # the branch guidance pushes away from
+    if negative is None and bool(text.null.all()):
+        guidance = 0.0  # the empty prompt: the unconditional branch, one pass
+    pair = cat_text(text, against) if guidance not in (0.0, 1.0) else None
+
+    def denoise(x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        t = t.expand(x_t.shape[0]) if t.ndim == 0 else t
+        if guidance == 1.0:
+            return to_eps_x0(model(x_t, t, text=text), x_t, t, schedule, prediction)
+        if guidance == 0.0:
+            return to_eps_x0(model(x_t, t, text=against), x_t, t, schedule, prediction)
+        b = x_t.shape[0]
+        xx, tt = torch.cat([x_t, x_t]), torch.cat([t, t])
+        eps, x0 = to_eps_x0(model(xx, tt, text=pair), xx, tt, schedule, prediction)
         return guided(eps[b:], eps[:b], guidance), guided(x0[b:], x0[:b], guidance)
 
     return denoise

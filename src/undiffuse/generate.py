@@ -2,10 +2,14 @@
 
 This is the library side of `undiffuse sample`: one generator per image, seeded seed + i, so that an
 image depends on its seed only, not on the batch it was drawn in (NVlabs/edm's habit).
+
+A text run samples prompts: `generate(run, n, prompt="a handwritten seven")` or `prompts=[...]` (one
+per image, cycled), with `negative_prompt`. Prompts among the training captions come from the run's
+caption table (captions.safetensors) without the encoder; others are encoded once per distinct prompt.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -13,10 +17,12 @@ from torch import Tensor
 
 from . import checkpoint as ckpt
 from .conditions import context_batch
+from .conditions.prompt import slice_text
+from .conditions.text import CaptionTable, TextBatch, TextEncoder, canonical, load_table
 from .denoiser import DEFAULT_GUIDANCE, denoiser
 from .errors import UsageError
 from .noise import generators, randn
-from .run import read_run
+from .run import CAPTIONS, TextSpec, read_run
 from .samplers import Callback, sample
 from .schedule import NoiseSchedule
 from .unet import UNet
@@ -34,6 +40,38 @@ class LoadedRun:
     image_size: int
     channels: int
     config: dict  # config.json as written
+    text: TextSpec | None = None  # a text run's encoder; None for class-conditional and unconditional runs
+    folder: Path | None = None
+    _table: CaptionTable | None = field(default=None, repr=False)
+    _encoder: TextEncoder | None = field(default=None, repr=False)
+
+    @property
+    def captions(self) -> CaptionTable | None:
+        """A text run's training captions, encoded (read once from captions.safetensors), or None."""
+        if self._table is None and self.text is not None and self.folder is not None \
+                and (self.folder / CAPTIONS).is_file():
+            self._table = load_table(self.folder / CAPTIONS).to(self.device)
+        return self._table
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    def encode(self, prompts: list[str]) -> TextBatch:
+        """The text batch of `prompts` (one row each): from the caption table when all of them are
+        training captions, otherwise encoded, each distinct prompt once."""
+        if self.text is None:
+            raise UsageError("this model is not conditioned on text: it takes no prompt")
+        table = self.captions
+        if table is not None:
+            rows = {t: i for i, t in enumerate(table.texts)}
+            keys = [canonical(str(p)) for p in prompts]
+            if all(k in rows for k in keys):
+                return table.batch(torch.tensor([rows[k] for k in keys], dtype=torch.int64))
+        if self._encoder is None:
+            self._encoder = TextEncoder.load(self.device)
+        index, table = self._encoder.encode_unique([str(p) for p in prompts], max_tokens=self.text.max_tokens)
+        return table.batch(index)
 
     @property
     def num_classes(self) -> int:
@@ -50,17 +88,19 @@ def load_run(run: str | Path, *, weights: str = "ema", device: str | torch.devic
     ckpt.load_weights(net, run / (ckpt.EMA if weights == "ema" else ckpt.MODEL))
     net = net.to(device).eval().requires_grad_(False)
     return LoadedRun(net, record.schedule.build(), record.prediction, record.class_names, record.image_size,
-                     record.channels, record.to_json())
+                     record.channels, record.to_json(), record.text, run)
 
 
 def sample_images(net: UNet, schedule: NoiseSchedule, prediction: str, n: int, *,
                   image_size: int, labels: list[int] | None = None,
-                  contexts: Tensor | None = None,
+                  contexts: Tensor | None = None, text: TextBatch | None = None,
+                  negative: TextBatch | None = None,
                   sampler: str = DEFAULT_SAMPLER, steps: int | None = None, guidance: float = 1.0, seed: int = 0,
                   clip_denoised: bool = True, batch_size: int = 250, callback: Callback = None,
                   **options) -> Tensor:
     """n images in [-1, 1], (n, C, H, W). For a conditional network: `labels`, a class id per image,
-    or `contexts`, a (n, K) context vector per image (multi-hot, or a mixture: see parse_context).
+    or `contexts`, a (n, K) context vector per image (multi-hot, or a mixture: see parse_context);
+    for a text network, `text` (n rows: LoadedRun.encode) and optionally `negative` (n rows).
 
     clip_denoised keeps each step's estimate of the clean image inside the data range [-1, 1]; it
     removes the speckles that a briefly trained model leaves. The callback sees the steps of each
@@ -76,7 +116,10 @@ def sample_images(net: UNet, schedule: NoiseSchedule, prediction: str, n: int, *
         stop = min(n, start + batch_size)
         x = randn((stop - start, cfg.channels, side, side), gens[start:stop], device)
         context = contexts[start:stop].to(device) if contexts is not None else None
-        eps_fn = denoiser(net, schedule.to(device), prediction=prediction, context=context, guidance=guidance)
+        rows = {k: slice_text(v, start, stop, device) for k, v in (("text", text), ("negative", negative))
+                if v is not None}
+        eps_fn = denoiser(net, schedule.to(device), prediction=prediction, context=context, guidance=guidance,
+                          **rows)
         with torch.inference_mode():
             x = sample(sampler, eps_fn, schedule.to(device), x, steps=steps, generator=gens[start:stop],
                        clip_denoised=clip_denoised, callback=callback, **options)
@@ -84,10 +127,42 @@ def sample_images(net: UNet, schedule: NoiseSchedule, prediction: str, n: int, *
     return torch.cat(out)
 
 
-def generate(run: LoadedRun, n: int, **options) -> Tensor:
-    """sample_images with the run's own schedule, prediction, size and classes."""
+def generate(run: LoadedRun, n: int, *, prompts: list[str] | None = None, prompt: str | None = None,
+             negative_prompt: str | None = None, **options) -> Tensor:
+    """sample_images with the run's own schedule, prediction, size and classes. A text run takes
+    `prompt` (every image) or `prompts` (cycled over the n images; by default its training captions
+    in turn) and `negative_prompt`; guidance defaults to DEFAULT_GUIDANCE for prompts."""
+    options.update(text_options(run, n, prompts, prompt, negative_prompt))
+    if "text" in options:
+        options.setdefault("guidance", DEFAULT_GUIDANCE)
     return sample_images(run.net, run.schedule, run.prediction, n,
                          image_size=run.image_size, **options)
 
 
-__all__ = ["DEFAULT_GUIDANCE", "DEFAULT_SAMPLER", "LoadedRun", "generate", "load_run", "sample_images"]
+def text_options(run: LoadedRun, n: int, prompts: list[str] | None = None, prompt: str | None = None,
+                 negative_prompt: str | None = None) -> dict:
+    """{"text": ..., "negative": ...} for sample_images and the edits: n rows of prompts (cycled)."""
+    given = prompts is not None or prompt is not None or negative_prompt is not None
+    if run.text is None:
+        if given:
+            raise UsageError("this model is class-conditional: it takes --label, not --prompt" if run.class_names
+                             else "this model is unconditional: it takes no prompt")
+        return {}
+    if prompts is not None and prompt is not None:
+        raise UsageError("give prompt or prompts, not both")
+    if prompt is not None:
+        prompts = [prompt]
+    if prompts is None:
+        table = run.captions
+        prompts = list(table.texts[1:]) if table is not None and len(table) > 1 else [""]
+    if isinstance(prompts, str) or not len(prompts):
+        raise UsageError("prompts must be a non-empty list of texts")
+    cycled = [prompts[i % len(prompts)] for i in range(n)]
+    out = {"text": run.encode(cycled)}
+    if negative_prompt is not None:
+        out["negative"] = run.encode([negative_prompt] * n)
+    return out
+
+
+__all__ = ["DEFAULT_GUIDANCE", "DEFAULT_SAMPLER", "LoadedRun", "generate", "load_run", "sample_images",
+           "text_options"]

@@ -11,6 +11,10 @@ the rest, and runs written before unet.context_mode existed lack it (they used "
 before unet.block_style lack that (they used "film", the default, in either format); it is read
 as it was meant, and rewritten as format 2 when its record is next written (a resume that extends
 the run or changes an option, a time budget's checkpoint).
+
+A text-conditioned run (unet.text_dim > 0) says which sentence encoder its prompts go through in
+"text" (encoder, dim, max_tokens); runs without the key are not text runs. Its caption table, the
+training captions encoded once, lies beside it in captions.safetensors (CAPTIONS).
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ READABLE_VERSIONS = (1, 2)
 IN_RECORD = ("data", "base", "image_size", "channels", "schedule", "T", "zero_snr", "prediction", "context_mode",
              "block_style")
 MAX_T = 100_000
+CAPTIONS = "captions.safetensors"  # a text run's encoded training captions, the texts in its metadata
 _MISSING = object()
 
 
@@ -61,6 +66,14 @@ class BaseRun:
 
 
 @dataclass(frozen=True)
+class TextSpec:
+    """The sentence encoder a text run's prompts go through."""
+    encoder: str  # conditions.text.ENCODER_NAME
+    dim: int  # the width of its states: unet.text_dim
+    max_tokens: int  # token states kept per prompt for cross-attention
+
+
+@dataclass(frozen=True)
 class RunRecord:
     unet: UNetConfig
     model_size: str  # training.recipe.MODEL_SIZES
@@ -74,13 +87,15 @@ class RunRecord:
     plan: Plan
     train: dict  # the training options outside IN_RECORD, flat (training.record reads them)
     finetuned_from: BaseRun | None = None
+    text: TextSpec | None = None  # None: not conditioned on text
 
     def to_json(self) -> dict:
         return {"format_version": FORMAT_VERSION, "model_size": self.model_size, "unet": self.unet.to_dict(),
                 "schedule": asdict(self.schedule), "prediction": self.prediction, "image_size": self.image_size,
                 "channels": self.channels, "class_names": list(self.class_names), "data_source": self.data_source,
                 "num_images": self.num_images, "plan": asdict(self.plan), "train": dict(self.train),
-                "finetuned_from": asdict(self.finetuned_from) if self.finetuned_from else None}
+                "finetuned_from": asdict(self.finetuned_from) if self.finetuned_from else None,
+                "text": asdict(self.text) if self.text else None}
 
 
 def write_run(folder: str | Path, record: RunRecord) -> None:
@@ -189,7 +204,7 @@ def _record(top: _Section) -> RunRecord:
                   prediction=top.choice("prediction", PREDICTIONS), image_size=top.integer("image_size", 8, 1024),
                   channels=top.choice("channels", (1, 3)), class_names=_names(top), data_source=top.text("data_source"),
                   num_images=top.integer("num_images", 1, 10**9), plan=_plan(top.section("plan")),
-                  train=_options(top), finetuned_from=_base(top))
+                  train=_options(top), finetuned_from=_base(top), text=_text(top))
     top.only(["format_version", *values])
     if schedule.zero_snr and values["prediction"] == "eps":
         top.fail("prediction", "v or x0 for a zero-SNR schedule", "eps")
@@ -197,6 +212,9 @@ def _record(top: _Section) -> RunRecord:
         top.fail("unet.channels", f"the image channels, {values['channels']}", unet.channels)
     if unet.context_dim != len(values["class_names"]):
         top.fail("unet.context_dim", f"the number of class names, {len(values['class_names'])}", unet.context_dim)
+    text_dim = values["text"].dim if values["text"] else 0
+    if unet.text_dim != text_dim:
+        top.fail("unet.text_dim", f"text.dim, {text_dim}" if text_dim else "0 without a text encoder", unet.text_dim)
     return RunRecord(**values)
 
 
@@ -207,7 +225,8 @@ def _unet(s: _Section) -> UNetConfig:
                   head_channels=s.integer("head_channels", 1, 4096), context_dim=s.integer("context_dim", 0, 100_000),
                   groups=s.integer("groups", 1, 4096), dropout=s.number("dropout", 0, 1, below_high=True),
                   context_mode=s.choice("context_mode", CONTEXT_MODES),
-                  block_style=s.choice("block_style", BLOCK_STYLES, default="film"))
+                  block_style=s.choice("block_style", BLOCK_STYLES, default="film"),
+                  text_dim=s.integer("text_dim", 0, 100_000, default=0))
     s.only(values)
     try:
         return UNetConfig(**values)
@@ -245,6 +264,17 @@ def _options(top: _Section) -> dict:
     if kept:
         raise CheckpointError(f"{top.path}: train.{kept[0]} is held by the record itself; remove it from 'train'")
     return train
+
+
+def _text(top: _Section) -> TextSpec | None:
+    spec = top.get("text", "null or an object", lambda v: v is None or isinstance(v, dict), default=None)
+    if spec is None:
+        return None
+    s = _Section(spec, top.path, "text.")
+    values = dict(encoder=s.text("encoder"), dim=s.integer("dim", 1, 100_000),
+                  max_tokens=s.integer("max_tokens", 1, 4096))
+    s.only(values)
+    return TextSpec(**values)
 
 
 def _base(top: _Section) -> BaseRun | None:

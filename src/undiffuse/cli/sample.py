@@ -1,7 +1,8 @@
 """`undiffuse sample`: images from a trained run, as a grid, a .npy array and an animation.
 
 --n is the total number of images, in every command. A conditional run draws, by default, a grid of
-DEFAULT_PER_CLASS images of each class, a row per class; --per-class K sets the row length.
+DEFAULT_PER_CLASS images of each class, a row per class; --per-class K sets the row length. A text
+run draws DEFAULT_TEXT_N images of --prompt (by default, of its training captions in turn).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ MAX_N = 100_000
 MAX_GIF = 250  # images an animation shows
 MAX_GRID = 10_000  # images a PNG grid shows
 DEFAULT_PER_CLASS, DEFAULT_N = 8, 64
+DEFAULT_TEXT_N = 8  # a text run: images of --prompt (or of its training captions in turn)
 
 
 def add(sub) -> None:
@@ -30,7 +32,8 @@ def add(sub) -> None:
     how_many.add_argument("--per-class", type=int, default=None, metavar="K",
                           help=f"a conditional run: K images of each class, a row per class (default {DEFAULT_PER_CLASS})")
     add_sampling(p)
-    add_conditioning(p, "class name or id; 'all' (the default for conditional runs) cycles through the classes")
+    add_conditioning(p, "class name or id; 'all' (the default for conditional runs) cycles through the classes "
+                        "(a text run takes --prompt instead)")
     add_seed(p)
     p.add_argument("--out", default=None, metavar="FILE.png|FILE.npy", help="default: RUN/samples.png")
     p.add_argument("--gif", default=None, metavar="FILE.gif", help="also animate the reverse process")
@@ -77,5 +80,5 @@ def _layout(args, run) -> tuple[int, int, int | None]:
     if every_class and args.n is None:
         per_class = args.per_class or DEFAULT_PER_CLASS
         return per_class * run.num_classes, per_class, per_class
-    n = args.n or DEFAULT_N
+    n = args.n or (DEFAULT_TEXT_N if getattr(run, "text", None) is not None else DEFAULT_N)
     return n, min(n, run.num_classes) if every_class else min(n, 8), None

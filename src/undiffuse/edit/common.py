@@ -7,15 +7,20 @@ from torch import Tensor
 from ..conditions import context_batch
 from ..denoiser import denoiser
 from ..errors import UsageError
+from ..generate import text_options
 from ..noise import generators
 
 
-def guided_setup(run, n, labels, contexts, guidance, seed):
-    """The guided denoiser of n images and their generators, as sample_images builds them."""
+def guided_setup(run, n, labels, contexts, guidance, seed, prompt=None, negative_prompt=None):
+    """The guided denoiser of n images and their generators, as sample_images builds them. A text run
+    takes `prompt` (without one, the edit is unconditional) and `negative_prompt`."""
     device = next(run.net.parameters()).device
     context = context_batch(run.net.cfg.context_dim, n, labels, contexts)
+    text = {}
+    if prompt is not None or negative_prompt is not None:
+        text = text_options(run, n, prompt="" if prompt is None else prompt, negative_prompt=negative_prompt)
     denoise = denoiser(run.net, run.schedule.to(device), prediction=run.prediction,
-                       context=None if context is None else context.to(device), guidance=guidance)
+                       context=None if context is None else context.to(device), guidance=guidance, **text)
     return denoise, generators(n, seed)
 
 

@@ -130,16 +130,17 @@ def _merge(schedule, x, known, mask, t, generator):
 def inpaint(run: LoadedRun, image: Tensor, mask: Tensor, *, method: str = "repaint", steps: int | None = None,
             jump: int = DEFAULT_JUMP, resample: int = DEFAULT_RESAMPLE, eta: float = 1.0, n: int | None = None,
             labels: list[int] | None = None, contexts: Tensor | None = None, guidance: float = 1.0,
-            seed: int = 0, clip_denoised: bool = True, callback: Callback = None) -> Tensor:
+            seed: int = 0, clip_denoised: bool = True, callback: Callback = None, prompt: str | None = None,
+            negative_prompt: str | None = None) -> Tensor:
     """Regenerate the pixels where mask is 1 so that they agree with the rest. image: (C, H, W) or
     (N, C, H, W) in [-1, 1]; mask: (H, W), (1, H, W) or (N, 1, H, W), bool or float. n results (default:
     the batch, or one per label), result i seeded seed + i. method "repaint" (jump, resample) or
-    "replace" (eta: 1 ancestral, 0 deterministic). Returns (n, C, H, W) in [-1, 1]."""
+    "replace" (eta: 1 ancestral, 0 deterministic); a text run takes `prompt` and `negative_prompt`. Returns (n, C, H, W) in [-1, 1]."""
     moves = inpaint_moves(run.schedule.T, method, steps, jump, resample)
     eta = 1.0 if method == "repaint" else eta  # RePaint's steps are ancestral
     image, n = image_batch(run, image, n, labels, contexts)
     mask = _mask_batch(mask, image)
-    denoise, gens = guided_setup(run, n, labels, contexts, guidance, seed)
+    denoise, gens = guided_setup(run, n, labels, contexts, guidance, seed, prompt, negative_prompt)
     x = randn(image.shape, gens, image.device)
     with torch.inference_mode():
         out = inpaint_walk(denoise, run.schedule.to(image.device), x, image, mask, moves, eta=eta,

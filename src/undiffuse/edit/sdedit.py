@@ -46,13 +46,14 @@ def sdedit(denoise: Denoise, schedule: NoiseSchedule, image: Tensor, strength: f
 def img2img(run: LoadedRun, image: Tensor, *, strength: float, sampler: str = "ddim", steps: int | None = None,
             n: int | None = None, labels: list[int] | None = None, contexts: Tensor | None = None,
             guidance: float = 1.0, seed: int = 0, clip_denoised: bool = True, callback: Callback = None,
-            **options) -> Tensor:
+            prompt: str | None = None, negative_prompt: str | None = None, **options) -> Tensor:
     """SDEdit: noise the image to step round(strength * T) - 1 and denoise it with `sampler` in at most
     `steps` steps (the sampler's default number), conditioned like `sample`; strength 0 gives the image
-    back, 1 ignores it (the same images as `sample` with that seed). Returns (n, C, H, W) in [-1, 1]."""
+    back, 1 ignores it (the same images as `sample` with that seed); a text run takes `prompt` and
+    `negative_prompt`. Returns (n, C, H, W) in [-1, 1]."""
     sdedit_plan(run.schedule.T, strength, sampler, steps)  # validates strength and sampler before any work
     image, n = image_batch(run, image, n, labels, contexts)
-    denoise, gens = guided_setup(run, n, labels, contexts, guidance, seed)
+    denoise, gens = guided_setup(run, n, labels, contexts, guidance, seed, prompt, negative_prompt)
     with torch.inference_mode():
         out = sdedit(denoise, run.schedule.to(image.device), image, strength, sampler=sampler, steps=steps,
                      generator=gens, clip_denoised=clip_denoised, callback=callback, **options)

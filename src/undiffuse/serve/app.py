@@ -28,7 +28,8 @@ from ..errors import RequestError
 from ..generate import DEFAULT_GUIDANCE, DEFAULT_SAMPLER
 from ..samplers import DEFAULT_STEPS, SAMPLERS
 from .jobs import JobQueue
-from .requests import FRAMES, MAX_GUIDANCE, MAX_N, MAX_SIDE, MAX_STEPS, MAX_UPLOAD_BYTES, MAX_WORK, parse_generate, parse_img2img, parse_inpaint
+from .requests import (FRAMES, MAX_GUIDANCE, MAX_N, MAX_PROMPT, MAX_SIDE, MAX_STEPS, MAX_UPLOAD_BYTES, MAX_WORK,
+                       parse_generate, parse_img2img, parse_inpaint)
 
 
 MAX_BODY_BYTES = 3 * MAX_UPLOAD_BYTES  # an image and a mask as base64, and the form
@@ -56,6 +57,8 @@ def describe(run, name: str) -> dict:
         "T": run.schedule.T, "samplers": list(SAMPLERS), "default_sampler": DEFAULT_SAMPLER,
         "default_steps": {**DEFAULT_STEPS, "ddpm": run.schedule.T}, "default_guidance": DEFAULT_GUIDANCE,
         "edit": edits, "frames": FRAMES,
+        "text": ({"encoder": run.text.encoder, "max_tokens": run.text.max_tokens, "max_prompt": MAX_PROMPT}
+                 if getattr(run, "text", None) is not None else None),
         "limits": {"n": MAX_N, "steps": min(MAX_STEPS, run.schedule.T), "guidance": MAX_GUIDANCE,
                    "upload_bytes": MAX_UPLOAD_BYTES, "side": MAX_SIDE, "work": MAX_WORK},
     }

@@ -70,7 +70,8 @@ class Job:
     mask: Tensor | None = None  # (S, S) bool, True = regenerate
 
 
-COMMON = {"n", "seed", "label", "context", "guidance", "show"}
+COMMON = {"n", "seed", "label", "context", "guidance", "show", "prompt", "negative_prompt"}
+MAX_PROMPT = 1000  # characters of a prompt (the encoder reads at most 256 tokens of it anyway)
 
 
 def parse_generate(run: LoadedRun, body: dict) -> Job:
@@ -156,6 +157,16 @@ def _conditioning(run: LoadedRun, body: dict, default_n: int) -> tuple[dict, int
     n = _int(body, "n", default_n, 1, MAX_N)
     label, context = _text(body, "label"), _text(body, "context") or None
     guidance = _float(body, "guidance", None, 0.0, MAX_GUIDANCE)
+    prompt, negative = _prompt(body, "prompt"), _prompt(body, "negative_prompt")
+    if getattr(run, "text", None) is not None:
+        if label not in (None, "each", "none") or context is not None:
+            raise RequestError("this is a text model: it takes a prompt, not a label or a context")
+        options = {"prompt": prompt, "negative_prompt": negative,
+                   "guidance": DEFAULT_GUIDANCE if guidance is None else guidance}
+        return options, n, max(1, math.ceil(math.sqrt(n)))
+    if prompt is not None or negative is not None:
+        raise RequestError("this model is class-conditional: it takes a label, not a prompt" if run.num_classes
+                           else "this model is unconditional: it takes no prompt")
     try:
         options = conditioning(run.class_names, n, label=None if context and label == "each" else label, context=context,
                                guidance=guidance, default_label="each", default_guidance=DEFAULT_GUIDANCE)
@@ -175,7 +186,20 @@ def _text(body: dict, key: str) -> str | None:
     raise RequestError(f"{key} must be text, got {type(value).__name__}")
 
 
+def _prompt(body: dict, key: str) -> str | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise RequestError(f"{key} must be text, got {type(value).__name__}")
+    if len(value) > MAX_PROMPT:
+        raise RequestError(f"{key} is {len(value):,} characters; at most {MAX_PROMPT:,}")
+    return value
+
+
 def _default_n(run: LoadedRun) -> int:
+    if getattr(run, "text", None) is not None:
+        return 8
     return min(MAX_N, 2 * run.num_classes) if run.num_classes else 16
 
 

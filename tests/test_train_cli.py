@@ -73,12 +73,12 @@ def test_dry_run_refuses_what_the_real_command_would_refuse(finished, tmp_path, 
 # --- --resume with flags -----------------------------------------------------------------------------
 
 def test_the_exact_command_with_resume_appended_is_accepted(run, capsys):
-    config = (run / ckpt.CONFIG).read_bytes()
-    assert main([*COMMAND, "--out", str(run), "--resume"]) == 0
-    assert "resuming" in capsys.readouterr().out and (run / ckpt.CONFIG).read_bytes() == config
+    before = _files(run)
+    assert main([*COMMAND, "--out", str(run), "--resume"]) == 0  # finished: accepted, and nothing to do
+    assert f"{run} is finished at step 8" in capsys.readouterr().out and _files(run) == before
     filled = ["--lr", "0.002", "--channels", "1", "--warmup", "8"]  # what the recipe and the data chose
-    assert main([*COMMAND, *filled, "--out", str(run), "--resume"]) == 0
-    assert (run / ckpt.CONFIG).read_bytes() == config
+    assert main([*COMMAND, *filled, "--steps", "9", "--out", str(run), "--resume"]) == 0
+    assert "resuming" in capsys.readouterr().out and read_run(run).plan.steps == 9
 
 
 @pytest.mark.parametrize("flags,needle", [
@@ -124,6 +124,7 @@ def test_a_time_budgeted_run_is_extended_by_minutes_not_steps(tmp_path, capsys):
     budget = ["train", "--data", "digits", "--image-size", "16", "--batch-size", "8", "--model", "tiny", "--grids", "0",
               "--quiet", "--out", str(run)]
     assert main([*budget, "--minutes", "0.01"]) == 0
+    capsys.readouterr()
     steps = read_run(run).plan.steps
     assert "extend it with --minutes, not --steps" in fails_cleanly(capsys, [*budget, "--steps", "99", "--resume"])
     assert main([*budget, "--minutes", "0.03", "--resume"]) == 0

@@ -37,6 +37,8 @@ READABLE_VERSIONS = (1, 2)
 IN_RECORD = ("data", "base", "image_size", "channels", "schedule", "T", "zero_snr", "prediction", "context_mode",
              "block_style")
 MAX_T = 100_000
+MAX_STEPS = 10**9  # a plan's steps and warm-up; training refuses more, so that every run it writes reads back
+LR_RANGE = (1e-12, 10.0)  # a plan's peak learning rate, likewise
 CAPTIONS = "captions.safetensors"  # a text run's encoded training captions, the texts in its metadata
 _MISSING = object()
 
@@ -243,7 +245,7 @@ def _schedule(s: _Section) -> ScheduleSpec:
 
 def _plan(s: _Section) -> Plan:
     # warmup may exceed steps: a deadline that ends a run early records the steps it really took
-    values = dict(steps=s.integer("steps", 1, 10**9), lr=s.number("lr", 1e-12, 10.0), warmup=s.integer("warmup", 0, 10**9),
+    values = dict(steps=s.integer("steps", 1, MAX_STEPS), lr=s.number("lr", *LR_RANGE), warmup=s.integer("warmup", 0, MAX_STEPS),
                   ema_decay=s.number("ema_decay", 0, 1, below_high=True))
     s.only(values)
     return Plan(**values)

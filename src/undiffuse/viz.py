@@ -114,8 +114,12 @@ def printable(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
-def save_loss_curve(steps: Sequence[int], losses: Sequence[float], path: str | Path, title: str = "") -> Path:
-    """The training loss against steps, raw and smoothed, on a log scale."""
+def save_loss_curve(steps: Sequence[int], losses: Sequence[float], path: str | Path, title: str = "",
+                    quarters: dict[str, Sequence[tuple[int, float]]] | None = None) -> Path:
+    """The training loss against steps, raw and smoothed, on a log scale; with `quarters` (name ->
+    [(step, loss)], as training.log.read_log_columns gives them), the loss of each quarter of the
+    noise levels too, so that a flat total with a falling low-noise loss shows. Logs written before
+    the quarters were kept have none, and plot the total alone."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -128,13 +132,30 @@ def save_loss_curve(steps: Sequence[int], losses: Sequence[float], path: str | P
         k = max(2, len(losses) // 25)
         smooth = np.convolve(losses, np.ones(k) / k, mode="valid")
         ax.plot(steps[k - 1:], smooth, color="C0", linewidth=1.6, label=f"mean of {k}")
+    _plot_quarters(ax, quarters or {})
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("MSE loss")
     ax.set_title(printable(title) or "training loss")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+QUARTER_LABELS = ("t < T/4, least noise", "T/4 <= t < T/2", "T/2 <= t < 3T/4", "t >= 3T/4, most noise")
+
+
+def _plot_quarters(ax, quarters: dict[str, Sequence[tuple[int, float]]]) -> None:
+    """One thin line per quarter of t, smoothed like the total, from the least noise (q0) to the most."""
+    for i, (name, points) in enumerate(quarters.items()):
+        points = [(s, v) for s, v in points if v > 0]  # a log scale: a zero or negative loss cannot show
+        if not points:
+            continue
+        steps, values = zip(*points)
+        k = max(1, len(values) // 25)
+        smooth = np.convolve(values, np.ones(k) / k, mode="valid")
+        ax.plot(steps[k - 1:], smooth, color=f"C{i + 1}", linewidth=0.9, alpha=0.9,
+                label=f"{name}: {QUARTER_LABELS[i % 4]}")

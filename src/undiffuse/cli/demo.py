@@ -28,9 +28,10 @@ def run(args) -> int:
 
     if not 0 < args.minutes <= 24 * 60:
         raise UsageError(f"--minutes must lie in (0, 1440], got {args.minutes}")
+    cfg = TrainConfig.flat(data="mnist", minutes=args.minutes, seed=args.seed)  # checks --seed too
     run_folder = Path(args.out) if args.out else free_folder(Path("runs") / "demo")
     say(f"undiffuse demo: {args.minutes:g} minutes of training on the bundled MNIST digits -> {run_folder}")
-    trainer = Trainer.create(TrainConfig.flat(data="mnist", minutes=args.minutes, seed=args.seed), run_folder)
+    trainer = Trainer.create(cfg, run_folder)
     describe_trainer(trainer)
     if train_and_report(trainer, progress=not args.quiet) is None:
         return 130

@@ -70,7 +70,19 @@ def add_conditioning(p, label_help: str) -> None:
 
 
 def add_seed(p, what: str = "image") -> None:
-    p.add_argument("--seed", type=int, default=0, help=f"{what} i uses seed + i (default 0)")
+    """--seed, an integer in [0, noise.MAX_SEED] (the one range every seed flag and option shares)."""
+    from ..noise import MAX_SEED
+
+    def seed(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"seed must be an integer in [0, {MAX_SEED}], got {text!r}") from None
+        if not 0 <= value <= MAX_SEED:
+            raise argparse.ArgumentTypeError(f"seed must lie in [0, {MAX_SEED}], got {value}")
+        return value
+
+    p.add_argument("--seed", type=seed, default=0, help=f"{what} i uses seed + i, in [0, {MAX_SEED}] (default 0)")
 
 
 # --- checks ------------------------------------------------------------------------------------------

@@ -7,6 +7,10 @@ import sys
 
 from .output import say
 
+# Below this many training images a model of these sizes can learn to reproduce them (Somepalli et
+# al. 2023 and Carlini et al. 2023 found copies in models trained on small sets): a new run says so.
+FEW_IMAGES = 2_000
+
 
 def describe_trainer(trainer) -> None:
     from ..unet import count_parameters
@@ -19,6 +23,18 @@ def describe_trainer(trainer) -> None:
     steps = f"about {plan.steps} steps (the deadline decides)" if trainer.deadline else f"{plan.steps} steps"
     say(f"model: {trainer.size}, {count_parameters(trainer.model) / 1e6:.2f}M parameters on {where}; "
         f"{steps} of {trainer.cfg.optim.batch_size}, lr {plan.lr:.2g}, warm-up {plan.warmup}, EMA {plan.ema_decay:.4f}")
+    grids = trainer.cfg.runtime.grids
+    if not trainer.deadline and grids > plan.steps:
+        say(f"grids: {plan.steps} of the {grids} asked for, as there is at most one a step")
+    warn_few_images(trainer)
+
+
+def warn_few_images(trainer) -> None:
+    """Once, at the start of a new run on few images: its samples may be copies of them."""
+    n = len(trainer.data.images)
+    if n < FEW_IMAGES:
+        print(f"undiffuse: note: {n} training images are few (under {FEW_IMAGES:,}): samples may copy them; "
+              f"`undiffuse eval {shlex.quote(str(trainer.run))}` reports near copies", file=sys.stderr)
 
 
 def data_line(data, context_dim: int) -> str:
@@ -74,15 +90,15 @@ def _plan_line(o, plan) -> str:
 
 def train_and_report(trainer, progress: bool):
     """The training Result, or None when a signal stopped it (after saving)."""
-    from ..training import distributed, read_log
+    from ..training import distributed
+    from ..training.log import QUARTER_COLUMNS, read_log_columns
     from ..viz import save_loss_curve
 
     try:
         result = trainer.train(progress=progress)
-    except KeyboardInterrupt:  # the trainer saved at the last step boundary
+    except KeyboardInterrupt:  # the trainer saved at the last step boundary, unless a second signal came
         if trainer.world.is_main:
-            print(f"undiffuse: interrupted; step {trainer.saved_step} is saved in {trainer.run}. "
-                  f"Continue with: {resume_command(trainer)}", file=sys.stderr)
+            print(f"undiffuse: {interrupted_line(trainer)}", file=sys.stderr)
         return None
     finally:
         distributed.teardown(trainer.world)
@@ -90,11 +106,26 @@ def train_and_report(trainer, progress: bool):
         return result
     if result.skipped:
         say(f"{result.skipped} steps were skipped for a non-finite loss")
-    steps, losses = read_log(trainer.run)
-    curve = save_loss_curve(steps, losses, trainer.run / "loss.png", title=f"training loss: {trainer.run.name}")
+    log = read_log_columns(trainer.run)
+    quarters = {name: log[name] for name in QUARTER_COLUMNS}
+    curve = save_loss_curve(log["step"], log["loss"], trainer.run / "loss.png",
+                            title=f"training loss: {trainer.run.name}", quarters=quarters)
     say(f"trained {result.steps} steps in {result.seconds / 60:.1f} min, final loss {result.final_loss:.4f}")
     say(f"run folder: {trainer.run}   loss curve: {curve}")
     return result
+
+
+def interrupted_line(trainer) -> str:
+    """What a stop left: the newest checkpoint on disk (a second signal may have cut the last save
+    short; the checkpoints before it are whole), and the command that continues."""
+    from ..checkpoint import newest_step
+
+    saved = newest_step(trainer.run)
+    if saved is None:
+        return (f"interrupted before the first checkpoint of {trainer.run} was written; start it again with "
+                f"{resume_command(trainer)}")
+    cut = "" if saved >= trainer.step else f" before step {trainer.step} was saved (a second signal stops at once)"
+    return f"interrupted{cut}; step {saved} is saved in {trainer.run}. Continue with: {resume_command(trainer)}"
 
 
 def resume_command(trainer) -> str:

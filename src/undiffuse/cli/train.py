@@ -1,6 +1,7 @@
 """`undiffuse train`: train a run folder, preview one with --dry-run, or continue one with --resume."""
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 
@@ -39,6 +40,9 @@ def run(args) -> int:
     values = config_values(args, GROUP_OF)
     if args.resume:
         trainer = resume(args.out, values, args.dry_run)
+        if trainer.finished:
+            say(finished_line(trainer))
+            return 0
     else:
         cfg = TrainConfig.flat(**values)  # checked before the data is read, so that a bad flag costs nothing
         if args.dry_run:
@@ -57,12 +61,24 @@ def resume(out: str, values: dict, dry: bool):
     if not Path(out).exists():  # not started: say so rather than start a run the user did not describe
         raise UsageError(f"cannot resume '{out}': it does not exist; drop --resume to start it")
     trainer = Trainer.resume(out, changes=values)
-    if trainer.world.is_main:
+    if trainer.world.is_main and not trainer.finished:
         for problem in trainer.skipped_checkpoints:
             print(f"undiffuse: warning: {problem}; using an older checkpoint", file=sys.stderr)
         say(f"resuming {out} at step {trainer.step} of {trainer.plan.steps}"
             + ("" if trainer.saved_step >= 0 else " (it had no checkpoint yet)"))
     return trainer
+
+
+def finished_line(trainer) -> str:
+    """A finished run, resumed: nothing to do, and how to make it longer."""
+    o, run = trainer.cfg.optim, shlex.quote(str(trainer.run))
+    if trainer.deadline:
+        minutes = o.budget_seconds / 60
+        more = f"its {minutes:g}-minute budget is spent; extend it with: undiffuse train --out {run} --resume " \
+               f"--minutes M (M larger than {minutes:g})"
+    else:
+        more = f"extend it with: undiffuse train --out {run} --resume --steps N (N larger than {trainer.step})"
+    return f"{trainer.run} is finished at step {trainer.step}, nothing to train; {more}"
 
 
 def dry_run(cfg, out: str, overwrite: bool) -> int:

@@ -10,8 +10,9 @@
     trainer.py      the loop: Trainer.create / Trainer.resume, checkpoints, grids
     record.py       a run's config.json record <-> its TrainConfig
     resume.py       what --resume may change: a longer budget, the runtime options
-    log.py          log.csv
-    folder.py       creating and replacing run folders
+    log.py          log.csv, the total loss and its four noise-level quarters
+    folder.py       creating and replacing run folders, and holding their lock
+    card.py         the model card, RUN/README.md
     finetune.py     what a fine-tuning run inherits
     distributed.py  torchrun data parallelism
     signals.py      stopping at a step boundary on SIGINT/SIGTERM

@@ -20,13 +20,18 @@ from dataclasses import dataclass, fields
 from typing import Annotated, Literal, get_args, get_origin, get_type_hints
 
 from ..errors import UsageError
+from ..noise import MAX_SEED
 from ..parameterization import PREDICTIONS
+from ..run import LR_RANGE, MAX_STEPS
 from ..schedule import SCHEDULES
 from ..unet import BLOCK_STYLES, CONTEXT_MODES
 from .recipe import CONTEXT_MODE, MODEL_SIZES
 
 DEFAULT_MINUTES = 10.0
 PRECISIONS = ("fp32", "bf16", "fp16")
+MAX_GRIDS = 1000  # sample grids in a run (and at most one a step: a shorter run draws fewer)
+MAX_MINUTES = 1_000_000  # about two years
+MAX_BATCH = 10**9  # images a step: a sanity bound; training/sizing.py refuses what does not fit in memory
 
 
 @dataclass(frozen=True)
@@ -37,14 +42,26 @@ class Range:
     open_high: bool = False  # high itself is out
 
     def allows(self, value) -> bool:
+        if not _finite(value):
+            return False
         above = self.low < value if self.open_low else self.low <= value
         below = value < self.high if self.open_high else value <= self.high
-        return above and below and math.isfinite(value)
+        return above and below
 
     def __str__(self) -> str:
         if self.high == math.inf:
-            return "be positive" if (self.low, self.open_low) == (0, True) else f"be >= {self.low:g}"
-        return f"lie in {'(' if self.open_low else '['}{self.low:g}, {self.high:g}{')' if self.open_high else ']'}"
+            return "be positive" if (self.low, self.open_low) == (0, True) else f"be >= {_bound(self.low)}"
+        return (f"lie in {'(' if self.open_low else '['}{_bound(self.low)}, {_bound(self.high)}"
+                f"{')' if self.open_high else ']'}")
+
+
+def _finite(value) -> bool:
+    """Not NaN nor infinite; any int is (math.isfinite would overflow on one past float's range)."""
+    return isinstance(value, int) or math.isfinite(value)
+
+
+def _bound(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"
 
 
 POSITIVE, AT_LEAST_0, BELOW_1 = Range(0, open_low=True), Range(0), Range(0, 1, open_high=True)
@@ -64,7 +81,14 @@ def _check(name: str, value, hint) -> None:
         if get_origin(rule) is Literal and value not in get_args(rule):
             raise UsageError(f"{name} must be one of {', '.join(map(str, get_args(rule)))}, got {value!r}")
         if isinstance(rule, Range) and not rule.allows(value):
-            raise UsageError(f"{name} must {rule}, got {value!r}")
+            finite = "" if _finite(value) else " and finite"
+            raise UsageError(f"{name} must {rule}{finite}, got {_show(value)}")
+
+
+def _show(value) -> str:
+    """A value for a one-line message: a 400-digit number is shown by its first digits."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:20]}... ({len(text)} characters)"
 
 
 def _has_type(value, kind) -> bool:
@@ -131,7 +155,17 @@ class OptimOptions(_Checked):
     ema_decay: Annotated[float | None, BELOW_1] = None  # None: the EMA averages over about the last tenth of the run
     grad_clip: Annotated[float, POSITIVE] = 1.0  # max global gradient norm
     precision: Precision = "fp32"  # fp32, bf16 or fp16: autocast (fp16 adds loss scaling; slow on a CPU)
-    seed: int = 0  # seeds the weights, the batches and the noise
+    seed: Annotated[int, Range(0, MAX_SEED)] = 0  # seeds the weights, the batches and the noise
+
+    def check(self) -> None:
+        """Bounds a run's config.json can hold (run.py), beyond being positive."""
+        for name, value, high in (("steps", self.steps, MAX_STEPS), ("warmup", self.warmup, MAX_STEPS),
+                                  ("minutes", self.minutes, MAX_MINUTES), ("lr", self.lr, LR_RANGE[1]),
+                                  ("batch_size", self.batch_size, MAX_BATCH)):
+            if value is not None and value > high:
+                raise UsageError(f"{name} must be at most {_bound(high)}, got {_show(value)}")
+        if self.lr is not None and self.lr < LR_RANGE[0]:
+            raise UsageError(f"lr must be at least {LR_RANGE[0]:g}, got {self.lr!r}")
 
     @property
     def budget_seconds(self) -> float | None:
@@ -148,7 +182,7 @@ class RuntimeOptions(_Checked):
     grad_accum: Annotated[int, POSITIVE] = 1  # micro-batches per step: the same update with 1/K of the activation memory
     checkpoint_minutes: Annotated[float, POSITIVE] = 2.0  # save at least this often
     keep_checkpoints: Annotated[int, POSITIVE] = 2  # checkpoints kept in RUN/checkpoints; resume falls back to an older one
-    grids: Annotated[int, AT_LEAST_0] = 4  # sample grids written to RUN/samples during training
+    grids: Annotated[int, Range(0, MAX_GRIDS)] = 4  # sample grids written to RUN/samples (at most one a step)
     max_bad_steps: Annotated[int, POSITIVE] = 5  # non-finite losses in a row (each step skipped) before training stops
 
 

@@ -4,6 +4,9 @@ Every random draw of step s comes from a generator seeded by (seed, s), and the 
 is a pure function of (seed, s) too (data.batch_at), so a resumed run takes exactly the steps an
 uninterrupted one would. Under torchrun every rank draws the same global batch and computes its own
 slice of each micro-batch (see distributed.py).
+
+Each update also keeps the per-image losses by the quarter of [0, T) their t falls in (improved-
+diffusion's loss_q0..q3): `quarters` holds their sums, then their counts, summed over the ranks.
 """
 from __future__ import annotations
 
@@ -19,11 +22,12 @@ from ..conditions import drop_mask, one_hot
 from ..data import batch_at
 from ..unet import UNet
 from . import distributed as dist
-from .objective import diffusion_loss, draw_noise
+from .objective import draw_noise, per_image_loss
 from .recipe import unet_config
 from .setup import Setup
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+QUARTERS = 4  # noise-level buckets of the log: t in [q T / 4, (q + 1) T / 4)
 
 
 class Learner:
@@ -44,6 +48,7 @@ class Learner:
         self.scaler = torch.amp.GradScaler(setup.device.type, enabled=cfg.optim.precision == "fp16")
         self.schedule = setup.schedule.to(setup.device)
         self.net, self.ddp = self.model, None
+        self.quarters = torch.zeros(2 * QUARTERS, dtype=torch.float64)  # the last update's, see the module doc
 
     def wrap(self) -> None:
         """Wrap the network for training: DistributedDataParallel across processes, then compile."""
@@ -64,6 +69,7 @@ class Learner:
         batch = draw_batch(self.setup, step)
         micro_batches = torch.arange(cfg.optim.batch_size).tensor_split(cfg.runtime.grad_accum)
         total = torch.zeros((), device=device)
+        self._quarters = torch.zeros(2 * QUARTERS, dtype=torch.float64, device=device)
         for k, micro in enumerate(micro_batches):
             index = micro[dist.shard(len(micro), world)]
             x0, context, null, t, noise = (None if v is None else v[index].to(device) for v in batch)
@@ -72,13 +78,19 @@ class Learner:
             last = k == len(micro_batches) - 1
             with contextlib.nullcontext() if last or self.ddp is None else self.ddp.no_sync():
                 with torch.autocast(device.type, dtype=DTYPES[cfg.optim.precision], enabled=cfg.optim.precision != "fp32"):
-                    loss = diffusion_loss(self.net, self.schedule, x0, t, noise, context, null,
-                                          prediction=cfg.diffusion.prediction, min_snr=cfg.diffusion.min_snr)
-                    loss = loss * len(index) / cfg.optim.batch_size
+                    per_image = per_image_loss(self.net, self.schedule, x0, t, noise, context, null,
+                                               prediction=cfg.diffusion.prediction, min_snr=cfg.diffusion.min_snr)
+                    loss = per_image.mean() * len(index) / cfg.optim.batch_size
+                self._count_quarters(per_image.detach(), t)
                 # times world.size: DDP averages the ranks' gradients, and we want their sum
                 self.scaler.scale(loss * world.size).backward()
             total += loss.detach()
         return total
+
+    def _count_quarters(self, per_image: torch.Tensor, t: torch.Tensor) -> None:
+        quarter = torch.div(t * QUARTERS, self.setup.schedule.T, rounding_mode="floor")
+        self._quarters[:QUARTERS].index_add_(0, quarter, per_image.double())
+        self._quarters[QUARTERS:] += torch.bincount(quarter, minlength=QUARTERS).double()
 
     def update(self, step: int, lr: float, ema_decay: float) -> tuple[float, bool]:
         """One optimizer and EMA update at learning rate `lr`: (the batch's mean loss, whether the
@@ -87,7 +99,9 @@ class Learner:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
-        loss = dist.total(self.backward(step), self.setup.world).item()
+        loss = self.backward(step)
+        summed = dist.total(torch.cat([loss.double().reshape(1), self._quarters]), self.setup.world).cpu()
+        loss, self.quarters = summed[0].float().item(), summed[1:]
         self.scaler.unscale_(self.optimizer)
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.setup.cfg.optim.grad_clip).item()
         if math.isfinite(loss) and math.isfinite(norm):
@@ -97,6 +111,15 @@ class Learner:
         bad = not math.isfinite(loss) or (not math.isfinite(norm) and not self.scaler.is_enabled())
         self.scaler.update()
         return loss, bad
+
+    def expected_shapes(self) -> dict[str, dict[str, tuple[int, ...]]]:
+        """The shapes a checkpoint of this network must hold (its weights) or may hold (the training
+        state), for checkpoint.load_checkpoint to check in the headers before reading any data."""
+        shapes = ckpt.shapes_of(self.model)
+        state = {"elapsed": (), "scaler.scale": (), "scaler.growth_tracker": ()}
+        for i, p in enumerate(self.model.parameters()):
+            state.update({f"opt.{i}.step": (), f"opt.{i}.exp_avg": tuple(p.shape), f"opt.{i}.exp_avg_sq": tuple(p.shape)})
+        return {ckpt.MODEL: shapes, ckpt.EMA: shapes, ckpt.STATE: state}
 
     def start_from(self, weights: Path) -> None:
         """Fine-tuning: the weights and the EMA both start from a base run's EMA weights."""

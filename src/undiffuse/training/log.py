@@ -1,4 +1,10 @@
-"""The run's log.csv: one row every few steps, appended as training goes, truncated on resume."""
+"""The run's log.csv: one row every few steps, appended as training goes, truncated on resume.
+
+Beside the total loss, loss_q0..loss_q3 split it by noise level as improved-diffusion does: the mean
+of the per-image losses of the logged window whose t fell in each quarter of [0, T) (q0: the least
+noise). A flat total can hide a falling low-noise loss; loss.png draws all five. A log written before
+these columns existed is rewritten with them empty when its run is resumed.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -6,12 +12,13 @@ import csv
 import math
 from pathlib import Path
 
+import torch
+
 from .. import checkpoint as ckpt
 
 LOG = "log.csv"
-
-
-LOG_COLUMNS = ["step", "loss", "lr", "images_per_s", "seconds", "skipped"]
+QUARTER_COLUMNS = ["loss_q0", "loss_q1", "loss_q2", "loss_q3"]
+LOG_COLUMNS = ["step", "loss", *QUARTER_COLUMNS, "lr", "images_per_s", "seconds", "skipped"]
 
 
 @contextlib.contextmanager
@@ -20,10 +27,30 @@ def open_log(path: Path, write: bool):
     if not write:
         yield None
         return
+    _upgrade(path)
     with path.open("a", newline="") as f:
         if f.tell() == 0:
             csv.writer(f).writerow(LOG_COLUMNS)
         yield f
+
+
+def _upgrade(path: Path) -> None:
+    """A log from before the quarter columns: the same rows under today's header, the new cells empty."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with path.open(newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        rows = [dict(zip(header, r)) for r in reader if header and len(r) == len(header)]
+    if header is None or header == LOG_COLUMNS:
+        return
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as f:
+            out = csv.DictWriter(f, LOG_COLUMNS, restval="", extrasaction="ignore")
+            out.writeheader()
+            out.writerows(rows)
+    ckpt.atomic_write(path, write)
 
 
 class LogWriter:
@@ -33,13 +60,24 @@ class LogWriter:
         self.file, self.writer, self.bar, self.batch_size = file, csv.writer(file), bar, batch_size
 
     def row(self, step: int, losses: list[float], lr: float, steps: int, seconds: float, elapsed: float,
-            skipped: int) -> None:
-        """losses: those since the last row; steps in `seconds`: this session's, for the speed."""
+            skipped: int, quarters: torch.Tensor | None = None) -> None:
+        """losses: those since the last row; steps in `seconds`: this session's, for the speed;
+        quarters: the window's per-image loss sums by quarter of t, then their counts."""
         rate = self.batch_size * steps / max(1e-9, seconds)
         mean = sum(losses) / len(losses) if losses else float("nan")
-        self.writer.writerow([step, f"{mean:.6f}", f"{lr:.3e}", f"{rate:.1f}", f"{elapsed:.2f}", skipped])
+        by_t = [f"{v:.6f}" for v in quarter_means(quarters)]
+        self.writer.writerow([step, f"{mean:.6f}", *by_t, f"{lr:.3e}", f"{rate:.1f}", f"{elapsed:.2f}", skipped])
         self.file.flush()  # for `tail -f`, and so that a kill loses no row before the checkpoint
         self.bar.set_postfix(loss=f"{mean:.4f}", img_s=f"{rate:.0f}")
+
+
+def quarter_means(quarters: torch.Tensor | None) -> list[float]:
+    """The mean loss of each quarter of t from (sums, counts); nan for a quarter no image fell in."""
+    k = len(QUARTER_COLUMNS)
+    if quarters is None:
+        return [float("nan")] * k
+    sums, counts = quarters[:k].tolist(), quarters[k:].tolist()
+    return [s / c if c else float("nan") for s, c in zip(sums, counts)]
 
 
 def truncate_log(path: Path, step: int) -> None:
@@ -55,10 +93,33 @@ def truncate_log(path: Path, step: int) -> None:
 
 def read_log(run: str | Path) -> tuple[list[int], list[float]]:
     """(steps, losses) from a run's log.csv."""
-    steps, losses = [], []
+    columns = read_log_columns(run)
+    return columns["step"], columns["loss"]
+
+
+def read_log_columns(run: str | Path) -> dict[str, list]:
+    """{"step": [...], "loss": [...], "loss_q0": [(step, loss), ...], ...} from a run's log.csv: the
+    rows with a finite total (a window of only skipped steps logs nan), and of each quarter the
+    rows where it is finite (an old log has none)."""
+    out = {"step": [], "loss": [], **{name: [] for name in QUARTER_COLUMNS}}
     with (Path(run) / LOG).open() as f:
         for row in csv.DictReader(f):
-            if math.isfinite(float(row["loss"] or "nan")):  # a window of only skipped steps logs nan
-                steps.append(int(row["step"]))
-                losses.append(float(row["loss"]))
-    return steps, losses
+            if math.isfinite(_number(row.get("loss"))):
+                out["step"].append(int(row["step"]))
+                out["loss"].append(float(row["loss"]))
+                for name in QUARTER_COLUMNS:
+                    if math.isfinite(value := _number(row.get(name))):
+                        out[name].append((int(row["step"]), value))
+    return out
+
+
+def logged_losses(run: str | Path) -> list[float]:
+    """The logged losses of a run, [] when it has no log yet."""
+    return read_log(run)[1] if (Path(run) / LOG).is_file() else []
+
+
+def _number(text) -> float:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return float("nan")

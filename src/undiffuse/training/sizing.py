@@ -7,15 +7,34 @@ re-fits as training goes (budget.py).
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
 
-from ..run import Plan
+from ..errors import UsageError
+from ..memory import require
+from ..run import MAX_STEPS, Plan
+from ..unet import UNet, UNetConfig, count_parameters
 from .budget import Stopwatch
 from .learner import Learner
-from .recipe import MIN_IMAGES, MODEL_SIZES, plan
+from .recipe import MIN_IMAGES, MODEL_SIZES, plan, unet_config
 from .setup import Setup
+
+# Bytes a training step keeps per element of the estimate below (activation_elements): float32 is 4,
+# and autograd keeps some tensors not counted there (GroupNorm statistics, the allocator's slack).
+# Calibrated once against torch's real peak on a CPU (benchmarks/step_memory.py: the peak resident
+# memory of a forward and backward pass at two batch sizes, so that the fixed part cancels): per
+# image, measured / (4 bytes x elements) was 1.32 (tiny, 16x16), 1.07 (tiny, 28), 1.08 (small, 16),
+# 1.09 (small, 28), 1.02 (small, 32), 0.86 (small, 64), 1.21 (medium, 16), 1.03 (medium, 28);
+# e.g. small at 28x28: 8.19 MB measured, 7.54 MB counted. 1.3 covers them, so a step the estimate
+# admits fits, and memory.require leaves a fifth of the free memory beside it.
+BYTES_PER_ELEMENT = 4 * 1.3
+# Measured the same way at 28x28 (small, medium), as shares of the fp32 step's memory per image:
+# autocast to bf16 keeps 0.51-0.52 of it (half-size copies of most activations); gradient
+# checkpointing 0.79 and 0.58 (the blocks' inputs, the skips, one block's recomputed inside).
+REDUCED = {"fp32": 1.0, "bf16": 0.6, "fp16": 0.6}
+CHECKPOINTED = 0.8
 
 
 def choose(setup: Setup, watch: Stopwatch) -> tuple[str, Plan]:
@@ -25,8 +44,14 @@ def choose(setup: Setup, watch: Stopwatch) -> tuple[str, Plan]:
         return step_budget(setup)
     chosen = None
     for size in list(MODEL_SIZES) if model == "auto" else [model]:
+        try:
+            check_step_memory(setup, size)
+        except UsageError:
+            if chosen is None:
+                raise
+            break  # larger sizes need more memory still
         room = 0.95 * (o.budget_seconds - watch.elapsed)  # a first estimate: the deadline decides
-        steps = max(1, int(room / seconds_per_step(Learner(setup, size), watch.clock)))
+        steps = min(MAX_STEPS, max(1, int(room / seconds_per_step(Learner(setup, size), watch.clock))))
         if chosen is not None and steps * o.batch_size < MIN_IMAGES:
             break  # larger sizes are slower still
         chosen = size, steps
@@ -37,7 +62,9 @@ def choose(setup: Setup, watch: Stopwatch) -> tuple[str, Plan]:
 def step_budget(setup: Setup) -> tuple[str, Plan]:
     """A step budget's size and plan, known before anything is built."""
     o, model = setup.cfg.optim, setup.cfg.diffusion.model
-    return "small" if model == "auto" else model, plan(o.steps, o.batch_size, o.lr, o.warmup, o.ema_decay)
+    size = "small" if model == "auto" else model
+    check_step_memory(setup, size)
+    return size, plan(o.steps, o.batch_size, o.lr, o.warmup, o.ema_decay)
 
 
 def seconds_per_step(learner: Learner, clock: Callable[[], float], repeats: int = 3) -> float:
@@ -51,3 +78,62 @@ def seconds_per_step(learner: Learner, clock: Callable[[], float], repeats: int 
             torch.cuda.synchronize()
         times.append(clock() - start)
     return sorted(times[1:])[len(times[1:]) // 2] * 1.05  # the optimizer step and EMA cost ~5%
+
+
+# --- the memory of a training step ------------------------------------------------------------------
+
+def check_step_memory(setup: Setup, size: str) -> None:
+    """Refuse (UsageError: the figure and the limit) a step that cannot fit, before anything is built."""
+    o, r = setup.cfg.optim, setup.cfg.runtime
+    require(f"a training step of {o.batch_size} images of {setup.data.image_size}x{setup.data.image_size} "
+            f"({size} model{f', {r.grad_accum} micro-batches' if r.grad_accum > 1 else ''})",
+            step_bytes(setup, size), setup.device,
+            hint="lower --batch-size, or raise --grad-accum to compute the same step in parts")
+
+
+def step_bytes(setup: Setup, size: str) -> int:
+    """The memory of one step on this process: the activations of its part of a micro-batch, the
+    weights with their EMA, gradients and two Adam moments, and the global batch and its noise."""
+    cfg, data = setup.cfg, setup.data
+    unet = unet_config(size, data.image_size, data.channels, setup.context_dim)
+    micro = math.ceil(math.ceil(cfg.optim.batch_size / cfg.runtime.grad_accum) / setup.world.size)
+    per_image = activation_elements(unet, data.image_size) * BYTES_PER_ELEMENT * REDUCED[cfg.optim.precision]
+    per_image *= CHECKPOINTED if cfg.runtime.grad_checkpointing else 1.0
+    with torch.device("meta"):
+        weights = 5 * 4 * count_parameters(UNet(unet))
+    batch = 2 * 4 * cfg.optim.batch_size * data.channels * data.image_size ** 2
+    return int(micro * per_image + weights + batch)
+
+
+def activation_elements(unet: UNetConfig, image_size: int) -> int:
+    """The elements per image that a forward pass of this U-Net keeps for its backward pass: each
+    residual block's normalised, activated and convolved maps, each attention's q, k, v and weights."""
+    side = math.ceil(image_size / unet.downsampling) * unet.downsampling
+    chans, blocks = unet.level_channels, unet.blocks
+    skips, c, total = [chans[0]], chans[0], 3 * unet.channels * side * side
+    for i, c_out in enumerate(chans):  # the encoder
+        area = (side >> i) ** 2
+        for k in range(blocks):
+            total += _block_elements(unet, c if k == 0 else c_out, c_out, area, i in unet.attention)
+        c = c_out
+        skips += [c] * (blocks + (i < len(chans) - 1))
+        total += c * area // 4 if i < len(chans) - 1 else 0
+    total += 2 * _block_elements(unet, c, c, (side >> (len(chans) - 1)) ** 2, True)  # the middle
+    for i, c_out in reversed(list(enumerate(chans))):  # the decoder, each block eating a skip
+        area = (side >> i) ** 2
+        for _ in range(blocks + 1):
+            skip = skips.pop()
+            total += (c + skip) * area + _block_elements(unet, c + skip, c_out, area, i in unet.attention)
+            c = c_out
+        total += 2 * c * area * 4 if i > 0 else 0
+    return total + 3 * c * side * side
+
+
+def _block_elements(unet: UNetConfig, c_in: int, c_out: int, area: int, attends: bool) -> int:
+    """A residual block (its input normalised and activated, two convolutions, the modulated map),
+    and its attention (the normalised input, q, k, v, the output, the weights of every head)."""
+    elements = (3 * c_in + 6 * c_out) * area
+    if attends:
+        heads = max(1, c_out // unet.head_channels)
+        elements += 6 * c_out * area + 2 * heads * area * area
+    return elements

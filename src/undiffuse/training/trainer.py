@@ -8,9 +8,14 @@ resolves a new run's setup (setup.py), picks its model and plan (sizing.py) and 
 and loads its newest checkpoint.
 
 Never losing a run: checkpoints are atomic and kept K deep (checkpoint.py); SIGINT/SIGTERM save at
-the next step boundary; a step whose loss or gradient is not finite is skipped (learner.py) and
-counted, and `max_bad_steps` of them in a row stop the run with the last good checkpoint kept.
-Under torchrun the same loop runs data-parallel (see distributed.py).
+the next step boundary, and a second signal (during that save too) stops at once, the checkpoints
+before it whole; a step whose loss or gradient is not finite is skipped (learner.py) and counted,
+and `max_bad_steps` of them in a row stop the run with the last good checkpoint kept. Under torchrun
+the same loop runs data-parallel (see distributed.py).
+
+One writer at a time: rank 0 holds the run folder's lock (lock.py) from the moment it replaces or
+resumes the folder until the last save of `train`; everything checked before that only reads, so a
+refused command leaves the folder as it was. A finished run is resumed without writing anything.
 """
 from __future__ import annotations
 
@@ -20,24 +25,26 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
+import torch
 from tqdm.auto import tqdm
 
 from .. import checkpoint as ckpt
 from ..data import ImageData
 from ..errors import CheckpointError, TrainingDiverged, UsageError
-from ..run import Plan, RunRecord, read_run, write_run
+from ..run import MAX_STEPS, Plan, RunRecord, read_run, write_run
 from . import distributed as dist
 from .budget import REFIT_EVERY, Deadline, Stopwatch
+from .card import write_card
 from .config import TrainConfig
-from .folder import check_run_folder, clear_run_folder
-from .learner import Learner
-from .log import LOG, LogWriter, open_log, truncate_log
+from .folder import FolderLock, abandon_run_folder, check_run_folder, clear_run_folder
+from .learner import QUARTERS, Learner
+from .log import LOG, LogWriter, logged_losses, open_log, truncate_log
 from .record import options_of, record_of
 from .recipe import ema_decay_at, lr_at, plan
 from .resume import resumed_config, resumed_plan
 from .setup import Setup, new_setup, resumed_setup
 from .signals import StopOnSignal
-from .sizing import choose
+from .sizing import check_step_memory, choose
 
 
 @dataclass
@@ -57,6 +64,7 @@ class _Session:
     losses: list[float] = field(default_factory=list)  # the finite losses
     recent: list[float] = field(default_factory=list)  # those since the last log row
     skipped: int = 0
+    quarters: torch.Tensor = field(default_factory=lambda: torch.zeros(2 * QUARTERS, dtype=torch.float64))
 
 
 class Trainer:
@@ -77,7 +85,10 @@ class Trainer:
         self.world, self.device, self.context_dim = setup.world, setup.device, setup.context_dim
         self.deadline = Deadline(cfg.optim.budget_seconds) if cfg.optim.budget_seconds else None
         self.step, self.bad_steps, self.saved_step, self.lr = 0, 0, -1, 0.0
+        self.saved_plan = plan
         self.skipped_checkpoints: list[str] = []
+        self.extended = False  # a resumed time budget that grew: its recorded plan ended, the new budget has not
+        self._lock = FolderLock(run, setup.world.is_main)  # rank 0's hold on the run folder's lock
         learner.wrap()
 
     @classmethod
@@ -87,14 +98,14 @@ class Trainer:
         written until the options, the data and the model are settled."""
         watch = Stopwatch(clock)  # a time budget counts from here: reading the data, timing the sizes
         run = Path(run)
-        check_run_folder(run, overwrite)
+        check_run_folder(run, overwrite, cfg.source.base)  # read only; again under the lock in _publish
         setup = new_setup(cfg, data)
         size, plan = dist.broadcast(choose(setup, watch) if setup.world.is_main else None, setup.world)
         learner = Learner(setup, size)
         if setup.cfg.source.base:
             learner.start_from(Path(setup.cfg.source.base) / ckpt.EMA)
         trainer = cls(run, setup, learner, size, plan, watch)
-        trainer._publish()
+        trainer._publish(overwrite)
         return trainer
 
     @classmethod
@@ -108,34 +119,68 @@ class Trainer:
         """
         watch, run = Stopwatch(clock), Path(run)
         record = read_run(run)
-        cfg = resumed_config(options_of(record, run), record, changes or {}, run)
+        stored = options_of(record, run)
+        cfg = resumed_config(stored, record, changes or {}, run)
         setup = resumed_setup(cfg, record, data)
+        check_step_memory(setup, record.model_size)
         learner = Learner(setup, record.model_size)
         if learner.model.cfg != record.unet:
             raise CheckpointError(f"{run / ckpt.CONFIG}: its 'unet' does not match a {record.model_size} model for "
                                   "this data; the folder was edited or written by another version")
         trainer = cls(run, setup, learner, record.model_size, resumed_plan(cfg, record), watch)
-        trainer._load_newest(record)
+        trainer.extended = cfg.optim.budget_seconds != stored.optim.budget_seconds
+        newest = ckpt.newest_step(run)
+        trainer._load_newest()
+        if not trainer.finished:  # a finished run is left as it is: nothing to train, nothing to write
+            trainer._claim(record, newest)
         return trainer
 
-    def _publish(self) -> None:
-        """A new run's folder: its config.json and the checkpoint of step 0."""
+    def _publish(self, overwrite: bool) -> None:
+        """A new run's folder: its config.json and the checkpoint of step 0, under the folder's lock."""
         dist.barrier(self.world)  # every rank has checked the folder before rank 0 replaces it
         if self.world.is_main:
-            clear_run_folder(self.run)  # only now: bad data or flags leave no folder behind
-            write_run(self.run, self.record())
-        self.save()
+            created = not self.run.exists()
+            self.run.mkdir(parents=True, exist_ok=True)
+            self._lock.take()
+            try:
+                check_run_folder(self.run, overwrite, self.cfg.source.base)  # nobody else writes it now
+                clear_run_folder(self.run)  # only now: bad data or flags leave no folder behind
+                write_run(self.run, self.record())
+                self.save()
+            except BaseException:
+                if created:
+                    abandon_run_folder(self.run)
+                self.close()
+                raise
 
-    def _load_newest(self, record: RunRecord) -> None:
-        found = ckpt.latest_checkpoint(self.run)
+    def _load_newest(self) -> None:
+        """The newest readable checkpoint (read only: the lock is taken after, by `_claim`)."""
+        found = ckpt.latest_checkpoint(self.run, self.learner.expected_shapes())
         if found is not None:
             tensors, self.step, self.skipped_checkpoints = found
             self.watch.restart(self.learner.load(tensors, self.run))
             self.saved_step = self.step
-        if self.world.is_main:
+
+    def _claim(self, record: RunRecord, newest: int | None) -> None:
+        """Take the run's lock for this session, make sure nobody wrote the run since it was read,
+        drop the log rows after the checkpoint and record a changed plan or option."""
+        if not self.world.is_main:
+            return
+        try:
+            self._lock.take()
+            if read_run(self.run) != record or ckpt.newest_step(self.run) != newest:
+                raise CheckpointError(f"'{self.run}' changed while it was being resumed (another process "
+                                      "trained it); run the command again")
             truncate_log(self.run / LOG, self.step)
             if self.record() != record:  # resumed with a longer budget or other runtime options
                 write_run(self.run, self.record())
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Let go of the run folder's lock (train() does at its end; dropping the Trainer does too)."""
+        self._lock.release()
 
     # --- state --------------------------------------------------------------------------------
     @property
@@ -155,6 +200,12 @@ class Trainer:
         """The share of the run behind us: of the time budget, or of the steps."""
         return self.deadline.done(self.elapsed) if self.deadline else min(1.0, self.step / self.plan.steps)
 
+    @property
+    def finished(self) -> bool:
+        """The run took the steps of its plan (a time budget's deadline sets them when it ends it), and
+        no larger budget extends it."""
+        return self.step >= self.plan.steps and not self.extended
+
     def record(self) -> RunRecord:
         """What config.json holds: everything `sample` and `resume` need."""
         return record_of(self.setup, self.size, self.plan, self.model.cfg)
@@ -173,24 +224,44 @@ class Trainer:
     def train(self, *, until: int | None = None, progress: bool = True,
               on_grid: Callable[[Path], None] | None = None) -> Result:
         """Run to the planned step or the deadline (or `until`), with a progress bar, log, grids and
-        checkpoints. Under torchrun rank 0's clock decides for all: its elapsed time sets every rank's
-        learning rate, and its deadline stops them all at the same step."""
+        checkpoints, then write the model card (card.py). Under torchrun rank 0's clock decides for
+        all: its elapsed time sets every rank's learning rate, and its deadline stops them all at the
+        same step. A finished run returns at once and writes nothing."""
+        if self.finished:
+            return self._result([])
+        try:
+            self._lock.take(expect_step=self.saved_step)  # again, when an earlier train() let go of it
+            session = self._session(until, progress, on_grid)
+        finally:
+            self.close()
+        return self._result(session.losses, session.skipped)
+
+    def _session(self, until, progress: bool, on_grid) -> _Session:
         main = self.world.is_main
         self.grids_drawn = math.floor(self.done() * self.cfg.runtime.grids + 1e-9)
         bar = tqdm(total=self.plan.steps, initial=self.step, disable=not (progress and main), unit="step",
                    dynamic_ncols=True, desc=self.run.name)
         session = _Session(self.watch.clock(), self.step)
-        with StopOnSignal() as stop, open_log(self.run / LOG, main) as log_file:
-            log = LogWriter(log_file, bar, self.cfg.optim.batch_size) if log_file else None
-            self._loop(session, stop, log, bar, until, on_grid)
-            if self.deadline and not stop.requested and until is None and self.step > session.start_step:
-                self._end_at_deadline(session, log, on_grid)
-        bar.close()
-        self.save()
+        with StopOnSignal() as stop:  # a second signal, in the last save too, stops at once
+            with open_log(self.run / LOG, main) as log_file:
+                log = LogWriter(log_file, bar, self.cfg.optim.batch_size) if log_file else None
+                self._loop(session, stop, log, bar, until, on_grid)
+                if self.deadline and not stop.requested and until is None and self.step > session.start_step:
+                    self._end_at_deadline(session, log, on_grid)
+            bar.close()
+            self._save_if_new()
         if dist.any_rank(stop.requested, self.world, self.device):  # after the save: no step is lost
             raise KeyboardInterrupt(f"stopped by signal at step {self.step}")
-        tail = session.losses[-max(1, len(session.losses) // 20):] or [float("nan")]
-        return Result(self.run, self.step, self.elapsed, sum(tail) / len(tail), session.skipped)
+        if main:
+            write_card(self.run, saved_step=self.saved_step)
+        self.extended = False
+        return session
+
+    def _result(self, losses: list[float], skipped: int = 0) -> Result:
+        """The Result; the final loss is the mean of the last few percent of this session's steps, or
+        the last logged one when this session took none."""
+        tail = losses[-max(1, len(losses) // 20):] or logged_losses(self.run)[-1:] or [float("nan")]
+        return Result(self.run, self.step, self.elapsed, sum(tail) / len(tail), skipped)
 
     def _loop(self, session: _Session, stop: StopOnSignal, log, bar, until, on_grid) -> None:
         last_save = self.watch.clock()
@@ -221,6 +292,7 @@ class Trainer:
         else:
             session.losses.append(loss)
             session.recent.append(loss)
+            session.quarters += self.learner.quarters
         if self.deadline and self.step % REFIT_EVERY == 0:
             self._refit()
             bar.total = self.plan.steps
@@ -235,8 +307,9 @@ class Trainer:
     def _log(self, log: LogWriter, session: _Session) -> None:
         seconds = self.watch.clock() - session.start
         log.row(self.step, session.recent, self.lr, self.step - session.start_step, seconds, self.elapsed,
-                session.skipped)
+                session.skipped, session.quarters)
         session.recent = []
+        session.quarters = torch.zeros_like(session.quarters)
 
     def _more_steps(self, until: int | None) -> bool:
         """A step budget ends at its step; a time budget at its deadline (checked in the loop)."""
@@ -245,19 +318,19 @@ class Trainer:
         return self.deadline is not None or self.step < self.plan.steps
 
     def _draw_due_grids(self, on_grid, finished: bool = False) -> None:
-        """Grids are drawn evenly through the run (by its `done` share), the last one at its end."""
+        """Grids are drawn evenly through the run (by its `done` share), the last one at its end, and
+        at most one a step: a run of fewer steps than grids draws fewer (the rest would repeat them)."""
         grids = self.cfg.runtime.grids
-        while self.grids_drawn < grids and (finished or self.done() >= (self.grids_drawn + 1) / grids):
-            self.grids_drawn += 1
-            if self.world.is_main:
-                start = self.watch.clock()
-                path = self.write_grid()
-                if self.deadline:
-                    self.deadline.record_end_cost("grid", self.watch.clock() - start)
-                if on_grid is not None:
-                    on_grid(path)
-            if not finished:
-                break  # at most one a step
+        if self.grids_drawn >= grids or not (finished or self.done() >= (self.grids_drawn + 1) / grids):
+            return
+        self.grids_drawn = grids if finished else self.grids_drawn + 1
+        if self.world.is_main:
+            start = self.watch.clock()
+            path = self.write_grid()
+            if self.deadline:
+                self.deadline.record_end_cost("grid", self.watch.clock() - start)
+            if on_grid is not None:
+                on_grid(path)
 
     def _check_diverged(self, loss: float, bar) -> None:
         """Tell about a skipped step; stop when too many came in a row, without saving this state."""
@@ -275,7 +348,7 @@ class Trainer:
         """Re-estimate a time budget's step count from the recent step times (rank 0's, sent to all).
         The warm-up stays as first planned; the EMA horizon follows the estimate."""
         o = self.cfg.optim
-        steps = self.step + 1 + self.deadline.steps_left(self.elapsed) if self.world.is_main else None
+        steps = min(MAX_STEPS, self.step + 1 + self.deadline.steps_left(self.elapsed)) if self.world.is_main else None
         steps = dist.broadcast(steps, self.world)
         self.plan = plan(steps, o.batch_size, o.lr, self.plan.warmup, o.ema_decay)
 
@@ -289,7 +362,16 @@ class Trainer:
         if self.deadline:  # the plan (a time budget's step estimate) goes with the checkpoint
             write_run(self.run, self.record())
             self.deadline.record_end_cost("checkpoint", self.watch.clock() - start)
-        self.saved_step = self.step
+        self.saved_step, self.saved_plan = self.step, self.plan
+
+    def _save_if_new(self) -> None:
+        """The last save of a session: a checkpoint when a step was taken since the last one; when only
+        the plan changed (a deadline that ended the run right after a save), config.json alone."""
+        if self.step != self.saved_step:
+            self.save()
+        elif self.plan != self.saved_plan and self.world.is_main:
+            write_run(self.run, self.record())
+            self.saved_plan = self.plan
 
     def write_grid(self) -> Path:
         """A small grid from the EMA weights (one image per class, or 8 unconditional)."""

@@ -20,7 +20,7 @@ def test_train_refuses_an_existing_run_then_resumes_it(trained, capsys):
     err = fails_cleanly(capsys, ["train", *TRAIN, "--out", str(trained)])
     assert "--resume" in err
     assert main(["train", "--out", str(trained), "--resume", "--quiet"]) == 0  # already done: a no-op
-    assert "step 8 of 8" in capsys.readouterr().out
+    assert "finished at step 8" in capsys.readouterr().out
 
 
 def test_train_reads_a_toml_config_and_flags_win(tmp_path, capsys):

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from ..errors import DataError, UsageError
-from .flags import add_device, check_guidance, sampler_options
+from .flags import add_device, add_seed, check_guidance, sampler_options
 from .output import output_path, say, write_picture
 
 MAX_N = 100_000
@@ -30,7 +30,7 @@ def add(sub) -> None:
     p.add_argument("--sampler", default=None, choices=list(REGISTRY), help="default: the sample command's")
     p.add_argument("--steps", type=int, default=None, help="network evaluations (default: the sampler's)")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale w (default 2)")
-    p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i (default 0)")
+    add_seed(p, "sample")
     p.add_argument("--against", default=None, metavar="SPEC", help="real images (default: the run's training data)")
     p.add_argument("--features", default=None, choices=FEATURES,
                    help="feature space (default: digits for mnist/digits runs, else inception)")
@@ -51,6 +51,7 @@ def run(args) -> int:
     from ..eval.memorisation import summary
     from ..eval.metrics import feature_extractor, score_features
     from ..run import read_run
+    from ..training.card import write_card
 
     record = read_run(args.run)
     out = _output(args)
@@ -75,6 +76,8 @@ def run(args) -> int:
     atomic_write(out, lambda p: p.write_text(json.dumps(result, indent=2) + "\n"))
     _print_scores(result)
     say(f"written: {out}")
+    if out.parent.resolve() == Path(args.run).resolve():  # the run's own scores: into its model card
+        say(f"model card: {write_card(args.run)}")
     if copies is not None:
         say(f"closest pairs (generated above, nearest training image below): {_closest(copies, fake, out)}")
     return 0

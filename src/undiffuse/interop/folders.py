@@ -24,7 +24,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from .. import checkpoint as ckpt
 from ..conditions import one_hot
@@ -177,9 +176,8 @@ def _unet_folder(folder: Path) -> tuple[Path, dict]:
 
 def _write_run_folder(folder: Path, record: RunRecord, net: UNet) -> None:
     write_run(folder, record)
-    tensors = {k: v.contiguous() for k, v in net.state_dict().items()}
     for name in (ckpt.EMA, ckpt.MODEL):  # one set of weights: sampling and fine-tuning read the same
-        save_file(tensors, str(folder / name), metadata={"step": "0"})
+        ckpt.write_tensors(folder / name, net.state_dict(), step=0)
 
 
 def _read_json(path: Path) -> dict:

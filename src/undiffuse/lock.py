@@ -50,8 +50,13 @@ def run_lock(run: Path, what: str = "writing"):
 
 def _record(fd: int, what: str) -> None:
     os.ftruncate(fd, 0)
-    holder = {"pid": os.getpid(), "what": what, "command": " ".join(sys.argv)[:200], "since": time.time()}
+    holder = {"pid": os.getpid(), "what": what, "command": _short(" ".join(sys.argv)), "since": time.time()}
     os.pwrite(fd, json.dumps(holder).encode(), 0)
+
+
+def _short(command: str, limit: int = 80) -> str:
+    """Enough of a command line to recognise it, and a refusal that stays one short line."""
+    return command if len(command) <= limit else command[:limit - 3] + "..."
 
 
 def _holder(fd: int) -> str:

@@ -290,3 +290,105 @@ def test_the_server_describes_a_text_run_and_takes_prompts(text_run):
         parse_generate(run, {"label": "3"})
     page = (__import__("importlib").resources.files("undiffuse") / "assets" / "serve.html").read_text()
     assert 'id="prompt"' in page and "info.text" in page
+
+
+# --- training on captions ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def zero_one(tmp_path_factory):
+    """The 8x8 digits 0 and 1 as a .npy, captioned "zero" / "one" in a caption file beside it."""
+    import numpy as np
+
+    from undiffuse.data import load_data
+
+    folder = tmp_path_factory.mktemp("zero_one")
+    data = load_data("digits", image_size=8)
+    keep = (data.labels == 0) | (data.labels == 1)
+    images, labels = data.images[keep], data.labels[keep]
+    np.save(folder / "x.npy", ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy())
+    (folder / "x.txt").write_text("".join("zero\n" if k == 0 else "one\n" for k in labels.tolist()))
+    return folder, images, labels
+
+
+@pytest.fixture(scope="module")
+def captioned_run(tmp_path_factory, zero_one, encoder):
+    from undiffuse.training import TrainConfig, Trainer
+
+    folder, _, _ = zero_one
+    run = tmp_path_factory.mktemp("captioned") / "run"
+    cfg = TrainConfig.flat(data=str(folder / "x.npy"), captions=str(folder / "x.txt"), image_size=8, steps=300,
+                           batch_size=32, model="tiny", grids=1, seed=0)
+    Trainer.create(cfg, run).train(progress=False)
+    return run
+
+
+@needs_extra
+def test_a_run_trained_on_two_captions_tells_them_apart(captioned_run, zero_one):
+    from undiffuse.generate import generate, load_run
+
+    _, images, labels = zero_one
+    means = torch.stack([images[labels == k].mean(0) for k in (0, 1)])  # (2, 1, 8, 8)
+    run = load_run(captioned_run)
+
+    def share_read_as_zero(prompt: str) -> float:
+        samples = generate(run, 48, prompt=prompt, steps=10, seed=3)
+        distance = (samples[:, None] - means[None]).flatten(2).pow(2).sum(2)  # (48, 2)
+        return (distance.argmin(1) == 0).float().mean().item()
+
+    as_zero, as_one = share_read_as_zero("zero"), share_read_as_zero("one")
+    assert as_zero > 0.7 and as_one < 0.3, (as_zero, as_one)
+
+
+@needs_extra
+def test_a_text_run_records_its_encoder_and_keeps_its_caption_table(captioned_run, encoder):
+    import json
+
+    from undiffuse.conditions.text import load_table
+    from undiffuse.run import CAPTIONS, read_run
+
+    config = json.loads((captioned_run / "config.json").read_text())
+    assert config["text"] == {"encoder": "all-MiniLM-L6-v2", "dim": 384, "max_tokens": 32}
+    assert config["unet"]["text_dim"] == 384 and config["unet"]["context_dim"] == 0 and config["class_names"] == []
+    assert config["train"]["captions"].endswith("x.txt")
+    assert read_run(captioned_run).text.dim == 384
+    table = load_table(captioned_run / CAPTIONS)
+    assert table.texts == ("", "one", "zero") and table.null.tolist() == [True, False, False]
+    fresh = encoder.encode(list(table.texts), max_tokens=32)
+    assert torch.equal(table.pooled, fresh.pooled)
+    assert torch.equal(table.tokens, fresh.tokens) and torch.equal(table.mask, fresh.mask)
+    assert list((captioned_run / "samples").glob("*.png"))  # the grid drew the training captions
+
+
+@needs_extra
+def test_training_encodes_each_caption_once_and_drops_to_the_null_row(zero_one, monkeypatch, tmp_path):
+    from undiffuse.conditions import text
+    from undiffuse.training import TrainConfig, Trainer
+    from undiffuse.training.learner import draw_batch
+
+    calls = []
+    encode = text.TextEncoder.encode
+    monkeypatch.setattr(text.TextEncoder, "encode", lambda self, texts, *a, **k: calls.append(list(texts))
+                        or encode(self, texts, *a, **k))
+    folder, _, labels = zero_one
+    cfg = TrainConfig.flat(data=str(folder / "x.npy"), captions=str(folder / "x.txt"), image_size=8, steps=3,
+                           batch_size=64, model="tiny", grids=0, cond_drop=0.5)
+    trainer = Trainer.create(cfg, tmp_path / "run")
+    trainer.train(progress=False)
+    assert sorted(t for c in calls for t in c) == ["", "one", "zero"]  # once each, at the start
+    setup = trainer.setup
+    assert setup.caption_index.tolist() == [2 if k == 0 else 1 for k in labels.tolist()]
+    _, rows, null, _, _ = draw_batch(setup, 5)
+    assert null is None and 0 < (rows == 0).sum() < len(rows)  # dropout: the null row, about half the time
+    resumed = Trainer.resume(tmp_path / "run", changes={"steps": 4})
+    assert len(calls) == 1  # resuming reads the stored table: no encoder
+    assert torch.equal(resumed.setup.caption_index, setup.caption_index)
+    resumed.train(progress=False)
+
+
+def test_text_and_class_conditioning_are_exclusive():
+    from undiffuse.training import TrainConfig
+
+    with pytest.raises(UsageError, match="classes or on text, not both"):
+        TrainConfig.flat(data="digits", captions="templates", context_names="a,b")
+    with pytest.raises(UsageError, match="fine-tuning"):
+        TrainConfig.flat(data="digits", captions="templates", base="somewhere")

@@ -125,6 +125,15 @@ class SourceOptions(_Checked):
     context_names: str | None = None  # comma-separated names of the classes or context attributes
     base: str | None = None  # fine-tune: the run folder whose EMA weights this run starts from
     only_label: str | None = None  # fine-tune: train on the images of this class only (name or id)
+    captions: str | None = None  # train on text prompts: templates (digits 0-9), attributes (named labels) or a caption file
+
+    def check(self) -> None:
+        if self.captions is not None and self.base is not None:
+            raise UsageError("captions train a text-conditioned run from scratch; a fine-tuning run (base) keeps "
+                             "its base's conditioning")
+        if self.captions not in (None, "attributes") and self.context_names is not None:
+            raise UsageError("a run is conditioned on classes or on text, not both: context_names names classes, "
+                             "captions asks for text prompts (captions 'attributes' captions from those names)")
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import torch
 
 from .. import checkpoint as ckpt
 from ..conditions import drop_mask, one_hot
-from ..data import batch_at
+from ..data import batch_at, batch_indices
 from ..unet import UNet
 from . import distributed as dist
 from .objective import draw_noise, per_image_loss
@@ -38,7 +39,7 @@ class Learner:
         self.setup = setup
         torch.manual_seed(cfg.optim.seed)  # the initial weights
         unet = unet_config(size, data.image_size, data.channels, setup.context_dim, cfg.diffusion.context_mode,
-                           cfg.diffusion.block_style)
+                           cfg.diffusion.block_style, setup.text_dim)
         self.model = UNet(unet).to(setup.device)
         if cfg.runtime.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -75,10 +76,13 @@ class Learner:
             x0, context, null, t, noise = (None if v is None else v[index].to(device) for v in batch)
             if cfg.runtime.channels_last:
                 x0, noise = (v.contiguous(memory_format=torch.channels_last) for v in (x0, noise))
+            net = self.net
+            if self.setup.captions is not None:  # a text run: context holds each image's caption row
+                net, context = functools.partial(self.net, text=self.setup.captions.batch(context)), None
             last = k == len(micro_batches) - 1
             with contextlib.nullcontext() if last or self.ddp is None else self.ddp.no_sync():
                 with torch.autocast(device.type, dtype=DTYPES[cfg.optim.precision], enabled=cfg.optim.precision != "fp32"):
-                    per_image = per_image_loss(self.net, self.schedule, x0, t, noise, context, null,
+                    per_image = per_image_loss(net, self.schedule, x0, t, noise, context, null,
                                                prediction=cfg.diffusion.prediction, min_snr=cfg.diffusion.min_snr)
                     loss = per_image.mean() * len(index) / cfg.optim.batch_size
                 self._count_quarters(per_image.detach(), t)
@@ -152,12 +156,17 @@ class Learner:
 
 def draw_batch(setup: Setup, step: int) -> tuple:
     """The global batch of a step with all its random draws, identical on every rank:
-    (x0, context, null, t, noise), context and null None for an unconditional model."""
+    (x0, context, null, t, noise), context and null None for an unconditional model; a text run's
+    context is each image's caption row, 0 (the null prompt) where guidance dropout struck."""
     cfg, k = setup.cfg, setup.context_dim
     generator = torch.Generator().manual_seed(cfg.optim.seed * 1_000_003 + step + 1)
     images, labels = batch_at(setup.data, cfg.optim.batch_size, step, cfg.optim.seed)
     context = null = None
-    if k and labels is None:  # unlabelled data for a conditional model: the null context
+    if setup.captions is not None:
+        rows = setup.caption_index[batch_indices(len(setup.data.images), cfg.optim.batch_size, step, cfg.optim.seed)]
+        drop = drop_mask(len(rows), cfg.diffusion.cond_drop, generator, "cpu")
+        context = torch.where(drop, torch.zeros_like(rows), rows)
+    elif k and labels is None:  # unlabelled data for a conditional model: the null context
         null = torch.ones(len(images), dtype=torch.bool)
         context = torch.zeros(len(images), k)
     elif k:

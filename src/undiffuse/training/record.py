@@ -6,7 +6,8 @@ from pathlib import Path
 
 from .. import checkpoint as ckpt
 from ..errors import CheckpointError, UsageError
-from ..run import IN_RECORD, Plan, RunRecord, ScheduleSpec
+from ..conditions.text import CONTEXT_TOKENS, ENCODER_NAME
+from ..run import IN_RECORD, Plan, RunRecord, ScheduleSpec, TextSpec
 from ..unet import UNetConfig
 from .config import TrainConfig
 from .recipe import MODEL_SIZES
@@ -19,7 +20,8 @@ def record_of(setup: Setup, size: str, plan: Plan, unet: UNetConfig) -> RunRecor
                      prediction=d.prediction, image_size=data.image_size, channels=data.channels,
                      class_names=tuple(setup.class_names), data_source=data.source, num_images=len(data.images),
                      plan=plan, train={k: v for k, v in cfg.options().items() if k not in IN_RECORD},
-                     finetuned_from=setup.finetuned_from)
+                     finetuned_from=setup.finetuned_from,
+                     text=TextSpec(ENCODER_NAME, setup.text_dim, CONTEXT_TOKENS) if setup.text_dim else None)
 
 
 def options_of(record: RunRecord, run: Path) -> TrainConfig:

@@ -6,13 +6,17 @@ A new run, a resumed run and a dry run resolve the same way, and only then is a 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from torch import Tensor
 
+from ..conditions.text import CONTEXT_TOKENS, CaptionTable, TextEncoder, canonical, load_table
 from ..data import ImageData, load_data, name_contexts
+from ..data.captions import captions_for
 from ..device import pick_device
-from ..errors import UsageError
-from ..run import BaseRun, RunRecord, read_run
+from ..errors import CheckpointError, UsageError
+from ..run import CAPTIONS, BaseRun, RunRecord, read_run
 from ..schedule import NoiseSchedule, make_schedule
 from . import distributed as dist
 from .config import TrainConfig
@@ -34,6 +38,12 @@ class Setup:
     device: torch.device  # this process's device
     world: dist.World  # the torchrun processes (one when not under torchrun)
     schedule: NoiseSchedule
+    captions: CaptionTable | None = None  # a text run's distinct captions, encoded once, on `device`; row 0 is ""
+    caption_index: Tensor | None = None  # (N,) int64: each image's row of `captions`
+
+    @property
+    def text_dim(self) -> int:
+        return 0 if self.captions is None else self.captions.pooled.shape[1]
 
 
 def new_setup(cfg: TrainConfig, data: ImageData | None = None) -> Setup:
@@ -51,17 +61,44 @@ def new_setup(cfg: TrainConfig, data: ImageData | None = None) -> Setup:
         context_dim = data.num_classes if cfg.source.conditional and data.labels is not None else 0
         names = data.class_names if context_dim else ()
     finetuned_from = base_run(cfg.source.base) if base is not None else None
-    return Setup(cfg, data, context_dim, names, finetuned_from, device, world, _schedule(cfg))
+    text = {}
+    if cfg.source.captions is not None:  # text, not classes: the labels served only to caption the images
+        context_dim, names = 0, ()
+        text = encode_captions(cfg, data, device)
+    return Setup(cfg, data, context_dim, names, finetuned_from, device, world, _schedule(cfg), **text)
 
 
-def resumed_setup(cfg: TrainConfig, record: RunRecord, data: ImageData | None = None) -> Setup:
-    """A resumed run's setup: its data read again, fitted to the classes its record names."""
+def resumed_setup(cfg: TrainConfig, record: RunRecord, data: ImageData | None = None,
+                  run: Path | None = None) -> Setup:
+    """A resumed run's setup: its data read again, fitted to the classes its record names; a text
+    run's captions read again and indexed into its stored caption table (RUN/captions.safetensors)."""
     device, world = hardware(cfg)
     data = data if data is not None else load(cfg)
     if record.finetuned_from is not None:
         data = fit_to(data, record)
+    text = {}
+    if record.text is not None:
+        stored = run / CAPTIONS if run is not None else None
+        text = encode_captions(cfg, data, device, load_table(stored) if stored and stored.is_file() else None)
     return Setup(cfg, data, record.unet.context_dim, record.class_names, record.finetuned_from, device, world,
-                 record.schedule.build())
+                 record.schedule.build(), **text)
+
+
+def encode_captions(cfg: TrainConfig, data: ImageData, device: torch.device,
+                    table: CaptionTable | None = None) -> dict:
+    """{captions, caption_index}: each distinct caption of the images encoded once (never per step),
+    or looked up in `table`, a resumed run's stored one."""
+    texts = captions_for(data, cfg.source.captions, seed=cfg.optim.seed, allow_empty=True)
+    if table is None:
+        index, table = TextEncoder.load(device).encode_unique(texts, max_tokens=CONTEXT_TOKENS)
+    else:
+        rows = {text: i for i, text in enumerate(table.texts)}
+        missing = [t for t in texts if canonical(t) not in rows]
+        if missing:
+            raise CheckpointError(f"caption {missing[0][:60]!r} is not in the run's {CAPTIONS}: the captions "
+                                  "changed since the run began")
+        index = torch.tensor([rows[canonical(t)] for t in texts], dtype=torch.int64)
+    return {"captions": table.to(device), "caption_index": index}
 
 
 def hardware(cfg: TrainConfig) -> tuple[torch.device, dist.World]:

@@ -31,7 +31,8 @@ from tqdm.auto import tqdm
 from .. import checkpoint as ckpt
 from ..data import ImageData
 from ..errors import CheckpointError, TrainingDiverged, UsageError
-from ..run import MAX_STEPS, Plan, RunRecord, read_run, write_run
+from ..conditions.text import save_table
+from ..run import CAPTIONS, MAX_STEPS, Plan, RunRecord, read_run, write_run
 from . import distributed as dist
 from .budget import REFIT_EVERY, Deadline, Stopwatch
 from .card import write_card
@@ -121,7 +122,7 @@ class Trainer:
         record = read_run(run)
         stored = options_of(record, run)
         cfg = resumed_config(stored, record, changes or {}, run)
-        setup = resumed_setup(cfg, record, data)
+        setup = resumed_setup(cfg, record, data, run)
         check_step_memory(setup, record.model_size)
         learner = Learner(setup, record.model_size)
         if learner.model.cfg != record.unet:
@@ -146,6 +147,8 @@ class Trainer:
                 check_run_folder(self.run, overwrite, self.cfg.source.base)  # nobody else writes it now
                 clear_run_folder(self.run)  # only now: bad data or flags leave no folder behind
                 write_run(self.run, self.record())
+                if self.setup.captions is not None:  # so sampling the training captions needs no encoder
+                    ckpt.atomic_write(self.run / CAPTIONS, lambda p: save_table(p, self.setup.captions))
                 self.save()
             except BaseException:
                 if created:
@@ -380,9 +383,13 @@ class Trainer:
 
         labels = list(range(self.context_dim)) if self.context_dim else None
         n = len(labels) if labels else 8
+        text, captions = None, self.setup.captions
+        if captions is not None and len(captions) > 1:  # the first training captions, one image each
+            rows = torch.arange(1, min(9, len(captions)))
+            text, n = captions.batch(rows), len(rows)
         images = sample_images(self.ema, self.schedule, self.cfg.diffusion.prediction, n, labels=labels,
-                               image_size=self.data.image_size, seed=0,
-                               guidance=DEFAULT_GUIDANCE if labels else 1.0)
+                               image_size=self.data.image_size, seed=0, text=text,
+                               guidance=DEFAULT_GUIDANCE if labels or text is not None else 1.0)
         path = self.run / "samples" / f"step{self.step:07d}.png"
         path.parent.mkdir(exist_ok=True)
         save_grid(images, path, nrow=n)

@@ -392,3 +392,23 @@ def test_text_and_class_conditioning_are_exclusive():
         TrainConfig.flat(data="digits", captions="templates", context_names="a,b")
     with pytest.raises(UsageError, match="fine-tuning"):
         TrainConfig.flat(data="digits", captions="templates", base="somewhere")
+
+
+@needs_extra
+def test_train_with_captions_then_sample_a_prompt_from_the_command_line(tmp_path, capsys):
+    import numpy as np
+
+    from cli_helpers import fails_cleanly
+    from undiffuse.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--data", "digits", "--captions", "templates", "--image-size", "8", "--steps", "2",
+                 "--batch-size", "8", "--model", "tiny", "--grids", "0", "--quiet", "--out", str(run)]) == 0
+    assert (run / "captions.safetensors").is_file()
+    assert main(["sample", str(run), "--prompt", "a handwritten seven", "--negative-prompt", "the digit one",
+                 "--guidance", "3", "--n", "2", "--steps", "2", "--out", str(tmp_path / "s.npy")]) == 0
+    assert np.load(tmp_path / "s.npy").shape == (2, 1, 8, 8)
+    assert "takes --prompt, not --label" in fails_cleanly(capsys, ["sample", run, "--label", "7"])
+    err = fails_cleanly(capsys, ["train", "--data", "digits", "--captions", "templates", "--context-names", "a,b",
+                                 "--out", tmp_path / "both"])
+    assert "classes or on text, not both" in err

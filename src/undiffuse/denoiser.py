@@ -15,11 +15,13 @@ empty prompt) with no negative prompt run one unconditional pass, the null branc
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
+from .conditions.lowres import LowRes
 from .conditions.prompt import cat_text, nulled
 from .conditions.text import TextBatch
 from .parameterization import to_eps_x0
@@ -43,13 +45,16 @@ def guided(pred_null: Tensor, pred_ctx: Tensor, w: float) -> Tensor:
 
 def denoiser(model: nn.Module, schedule: NoiseSchedule, *, prediction: str = "eps",
              context: Tensor | None = None, guidance: float = 1.0, text: TextBatch | None = None,
-             negative: TextBatch | None = None) -> Denoise:
+             negative: TextBatch | None = None, low: LowRes | None = None) -> Denoise:
     """The one adapter from a network to the `denoise(x_t, t) -> (eps, x0)` that samplers take.
 
     context: (B, K) per image, or None for an unconditional model (or all-null rows).
     guidance: w; 1 asks one conditional pass, 0 one unconditional pass, anything else both.
     text: (B rows) a text network's prompts; negative: (B rows) the prompts that replace the null branch.
+    low: (B rows) a super-resolution network's low-res condition, the same in both branches.
     """
+    if low is not None:
+        model = functools.partial(model, low=low)
     if text is not None:
         return _text_denoiser(model, schedule, prediction, text, negative, guidance)
 

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from . import checkpoint as ckpt
 from .conditions import context_batch
+from .conditions.lowres import LowRes
 from .conditions.prompt import slice_text
 from .conditions.text import CaptionTable, TextBatch, TextEncoder, canonical, load_table
 from .denoiser import DEFAULT_GUIDANCE, denoiser
@@ -74,6 +75,16 @@ class LoadedRun:
         return table.batch(index)
 
     @property
+    def task(self) -> str:
+        """generate, or upscale for a super-resolution run (runs before the option: generate)."""
+        return self.config["train"].get("task") or "generate"
+
+    @property
+    def factor(self) -> int | None:
+        """An upscale run's factor (image size / low-res size); None for other runs."""
+        return self.config["train"].get("factor") if self.task == "upscale" else None
+
+    @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
@@ -94,13 +105,14 @@ def load_run(run: str | Path, *, weights: str = "ema", device: str | torch.devic
 def sample_images(net: UNet, schedule: NoiseSchedule, prediction: str, n: int, *,
                   image_size: int, labels: list[int] | None = None,
                   contexts: Tensor | None = None, text: TextBatch | None = None,
-                  negative: TextBatch | None = None,
+                  negative: TextBatch | None = None, low: LowRes | None = None,
                   sampler: str = DEFAULT_SAMPLER, steps: int | None = None, guidance: float = 1.0, seed: int = 0,
                   clip_denoised: bool = True, batch_size: int = 250, callback: Callback = None,
                   **options) -> Tensor:
     """n images in [-1, 1], (n, C, H, W). For a conditional network: `labels`, a class id per image,
     or `contexts`, a (n, K) context vector per image (multi-hot, or a mixture: see parse_context);
-    for a text network, `text` (n rows: LoadedRun.encode) and optionally `negative` (n rows).
+    for a text network, `text` (n rows: LoadedRun.encode) and optionally `negative` (n rows);
+    for a super-resolution network, `low` (n rows: edit.upscale builds it).
 
     clip_denoised keeps each step's estimate of the clean image inside the data range [-1, 1]; it
     removes the speckles that a briefly trained model leaves. The callback sees the steps of each
@@ -118,6 +130,8 @@ def sample_images(net: UNet, schedule: NoiseSchedule, prediction: str, n: int, *
         context = contexts[start:stop].to(device) if contexts is not None else None
         rows = {k: slice_text(v, start, stop, device) for k, v in (("text", text), ("negative", negative))
                 if v is not None}
+        if low is not None:
+            rows["low"] = low.rows(start, stop, device)
         eps_fn = denoiser(net, schedule.to(device), prediction=prediction, context=context, guidance=guidance,
                           **rows)
         with torch.inference_mode():
@@ -132,6 +146,9 @@ def generate(run: LoadedRun, n: int, *, prompts: list[str] | None = None, prompt
     """sample_images with the run's own schedule, prediction, size and classes. A text run takes
     `prompt` (every image) or `prompts` (cycled over the n images; by default its training captions
     in turn) and `negative_prompt`; guidance defaults to DEFAULT_GUIDANCE for prompts."""
+    if run.task == "upscale" and "low" not in options:
+        raise UsageError(f"this model upscales by {run.factor}: it needs a low-resolution image "
+                         "(undiffuse upscale, undiffuse.edit.upscale), it does not generate from noise")
     options.update(text_options(run, n, prompts, prompt, negative_prompt))
     if "text" in options:
         options.setdefault("guidance", DEFAULT_GUIDANCE)

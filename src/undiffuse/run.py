@@ -15,6 +15,9 @@ the run or changes an option, a time budget's checkpoint).
 A text-conditioned run (unet.text_dim > 0) says which sentence encoder its prompts go through in
 "text" (encoder, dim, max_tokens); runs without the key are not text runs. Its caption table, the
 training captions encoded once, lies beside it in captions.safetensors (CAPTIONS).
+
+A super-resolution run keeps its task ("upscale"), factor and training augmentation (cond_aug) among
+its "train" options, and unet.cond_channels equal to its channels; runs without them are "generate".
 """
 from __future__ import annotations
 
@@ -90,6 +93,16 @@ class RunRecord:
     train: dict  # the training options outside IN_RECORD, flat (training.record reads them)
     finetuned_from: BaseRun | None = None
     text: TextSpec | None = None  # None: not conditioned on text
+
+    @property
+    def task(self) -> str:
+        """generate, or upscale (super-resolution); runs written before the option generate."""
+        return self.train.get("task") or "generate"
+
+    @property
+    def factor(self) -> int | None:
+        """An upscale run's factor: its image size over its low-res size."""
+        return self.train.get("factor") if self.task == "upscale" else None
 
     def to_json(self) -> dict:
         return {"format_version": FORMAT_VERSION, "model_size": self.model_size, "unet": self.unet.to_dict(),
@@ -217,7 +230,21 @@ def _record(top: _Section) -> RunRecord:
     text_dim = values["text"].dim if values["text"] else 0
     if unet.text_dim != text_dim:
         top.fail("unet.text_dim", f"text.dim, {text_dim}" if text_dim else "0 without a text encoder", unet.text_dim)
+    _check_task(top, values)
     return RunRecord(**values)
+
+
+def _check_task(top: _Section, values: dict) -> None:
+    """An upscale run: a factor in [2, 8] dividing its size, and the low-res image's channels in its U-Net."""
+    task, factor = values["train"].get("task", "generate"), values["train"].get("factor")
+    if task not in ("generate", "upscale"):
+        top.fail("train.task", "generate or upscale", task)
+    upscale = task == "upscale"
+    if upscale and not (_is_int(factor) and 2 <= factor <= 8 and values["image_size"] % factor == 0):
+        top.fail("train.factor", f"an integer in [2, 8] dividing the image size {values['image_size']}", factor)
+    want = values["channels"] if upscale else 0
+    if values["unet"].cond_channels != want:
+        top.fail("unet.cond_channels", f"{want} for task {task}", values["unet"].cond_channels)
 
 
 def _unet(s: _Section) -> UNetConfig:
@@ -228,7 +255,8 @@ def _unet(s: _Section) -> UNetConfig:
                   groups=s.integer("groups", 1, 4096), dropout=s.number("dropout", 0, 1, below_high=True),
                   context_mode=s.choice("context_mode", CONTEXT_MODES),
                   block_style=s.choice("block_style", BLOCK_STYLES, default="film"),
-                  text_dim=s.integer("text_dim", 0, 100_000, default=0))
+                  text_dim=s.integer("text_dim", 0, 100_000, default=0),
+                  cond_channels=s.choice("cond_channels", (0, 1, 3), default=0))
     s.only(values)
     try:
         return UNetConfig(**values)

@@ -5,7 +5,9 @@ back by nearest upsampling, with skip connections between the two paths; self-at
 lowest resolutions. The step t enters through a sinusoidal embedding and an MLP; the context
 (class one-hot, attributes, mixtures) through `conditions.ContextEmbedding`; a text prompt
 (`text_dim` > 0) through `conditions.prompt`: its pooled embedding is added to the time embedding and
-cross-attention after every self-attention reads its tokens. How they reach each
+cross-attention after every self-attention reads its tokens. A super-resolution network
+(`cond_channels` > 0) takes the upsampled low-resolution image as extra input channels and its
+augmentation level through a small MLP added to the time embedding (`conditions.lowres`). How they reach each
 block is the config's `block_style`:
 
     film  the context embedding scales the normalised features, the time embedding shifts them,
@@ -29,6 +31,7 @@ from .errors import UsageError
 
 from .conditions import ContextEmbedding
 from .conditions.prompt import CrossAttention, PromptContext, PromptEmbedding
+from .conditions.lowres import LowRes
 from .conditions.text import TextBatch
 
 
@@ -58,6 +61,8 @@ class UNetConfig:
     # Text prompts: the width of the sentence encoder's states (conditions.text.WIDTH), 0 = no text.
     # Exclusive with context_dim: a run is conditioned on classes or on text, not both.
     text_dim: int = 0
+    # Super-resolution: channels of the upsampled low-res image concatenated to x_t, 0 = none.
+    cond_channels: int = 0
 
     def __post_init__(self):
         object.__setattr__(self, "mults", tuple(self.mults))
@@ -73,6 +78,8 @@ class UNetConfig:
             raise UsageError(f"unknown unet block_style {self.block_style!r}; choose one of {', '.join(BLOCK_STYLES)}")
         if self.text_dim < 0:
             raise UsageError("unet text_dim must be >= 0")
+        if self.cond_channels < 0:
+            raise UsageError("unet cond_channels must be >= 0")
         if self.text_dim and self.context_dim:
             raise UsageError("a U-Net is conditioned on classes (context_dim) or on text (text_dim), not both")
         if any(c % self.groups for c in self.level_channels):
@@ -207,7 +214,9 @@ class UNet(nn.Module):
         self.time_mlp = nn.Sequential(nn.Linear(cfg.base, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.context = ContextEmbedding(cfg.context_dim, emb_dim) if cfg.context_dim else None
         self.prompt = PromptEmbedding(cfg.text_dim, emb_dim) if cfg.text_dim else None
-        self.conv_in = nn.Conv2d(cfg.channels, chans[0], 3, padding=1)
+        if cfg.cond_channels:  # the augmentation level of the low-res image, as the step is embedded
+            self.aug_mlp = nn.Sequential(nn.Linear(cfg.base, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.conv_in = nn.Conv2d(cfg.channels + cfg.cond_channels, chans[0], 3, padding=1)
 
         # Encoder: remember the channels of every feature map kept for a skip connection.
         skips, c = [chans[0]], chans[0]
@@ -244,13 +253,17 @@ class UNet(nn.Module):
         nn.init.zeros_(self.conv_out.bias)
 
     def forward(self, x: Tensor, t: Tensor, context: Tensor | None = None, null: Tensor | None = None,
-                text: TextBatch | None = None) -> Tensor:
+                text: TextBatch | None = None, low: LowRes | None = None) -> Tensor:
         """null: (B,) bool, rows whose context is replaced by the learned null context (guidance).
-        text: a text network's prompts (its own `null` flags the rows that take the learned null)."""
+        text: a text network's prompts (its own `null` flags the rows that take the learned null).
+        low: a super-resolution network's upsampled low-res images and their augmentation levels."""
         h_in, w_in = x.shape[-2:]
+        x, aug = self._with_low(x, low)
         x = _pad_to_multiple(x, self.cfg.downsampling)
         t = t.expand(x.shape[0]) if t.ndim == 0 else t
         t_emb = self.time_mlp(sinusoidal_embedding(t, self.cfg.base))
+        if aug is not None:
+            t_emb = t_emb + self.aug_mlp(sinusoidal_embedding(aug.expand(x.shape[0]) * 1000, self.cfg.base))
         c_emb = self.context(context, null, batch=x.shape[0]) if self.context is not None else None
         if c_emb is not None and self.cfg.added:
             t_emb = t_emb + c_emb  # the class shifts every block from the first step of training
@@ -275,6 +288,19 @@ class UNet(nn.Module):
             h = up(h)
         out = self.conv_out(F.silu(self.norm_out(h)))
         return out[..., :h_in, :w_in]
+
+    def _with_low(self, x: Tensor, low: LowRes | None) -> tuple[Tensor, Tensor | None]:
+        """x with the low-res image's channels concatenated, and its levels; (x, None) for other networks."""
+        if not self.cfg.cond_channels:
+            if low is not None:
+                raise UsageError("this model is not a super-resolution model: it takes no low-resolution image")
+            return x, None
+        if low is None:
+            raise UsageError("this model upscales: it needs a low-resolution image (undiffuse upscale)")
+        if low.image.shape[1] != self.cfg.cond_channels or low.image.shape[-2:] != x.shape[-2:]:
+            raise UsageError(f"the upsampled low-resolution image must be {self.cfg.cond_channels} x "
+                             f"{x.shape[-2]} x {x.shape[-1]}, got {tuple(low.image.shape[1:])}")
+        return torch.cat([x, low.image.to(x.dtype)], dim=1), low.level
 
     def _block(self, block: ResBlock, attn: nn.Module, cross: nn.Module | None, h: Tensor, t_emb: Tensor,
                c_emb: Tensor | None, prompt: PromptContext | None) -> Tensor:

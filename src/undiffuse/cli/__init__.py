@@ -15,7 +15,7 @@ from .flags import Parser
 
 EXIT_USAGE = 2
 COMMANDS = ("demo", "train", "finetune", "sample", "noise", "eval", "inpaint", "outpaint", "img2img",
-            "interpolate", "serve", "export", "import")
+            "interpolate", "upscale", "serve", "export", "import")
 MODULES = {"import": "import_run"}  # command names that are not module names (import is a keyword)
 
 

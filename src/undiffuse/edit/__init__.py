@@ -1,10 +1,11 @@
-"""Editing with a trained model, without retraining: inpainting, outpainting, image-to-image, interpolation.
+"""Editing with a trained model, without retraining: inpainting, outpainting, image-to-image, interpolation, super-resolution.
 
 Two levels in each module:
 - over any denoise(x_t, t) -> (eps, x0) and NoiseSchedule, as the samplers take them (so that the exact
   denoiser of Gaussian data can check them): `inpaint_walk` with `replace_moves` or `repaint_moves`, which
   runs the samplers' walk with DDIM's step, `sdedit`, which cuts a sampler's timesteps at t0, `slerp`;
-- over a loaded run (`generate.load_run`): `inpaint`, `outpaint`, `img2img`, `interpolate`, with labels,
+- over a loaded run (`generate.load_run`): `inpaint`, `outpaint`, `img2img`, `interpolate` (and `upscale`
+  for an upscale run), with labels,
   contexts and classifier-free guidance exactly as `generate.sample_images` takes them.
 """
 from .inpaint import (DEFAULT_JUMP, DEFAULT_RESAMPLE, DEFAULT_STEPS, METHODS, inpaint, inpaint_moves, inpaint_walk,
@@ -12,7 +13,8 @@ from .inpaint import (DEFAULT_JUMP, DEFAULT_RESAMPLE, DEFAULT_STEPS, METHODS, in
 from .interpolate import interpolate, slerp
 from .masks import load_mask, mask_from_picture
 from .sdedit import img2img, sdedit, sdedit_plan
+from .upscale import upscale
 
 __all__ = ["DEFAULT_JUMP", "DEFAULT_RESAMPLE", "DEFAULT_STEPS", "METHODS", "img2img", "inpaint", "inpaint_moves",
            "inpaint_walk", "interpolate", "load_mask", "mask_from_picture", "network_calls", "outpaint", "renoise", "repaint_moves",
-           "replace_moves", "sdedit", "sdedit_plan", "slerp"]
+           "replace_moves", "sdedit", "sdedit_plan", "slerp", "upscale"]

@@ -22,6 +22,7 @@ from typing import Annotated, Literal, get_args, get_origin, get_type_hints
 from ..errors import UsageError
 from ..noise import MAX_SEED
 from ..parameterization import PREDICTIONS
+from ..conditions.lowres import TASKS, TRAIN_AUG
 from ..run import LR_RANGE, MAX_STEPS
 from ..schedule import SCHEDULES
 from ..unet import BLOCK_STYLES, CONTEXT_MODES
@@ -71,6 +72,7 @@ Prediction = Annotated[str, Literal[PREDICTIONS]]
 ContextMode = Annotated[str, Literal[CONTEXT_MODES]]
 BlockStyle = Annotated[str, Literal[BLOCK_STYLES]]
 Precision = Annotated[str, Literal[PRECISIONS]]
+Task = Annotated[str, Literal[TASKS]]
 
 
 def _check(name: str, value, hint) -> None:
@@ -126,8 +128,17 @@ class SourceOptions(_Checked):
     base: str | None = None  # fine-tune: the run folder whose EMA weights this run starts from
     only_label: str | None = None  # fine-tune: train on the images of this class only (name or id)
     captions: str | None = None  # train on text prompts: templates (digits 0-9), attributes (named labels) or a caption file
+    task: Task = "generate"  # generate images, or upscale (super-resolution, SR3) images downsampled by factor
+    factor: Annotated[int | None, Range(2, 8)] = None  # upscale: full size over low-res size (default 4)
 
     def check(self) -> None:
+        if self.factor is not None and self.task != "upscale":
+            raise UsageError("factor applies to task upscale only")
+        if self.task == "upscale":
+            given = [n for n in ("labels", "captions", "context_names", "base", "only_label") if getattr(self, n)]
+            if given:
+                raise UsageError(f"task upscale trains a model unconditional in class: it takes no "
+                                 f"{given[0].replace('_', '-')}")
         if self.captions is not None and self.base is not None:
             raise UsageError("captions train a text-conditioned run from scratch; a fine-tuning run (base) keeps "
                              "its base's conditioning")
@@ -147,6 +158,7 @@ class DiffusionOptions(_Checked):
     prediction: Prediction = "eps"  # what the network predicts: eps, x0 or v
     min_snr: Annotated[float | None, AT_LEAST_0] = 5.0  # min-SNR-gamma loss weighting (Hang et al. 2023); 0 or None: plain MSE
     cond_drop: Annotated[float, BELOW_1] = 0.1  # probability of training on the null context (for guidance)
+    cond_aug: Annotated[float, Range(0, 2)] = TRAIN_AUG  # upscale: noise std of the low-res image drawn in [0, this]
 
     def check(self) -> None:
         if self.zero_snr and self.prediction == "eps":

@@ -20,6 +20,7 @@ import torch
 
 from .. import checkpoint as ckpt
 from ..conditions import drop_mask, one_hot
+from ..conditions.lowres import DEFAULT_AUG, LowRes, condition, downsample, training_condition
 from ..data import batch_at, batch_indices
 from ..unet import UNet
 from . import distributed as dist
@@ -39,7 +40,8 @@ class Learner:
         self.setup = setup
         torch.manual_seed(cfg.optim.seed)  # the initial weights
         unet = unet_config(size, data.image_size, data.channels, setup.context_dim, cfg.diffusion.context_mode,
-                           cfg.diffusion.block_style, setup.text_dim)
+                           cfg.diffusion.block_style, setup.text_dim,
+                           data.channels if cfg.source.task == "upscale" else 0)
         self.model = UNet(unet).to(setup.device)
         if cfg.runtime.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -68,6 +70,7 @@ class Learner:
         rank's share of the batch's mean loss: summed over ranks, the batch's mean."""
         cfg, world, device = self.setup.cfg, self.setup.world, self.setup.device
         batch = draw_batch(self.setup, step)
+        low = low_batch(self.setup, step, batch[0])
         micro_batches = torch.arange(cfg.optim.batch_size).tensor_split(cfg.runtime.grad_accum)
         total = torch.zeros((), device=device)
         self._quarters = torch.zeros(2 * QUARTERS, dtype=torch.float64, device=device)
@@ -79,6 +82,8 @@ class Learner:
             net = self.net
             if self.setup.captions is not None:  # a text run: context holds each image's caption row
                 net, context = functools.partial(self.net, text=self.setup.captions.batch(context)), None
+            if low is not None:  # an upscale run: the batch's own images, downsampled and noised
+                net = functools.partial(self.net, low=low.take(index, device))
             last = k == len(micro_batches) - 1
             with contextlib.nullcontext() if last or self.ddp is None else self.ddp.no_sync():
                 with torch.autocast(device.type, dtype=DTYPES[cfg.optim.precision], enabled=cfg.optim.precision != "fp32"):
@@ -174,3 +179,23 @@ def draw_batch(setup: Setup, step: int) -> tuple:
         null = drop_mask(len(labels), cfg.diffusion.cond_drop, generator, "cpu")
     t, noise = draw_noise(setup.schedule.T, images.shape, generator)
     return images, context, null, t, noise
+
+
+def low_batch(setup: Setup, step: int, images: torch.Tensor) -> LowRes | None:
+    """An upscale run's conditions for the global batch of a step (its own generator); None otherwise."""
+    cfg = setup.cfg
+    if cfg.source.task != "upscale":
+        return None
+    generator = torch.Generator().manual_seed(cfg.optim.seed * 1_000_003 + step + 1 + 500_000_000_000)
+    return training_condition(images, cfg.source.factor, generator, cfg.diffusion.cond_aug)
+
+
+def grid_low(setup: Setup, n: int) -> LowRes | None:
+    """An upscale run's grid conditions: its first n training images, downsampled, at the sampling level."""
+    if setup.cfg.source.task != "upscale":
+        return None
+    images, factor = setup.data.images[:n].float(), setup.cfg.source.factor
+    generator = torch.Generator().manual_seed(0)
+    low = condition(downsample(images, factor), factor, torch.full((len(images),), DEFAULT_AUG),
+                    torch.randn(images.shape, generator=generator))
+    return low.rows(0, n, setup.device)

@@ -36,7 +36,8 @@ def default_batch_size(device_type: str) -> int:
 
 
 def unet_config(size: str, image_size: int, channels: int, context_dim: int,
-                context_mode: str = CONTEXT_MODE, block_style: str = "film", text_dim: int = 0) -> UNetConfig:
+                context_mode: str = CONTEXT_MODE, block_style: str = "film", text_dim: int = 0,
+                cond_channels: int = 0) -> UNetConfig:
     """Halve the resolution until it reaches 8 or less (28 -> 14 -> 7); attend at 8x8 and below."""
     if size not in MODEL_SIZES:
         raise UsageError(f"unknown model size {size!r}; choose one of auto, {', '.join(MODEL_SIZES)}")
@@ -48,7 +49,8 @@ def unet_config(size: str, image_size: int, channels: int, context_dim: int,
     mults = tuple([1] + [2] * (len(resolutions) - 1))
     attention = tuple(i for i, r in enumerate(resolutions) if r <= 8 and i > 0)
     return UNetConfig(channels=channels, mults=mults, attention=attention, context_dim=context_dim,
-                      context_mode=context_mode, block_style=block_style, text_dim=text_dim, **MODEL_SIZES[size])
+                      context_mode=context_mode, block_style=block_style, text_dim=text_dim,
+                      cond_channels=cond_channels, **MODEL_SIZES[size])
 
 
 def plan(steps: int, batch_size: int, lr: float | None = None, warmup: int | None = None,

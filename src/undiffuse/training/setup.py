@@ -61,6 +61,9 @@ def new_setup(cfg: TrainConfig, data: ImageData | None = None) -> Setup:
         context_dim = data.num_classes if cfg.source.conditional and data.labels is not None else 0
         names = data.class_names if context_dim else ()
     finetuned_from = base_run(cfg.source.base) if base is not None else None
+    if cfg.source.task == "upscale":  # super-resolution: unconditional in class, whatever labels the data has
+        context_dim, names = 0, ()
+        cfg = upscale_factor(cfg, data.image_size)
     text = {}
     if cfg.source.captions is not None:  # text, not classes: the labels served only to caption the images
         context_dim, names = 0, ()
@@ -82,6 +85,14 @@ def resumed_setup(cfg: TrainConfig, record: RunRecord, data: ImageData | None = 
         text = encode_captions(cfg, data, device, load_table(stored) if stored and stored.is_file() else None)
     return Setup(cfg, data, record.unet.context_dim, record.class_names, record.finetuned_from, device, world,
                  record.schedule.build(), **text)
+
+
+def upscale_factor(cfg: TrainConfig, image_size: int) -> TrainConfig:
+    """An upscale run's options with its factor (default 4), which must divide the image size."""
+    factor = cfg.source.factor or 4
+    if image_size % factor:
+        raise UsageError(f"--factor {factor} does not divide the image size {image_size}")
+    return cfg.updated(factor=factor)
 
 
 def encode_captions(cfg: TrainConfig, data: ImageData, device: torch.device,

@@ -379,6 +379,7 @@ class Trainer:
     def write_grid(self) -> Path:
         """A small grid from the EMA weights (one image per class, or 8 unconditional)."""
         from ..generate import DEFAULT_GUIDANCE, sample_images
+        from .learner import grid_low
         from ..viz import save_grid
 
         labels = list(range(self.context_dim)) if self.context_dim else None
@@ -388,7 +389,7 @@ class Trainer:
             rows = torch.arange(1, min(9, len(captions)))
             text, n = captions.batch(rows), len(rows)
         images = sample_images(self.ema, self.schedule, self.cfg.diffusion.prediction, n, labels=labels,
-                               image_size=self.data.image_size, seed=0, text=text,
+                               image_size=self.data.image_size, seed=0, text=text, low=grid_low(self.setup, n),
                                guidance=DEFAULT_GUIDANCE if labels or text is not None else 1.0)
         path = self.run / "samples" / f"step{self.step:07d}.png"
         path.parent.mkdir(exist_ok=True)

@@ -164,8 +164,9 @@ def test_the_cached_table_equals_the_encoders_output(text_run, encoder):
     assert run.captions.texts == ("", "one", "zero")
     cached = run.encode(["zero", "one", " zero "])  # training captions: from the table
     fresh = encoder.encode(["zero", "one", "zero"], max_tokens=8)
-    assert torch.equal(cached.pooled, fresh.pooled)
-    assert torch.equal(cached.tokens[:, :fresh.tokens.shape[1]], fresh.tokens)
+    # the same texts encoded in other batches: equal up to the reduction order of the threads that ran them
+    assert torch.allclose(cached.pooled, fresh.pooled, atol=1e-6)
+    assert torch.allclose(cached.tokens[:, :fresh.tokens.shape[1]], fresh.tokens, atol=1e-5)
     assert run._encoder is None  # nothing was encoded
     other = run.encode(["a handwritten seven", "zero"])
     assert run._encoder is not None and torch.allclose(other.pooled[1], fresh.pooled[0], atol=1e-6)

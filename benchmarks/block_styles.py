@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,7 @@ from undiffuse.eval.metrics import feature_extractor, score_features
 from undiffuse.generate import DEFAULT_GUIDANCE, generate, load_run
 
 STYLES = ("film", "adm")
+LOSS_PICTURE = Path(__file__).resolve().parent / "loss_quarters.png"
 
 
 def train_both(steps: int, model: str, out: Path, cores: list[int]) -> None:
@@ -92,7 +94,11 @@ def main() -> None:
         f"Scores of {args.n} DDIM-10 samples at guidance "
         f"{DEFAULT_GUIDANCE:g}: fidelity (judge accuracy {accuracy:.3f} on real digits) and FID in the judge's "
         "feature space. film is the default; adm blocks export exactly to diffusers (`undiffuse export`).",
-        "", *markdown_table(["blocks", "fidelity", "FID", "s/step", "final loss"], rows)])
+        "", *markdown_table(["blocks", "fidelity", "FID", "s/step", "final loss"], rows), "",
+        "The film run's loss.png, with the loss of each quarter of the noise levels beside the total "
+        "(log.csv's loss_q0..q3): the total flattens after a few hundred steps while the low-noise and "
+        "high-noise quarters keep falling.", "", f"![loss by noise quarter](benchmarks/{LOSS_PICTURE.name})"])
+    shutil.copyfile(out / "film" / "loss.png", LOSS_PICTURE)
     print(text)
     if not args.no_write:
         write_section("block_styles", "Film blocks or adm blocks", text)

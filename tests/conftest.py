@@ -1,4 +1,6 @@
 """Fixtures shared by the test modules."""
+import importlib.util
+
 import pytest
 
 from undiffuse.cli import main
@@ -13,3 +15,19 @@ def trained(tmp_path_factory):
     run = tmp_path_factory.mktemp("tiny") / "run"
     assert main(["train", *TRAIN, "--out", str(run)]) == 0
     return run
+
+
+def text_extra_installed() -> bool:
+    from undiffuse.conditions.text import MODEL_PACKAGE
+
+    return all(importlib.util.find_spec(m) for m in ("tokenizers", MODEL_PACKAGE))
+
+
+@pytest.fixture(scope="session")
+def encoder():
+    """The text extra's sentence encoder, loaded once for every test module that needs it."""
+    if not text_extra_installed():
+        pytest.skip("the text extra is not installed: pip install 'undiffuse[text]'")
+    from undiffuse.conditions.text import TextEncoder
+
+    return TextEncoder.load("cpu")

@@ -22,13 +22,6 @@ SENTENCES = ["a handwritten 7", "", "the digit seven", "number seven", "a hero, 
 
 
 @pytest.fixture(scope="module")
-def encoder():
-    if not HAVE_EXTRA:
-        pytest.skip("the text extra is not installed: pip install 'undiffuse[text]'")
-    return TextEncoder.load("cpu")
-
-
-@pytest.fixture(scope="module")
 def model_folder(tmp_path_factory):
     if not HAVE_EXTRA:
         pytest.skip("the text extra is not installed: pip install 'undiffuse[text]'")

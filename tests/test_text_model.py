@@ -125,14 +125,6 @@ def test_cat_text_pads_the_shorter_batch():
 # --- a text run folder, made by hand (training on captions is tested below) -----------------------------
 
 @pytest.fixture(scope="module")
-def encoder():
-    if not HAVE_EXTRA:
-        pytest.skip("the text extra is not installed: pip install 'undiffuse[text]'")
-    from undiffuse.conditions.text import TextEncoder
-    return TextEncoder.load("cpu")
-
-
-@pytest.fixture(scope="module")
 def text_run(tmp_path_factory, encoder):
     from safetensors.torch import save_file
 

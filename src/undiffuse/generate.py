@@ -77,12 +77,12 @@ class LoadedRun:
     @property
     def task(self) -> str:
         """generate, or upscale for a super-resolution run (runs before the option: generate)."""
-        return self.config["train"].get("task") or "generate"
+        return self.config.get("train", {}).get("task") or "generate"  # a LoadedRun built by hand may hold no record
 
     @property
     def factor(self) -> int | None:
         """An upscale run's factor (image size / low-res size); None for other runs."""
-        return self.config["train"].get("factor") if self.task == "upscale" else None
+        return self.config.get("train", {}).get("factor") if self.task == "upscale" else None
 
     @property
     def num_classes(self) -> int:

@@ -4,7 +4,6 @@ file-size limit, damaged checkpoints.
 The subprocess tests run the real `python -m undiffuse train` on the 8x8 digits at 16x16 with a tiny
 model, one thread each (bit-exact comparisons need the same thread count on both sides).
 """
-import errno
 import os
 import random
 import shutil
@@ -210,20 +209,38 @@ def test_a_write_that_fails_for_real_is_one_line_and_the_previous_checkpoint_loa
     assert ckpt.latest_checkpoint(run)[1] == 8 and read_log(run)[0] == list(range(1, 9))
 
 
-def test_an_unwritable_folder_is_one_line_and_keeps_the_checkpoint(tmp_path, monkeypatch, capsys):
+# Root writes through any mode bits: the child gives up the capability that lets it (CAP_DAC_OVERRIDE,
+# and CAP_DAC_READ_SEARCH), so that a folder made read-only refuses its writes for real, with EACCES
+# from the real mkdtemp of the checkpoint writer. Capabilities are per thread: this runs before any other.
+WITHOUT_OVERRIDE = """
+import ctypes, sys
+libc = ctypes.CDLL(None, use_errno=True)
+header, data = (ctypes.c_uint32 * 2)(0x20080522, 0), (ctypes.c_uint32 * 6)()  # version 3, this thread
+if libc.capget(header, data):
+    raise OSError(ctypes.get_errno(), "capget")
+data[0] &= ~0b110  # the effective set without bits 1 and 2: CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+if libc.capset(header, data):
+    raise OSError(ctypes.get_errno(), "capset")
+from undiffuse.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="capabilities are Linux's")
+def test_an_unwritable_folder_is_one_line_and_keeps_the_checkpoint(tmp_path):
     run = tmp_path / "r"
     Trainer.create(_cfg(checkpoint_minutes=1e-6), run).train(until=4, progress=False)
     before = _state(run)
-
-    def fail(*args, **kwargs):  # as root, chmod cannot make a folder unwritable: the error is injected
-        raise PermissionError(errno.EACCES, "Permission denied")
-
-    monkeypatch.setattr(ckpt, "save_bytes", fail)
-    code = main(["train", "--out", str(run), "--resume", "--quiet"])
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1, err
-    assert "cannot write the checkpoint of step 5" in err and "Permission denied" in err
-    assert "previous checkpoint is intact (step 4)" in err and "disk is full" not in err
+    (run / ckpt.CHECKPOINTS).chmod(0o555)
+    try:
+        child = subprocess.run([sys.executable, "-c", WITHOUT_OVERRIDE, "train", "--out", str(run), "--resume",
+                                "--quiet"], env=ENV, capture_output=True, text=True)
+    finally:
+        (run / ckpt.CHECKPOINTS).chmod(0o755)
+    lines = errors(child.stderr)
+    assert child.returncode == 2 and len(lines) == 1 and "Traceback" not in child.stderr, child.stderr
+    assert "cannot write the checkpoint of step 5" in lines[0] and "Permission denied" in lines[0]
+    assert "previous checkpoint is intact (step 4)" in lines[0] and "disk is full" not in lines[0]
     after = _state(run)
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert not list((run / ckpt.CHECKPOINTS).glob(".tmp-*"))

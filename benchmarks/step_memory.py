@@ -26,6 +26,7 @@ from undiffuse.data import ImageData
 from undiffuse.training.config import TrainConfig
 from undiffuse.training.learner import Learner
 from undiffuse.training.setup import new_setup
+from undiffuse.training.sizing import CHECKPOINTED, REDUCED, activation_elements
 size, side, batch, options = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), json.loads(sys.argv[4])
 torch.manual_seed(0)
 data = ImageData(torch.rand(64, 1, side, side) * 2 - 1, torch.arange(64) % 10, tuple("0123456789"), "random")
@@ -37,25 +38,20 @@ learner.model.zero_grad(set_to_none=False)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 learner.backward(1)
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"peak": after * 1024, "before": before * 1024}))
+factor = REDUCED[cfg.optim.precision] * (CHECKPOINTED if cfg.runtime.grad_checkpointing else 1)
+estimate = activation_elements(setup.unet_config(size), side) * 4 * factor  # the network this setup trains
+print(json.dumps({"peak": after * 1024, "before": before * 1024, "estimate": estimate}))
 """
 
 
-def peak(size: str, side: int, batch: int, options: str) -> int:
+def step(size: str, side: int, batch: int, options: str) -> tuple[int, float]:
+    """(peak resident bytes, the estimate of the activations per image: 4 bytes per counted element,
+    times the factors sizing.py gives the precision and checkpointing)."""
     env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", CHILD, size, str(side), str(batch), options], env=env, check=True,
                          capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])["peak"]
-
-
-def estimate(size: str, side: int, options: dict) -> int:
-    """4 bytes per counted element, times the factors sizing.py gives the precision and checkpointing."""
-    sys.path.insert(0, SRC)
-    from undiffuse.training.recipe import unet_config
-    from undiffuse.training.sizing import CHECKPOINTED, REDUCED, activation_elements
-
-    factor = REDUCED[options.get("precision", "fp32")] * (CHECKPOINTED if options.get("grad_checkpointing") else 1)
-    return activation_elements(unet_config(size, side, 1, 10), side) * 4 * factor
+    result = json.loads(out.strip().splitlines()[-1])
+    return result["peak"], result["estimate"]
 
 
 def main() -> None:
@@ -68,9 +64,8 @@ def main() -> None:
     print("| model | side | measured per image | 4 bytes x elements | ratio |\n|---|---|---|---|---|")
     for config in args.configs.split(","):
         size, side = config.split(":")
-        measured = (peak(size, int(side), large, args.options) - peak(size, int(side), small, args.options))
-        measured /= large - small
-        estimated = estimate(size, int(side), json.loads(args.options))
+        (big, estimated), (little, _) = (step(size, int(side), b, args.options) for b in (large, small))
+        measured = (big - little) / (large - small)
         print(f"| {size} | {side} | {measured / 2**20:.2f} MB | {estimated / 2**20:.2f} MB | "
               f"{measured / estimated:.2f} |", flush=True)
 

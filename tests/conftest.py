@@ -17,6 +17,19 @@ def trained(tmp_path_factory):
     return run
 
 
+@pytest.fixture(scope="session")
+def sr_run(tmp_path_factory):
+    """A tiny upscale run (--task upscale --factor 2): the 8x8 digits at 16x16 from their 8x8 halves,
+    60 steps: seconds. Tests must not change it."""
+    from undiffuse.training import TrainConfig, Trainer
+
+    run = tmp_path_factory.mktemp("sr") / "run"
+    cfg = TrainConfig.flat(data="digits", image_size=16, steps=60, batch_size=32, model="tiny", grids=1, seed=3,
+                           task="upscale", factor=2)
+    Trainer.create(cfg, run).train(progress=False)
+    return run
+
+
 def text_extra_installed() -> bool:
     from undiffuse.conditions.text import MODEL_PACKAGE
 

@@ -38,11 +38,9 @@ def _chromium() -> str:
     _missing("no chromium on this machine (apt-get install chromium)")
 
 
-@pytest.fixture(scope="module")
-def server(trained, tmp_path_factory):
-    """`undiffuse serve` on conftest.py's tiny run and a free port, as a user starts it; yields its URL."""
-    run = trained
-    log = open(tmp_path_factory.mktemp("log") / "serve.log", "w+")
+def _serve(run, log_dir):
+    """`undiffuse serve RUN` on a free port, as a user starts it; yields its URL."""
+    log = open(log_dir / "serve.log", "w+")
     proc = subprocess.Popen([sys.executable, "-m", "undiffuse", "serve", str(run), "--port", "0"],
                             stdout=subprocess.PIPE, stderr=log, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
@@ -57,6 +55,16 @@ def server(trained, tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+@pytest.fixture(scope="module")
+def server(trained, tmp_path_factory):  # conftest.py's tiny class-conditional run
+    yield from _serve(trained, tmp_path_factory.mktemp("log"))
+
+
+@pytest.fixture(scope="module")
+def sr_server(sr_run, tmp_path_factory):  # conftest.py's tiny upscale run, 8x8 -> 16x16
+    yield from _serve(sr_run, tmp_path_factory.mktemp("log"))
 
 
 @pytest.fixture(scope="module")
@@ -186,4 +194,26 @@ def test_the_page_makes_no_request_to_another_host(server, browser):
     time.sleep(0.2)
     own = server.split("/")[2]
     assert hosts and all(h == own for h in hosts if h), hosts
+    page.close()
+
+
+def test_an_upscale_run_gets_an_upscale_form(sr_server, browser, tmp_path):
+    page = _open(browser, sr_server)
+    assert "upscales 8×8 images 2×" in page.inner_text("#model")
+    assert page.is_hidden("#edit-card") and page.is_hidden("#label") and page.inner_text("#generate") == "Upscale"
+    page.click("#generate")
+    page.wait_for_selector("#error:not([hidden])")
+    assert "upload the image to upscale first" in page.inner_text("#error")
+    digit = np.zeros((16, 16), np.uint8)
+    digit[3:13, 7:10] = 255  # a "1" at full size: the server shrinks it to 8x8 as training did
+    Image.fromarray(digit).save(tmp_path / "one.png")
+    page.set_input_files("#low-upload", str(tmp_path / "one.png"))
+    page.wait_for_function("() => window.undiffuse.lowImage !== null")
+    page.fill("#steps", "6")
+    page.click("#generate")
+    _finals(page, 1)
+    final = page.evaluate("window.undiffuse.final")
+    assert final["kind"] == "upscale" and final["n"] == 4 + 2 and page.is_hidden("#error")  # low-res, bicubic, 4 results
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "serve-upscale.png"), full_page=True)
     page.close()

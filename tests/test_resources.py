@@ -90,3 +90,27 @@ def test_cifar_batches_with_bad_contents(tmp_path, capsys, data, labels, words):
     run = tmp_path / "r"
     refused(capsys, ["train", "--data", tmp_path / "cifar-10-batches-py", "--steps", "1", "--out", run], words)
     assert not run.exists()
+
+
+def test_the_step_estimate_is_of_the_network_the_run_trains():
+    """The estimate, the dry run's parameter count and the Learner read one config off the setup: an
+    upscale run's extra input channels and a text run's cross-attention are counted, not left out."""
+    import dataclasses
+
+    from undiffuse.training import TrainConfig
+    from undiffuse.training.learner import Learner
+    from undiffuse.training.setup import new_setup
+    from undiffuse.training.sizing import activation_elements, step_bytes
+    from undiffuse.unet import count_parameters
+
+    data = load_data("digits", image_size=16)
+    plain = new_setup(TrainConfig.flat(data="digits", image_size=16, batch_size=8, model="tiny", conditional=False),
+                      data)
+    sr = new_setup(TrainConfig.flat(data="digits", image_size=16, batch_size=8, model="tiny", task="upscale",
+                                    factor=2), data)
+    assert sr.unet_config("tiny").cond_channels == 1 and step_bytes(sr, "tiny") > step_bytes(plain, "tiny")
+    learner = Learner(sr, "tiny")
+    assert learner.model.conv_in.in_channels == 2
+    assert count_parameters(learner.model) == count_parameters(type(learner.model)(sr.unet_config("tiny")))
+    unet = plain.unet_config("tiny")
+    assert activation_elements(dataclasses.replace(unet, text_dim=384), 16) > activation_elements(unet, 16)

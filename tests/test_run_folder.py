@@ -107,7 +107,7 @@ def test_finetune_over_its_own_base_is_refused(run, capsys):
 
 @pytest.mark.parametrize("inside", ["checkpoints/x", "sub", "samples/deeper/x"])
 def test_a_new_run_inside_another_runs_folder_is_refused(run, capsys, inside):
-    err = refused(capsys, ["train", *TINY, "--steps", "2", "--out", run / inside], f"lies inside the run folder", run)
+    err = refused(capsys, ["train", *TINY, "--steps", "2", "--out", run / inside], "lies inside the run folder", run)
     assert str(run) in err
 
 

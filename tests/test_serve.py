@@ -219,6 +219,40 @@ def test_bad_inpaint_requests_are_refused(client, body, words):
     assert response.status_code == 400 and words in response.json()["error"], response.text
 
 
+def test_an_upscale_run_upscales_an_upload_and_nothing_else(sr_run, trained):
+    from undiffuse.conditions.lowres import downsample
+    from undiffuse.data import load_data
+
+    run = load_run(sr_run)  # 8x8 -> 16x16
+    digit = load_data("digits", image_size=16).images[:1]
+    low = downsample(digit, 2)
+    small = Image.fromarray(to_uint8(low)[0, ..., 0])
+    with TestClient(make_app(run)) as c:
+        info = c.get("/api/info").json()
+        assert (info["task"], info["factor"], info["edit"]) == ("upscale", 2, None)
+        got = events(c.post("/api/upscale", json={"image": data_url(small), "n": 3, "steps": 4, "seed": 2}))
+        frames, final = [e for e in got if e["type"] == "frame"], got[-1]
+        assert got[0]["kind"] == "upscale" and len(frames) == 4 and final["type"] == "image"
+        assert (final["n"], final["nrow"], final["cell"]) == (5, 5, 64)  # low-res | bicubic | 3 results
+        cells = _cells(final)
+        seen = edit.low_res_picture(small, run)  # the upload as the model reads it (quantised to 8 bits)
+        assert (seen - low[0]).abs().max() <= 1 / 255
+        expected = edit.upscale(run, seen, n=3, sampler="ddim", steps=4, seed=2)
+        assert (cells[2:] == to_uint8(expected)[..., 0]).all()  # what the library gives for the same request
+        big = Image.fromarray(to_uint8(digit)[0, ..., 0]).resize((48, 48))  # any size: read as a full image, shrunk
+        assert events(c.post("/api/upscale", json={"image": data_url(big), "n": 1, "steps": 2}))[-1]["n"] == 3
+        for path in ("/api/generate", "/api/img2img"):
+            response = c.post(path, json={"n": 2, "image": data_url(small)})
+            assert response.status_code == 400 and "upscales by 2" in response.json()["error"]
+        for body, words in [({"image": data_url(small), "aug": 3}, "aug must lie in [0, 2]"),
+                            ({"image": data_url(small), "label": "3"}, "unknown field(s) label"), ({}, "upload an image first")]:
+            response = c.post("/api/upscale", json=body)
+            assert response.status_code == 400 and words in response.json()["error"], response.text
+    with TestClient(make_app(load_run(trained))) as c:
+        response = c.post("/api/upscale", json={"image": data_url(small)})
+        assert response.status_code == 400 and "does not upscale" in response.json()["error"]
+
+
 def test_one_job_at_a_time_and_the_second_waits_its_turn(client, monkeypatch):
     queue = client.app_state.queue
     real, lock = jobs.run_job, threading.Lock()

@@ -1,8 +1,6 @@
 """The web server against careless and hostile requests: every bad body is a 4xx with one short
 message naming the value, never a 500; no request can hold the only worker for hours; and the page
 answers only to the host names it was told."""
-import json
-import socket
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -117,6 +115,28 @@ def test_fuzzed_request_bodies_become_a_job_or_a_request_error(run, body, kind):
         assert 400 <= e.status < 500 and len(str(e)) < MAX_MESSAGE
     else:
         assert 1 <= job.n <= requests.MAX_N and job.n * job.total <= requests.MAX_WORK
+
+
+@pytest.fixture(scope="module")
+def sr(sr_run):
+    return load_run(sr_run)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.dictionaries(st.sampled_from(["image", "n", "seed", "sampler", "steps", "aug", "show", "label"]),
+                            json_values, max_size=6))
+def test_fuzzed_upscale_bodies_become_a_job_or_a_request_error(sr, body):
+    try:
+        job = requests.parse_upscale(sr, body)
+    except RequestError as e:
+        assert 400 <= e.status < 500 and len(str(e)) < MAX_MESSAGE
+    else:
+        assert 1 <= job.n <= requests.MAX_N and job.n * job.total <= requests.MAX_WORK
+
+
+def test_no_upscale_request_holds_the_worker_for_hours(sr):
+    with pytest.raises(RequestError, match="network calls"):
+        requests.parse_upscale(sr, {"n": 64, "sampler": "heun", "steps": 1000, "image": "x"})
 
 
 def test_the_page_answers_only_its_own_host_names(run):

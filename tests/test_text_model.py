@@ -378,13 +378,44 @@ def test_training_encodes_each_caption_once_and_drops_to_the_null_row(zero_one, 
     resumed.train(progress=False)
 
 
+@needs_extra
+def test_a_text_run_fine_tunes_with_its_prompts(captioned_run, zero_one, tmp_path, capsys):
+    """Five steps cannot teach a new network "zero" from "one": a run that tells them apart after five
+    steps started from its base's weights, through the text path (encoder, table, cross-attention)."""
+    from cli_helpers import fails_cleanly
+    from undiffuse.cli import main
+    from undiffuse.generate import generate, load_run
+    from undiffuse.run import read_run
+
+    folder, images, labels = zero_one
+    tuned = tmp_path / "tuned"
+    assert main(["finetune", str(captioned_run), "--data", str(folder / "x.npy"), "--captions", str(folder / "x.txt"),
+                 "--steps", "5", "--grids", "0", "--quiet", "--out", str(tuned)]) == 0
+    record = read_run(tuned)
+    assert record.text.dim == 384 and record.finetuned_from.run == str(captioned_run.resolve())
+    means = torch.stack([images[labels == k].mean(0) for k in (0, 1)])
+    run = load_run(tuned)
+    for prompt, k in (("zero", 0), ("one", 1)):
+        samples = generate(run, 32, prompt=prompt, steps=10, seed=3)
+        nearest = (samples[:, None] - means[None]).flatten(2).pow(2).sum(2).argmin(1)
+        assert (nearest == k).float().mean() > 0.7, prompt
+    err = fails_cleanly(capsys, ["finetune", str(captioned_run), "--data", str(folder / "x.npy"),
+                                 "--out", str(tmp_path / "none")])
+    assert "has no captions" in err  # a caption file belongs to its own data: it is not inherited
+    trained = tmp_path / "classes"
+    assert main(["train", "--data", "digits", "--image-size", "8", "--steps", "1", "--batch-size", "8", "--model",
+                 "tiny", "--grids", "0", "--quiet", "--out", str(trained)]) == 0
+    err = fails_cleanly(capsys, ["finetune", str(trained), "--data", "digits", "--captions", "templates",
+                                 "--out", str(tmp_path / "mixed")])
+    assert "captions need a text run to fine-tune" in err
+    assert not (tmp_path / "none").exists() and not (tmp_path / "mixed").exists()
+
+
 def test_text_and_class_conditioning_are_exclusive():
     from undiffuse.training import TrainConfig
 
     with pytest.raises(UsageError, match="classes or on text, not both"):
         TrainConfig.flat(data="digits", captions="templates", context_names="a,b")
-    with pytest.raises(UsageError, match="fine-tuning"):
-        TrainConfig.flat(data="digits", captions="templates", base="somewhere")
 
 
 @needs_extra

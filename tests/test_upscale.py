@@ -14,19 +14,9 @@ from undiffuse.edit import upscale
 from undiffuse.errors import UsageError
 from undiffuse.generate import generate, load_run
 from undiffuse.run import read_run
-from undiffuse.training import TrainConfig, Trainer
 from undiffuse.unet import UNet, UNetConfig
 
 from cli_helpers import TRAIN, fails_cleanly
-
-
-@pytest.fixture(scope="module")
-def sr_run(tmp_path_factory):
-    run = tmp_path_factory.mktemp("sr") / "run"
-    cfg = TrainConfig.flat(data="digits", image_size=16, steps=60, batch_size=32, model="tiny", grids=1, seed=3,
-                           task="upscale", factor=2)
-    Trainer.create(cfg, run).train(progress=False)
-    return run
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +120,17 @@ def test_bad_input_is_one_line_exit_2(sr_run, trained, digits, tmp_path, capsys)
     assert "factor applies to task upscale" in fails_cleanly(capsys, ["train", *TRAIN, "--factor", "2",
                                                                       "--out", tmp_path / "r"])
     assert not (tmp_path / "r").exists()
+
+
+def test_an_upscale_run_fine_tunes_as_an_upscale_run(sr_run, digits, tmp_path):
+    tuned = tmp_path / "tuned"
+    assert _main(["finetune", sr_run, "--data", "digits", "--label", "7", "--steps", "3", "--grids", "0",
+                  "--quiet", "--out", tuned]) == 0
+    record = read_run(tuned)
+    assert (record.task, record.factor, record.num_images) == ("upscale", 2, 179)  # the 179 sevens
+    assert record.unet == read_run(sr_run).unet and record.finetuned_from is not None
+    out = upscale(load_run(tuned), downsample(digits[:2], 2), sampler="ddim", steps=3, seed=0)
+    assert out.shape == (2, 1, 16, 16)
 
 
 def test_runs_written_before_the_task_still_load_and_generate(trained, tmp_path):

@@ -6,7 +6,7 @@ from .progress import describe_trainer, train_and_report
 
 FLAGS = ("steps", "minutes", "batch_size", "lr", "warmup", "ema_decay", "cond_drop", "seed", "checkpoint_minutes",
          "grids", "device", "labels", "context_names", "keep_checkpoints", "max_bad_steps", "precision",
-         "grad_accum", "compile", "channels_last", "grad_checkpointing")
+         "grad_accum", "compile", "channels_last", "grad_checkpointing", "captions")
 DEFAULT_MINUTES = 2.0
 
 
@@ -16,7 +16,9 @@ def add(sub) -> None:
 
     p = sub.add_parser("finetune", help="continue training a run on new data or one class", description=(
         "Start from RUN's EMA weights and train on DATA (the same image shape), or on one class of it "
-        f"with --label; the new run records where it came from. Default budget: {DEFAULT_MINUTES:g} minutes."))
+        "with --label; the new run keeps RUN's conditioning (classes, text prompts: --captions, or RUN's "
+        "templates/attributes; an upscale run stays one) and records where it came from. Default budget: "
+        f"{DEFAULT_MINUTES:g} minutes."))
     p.add_argument("base", metavar="RUN", help="the trained run to start from")
     p.add_argument("--data", required=True, help="data spec, as for train")
     p.add_argument("--label", default=None, help="train on this class only (name or id)")

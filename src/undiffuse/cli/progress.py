@@ -67,16 +67,12 @@ def describe_dry_run(given, setup, size: str | None, plan) -> None:
 
 
 def _model_line(setup, size: str | None) -> str:
-    from ..training.recipe import unet_config
     from ..unet import UNet, count_parameters
 
     if size is None:
         return ("model: auto, chosen when training starts by timing a step of each size on this machine "
                 "(the dry run does not time them)")
-    data = setup.data
-    d = setup.cfg.diffusion
-    unet = unet_config(size, data.image_size, data.channels, setup.context_dim, d.context_mode, d.block_style)
-    return f"model: {size}, {count_parameters(UNet(unet)) / 1e6:.2f}M parameters"
+    return f"model: {size}, {count_parameters(UNet(setup.unet_config(size))) / 1e6:.2f}M parameters"
 
 
 def _plan_line(o, plan) -> str:

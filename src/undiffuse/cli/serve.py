@@ -12,10 +12,11 @@ WILDCARDS = ("0.0.0.0", "::", "")
 
 
 def add(sub) -> None:
-    p = sub.add_parser("serve", help="a local web page: sample and watch, inpaint, img2img", description=(
+    p = sub.add_parser("serve", help="a local web page: sample and watch, inpaint, img2img, upscale", description=(
         "Serve a web page for RUN on this machine: pick sampler, steps, seed, label and guidance, watch "
         "the images emerge from noise, download the grid; paint a mask on an uploaded image to inpaint "
-        "it, or turn a sketch into a sample (img2img). One job runs at a time; others wait in a queue."))
+        "it, or turn a sketch into a sample (img2img); for an upscale run, upscale an uploaded image. "
+        "One job runs at a time; others wait in a queue."))
     add_run(p, weights=False)
     p.add_argument("--port", type=int, default=7860, help="default: 7860 (0: any free port)")
     p.add_argument("--host", default="127.0.0.1",

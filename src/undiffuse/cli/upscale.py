@@ -29,10 +29,8 @@ def add(sub) -> None:
 
 
 def run(args) -> int:
-    import torch
-
-    from ..conditions.lowres import nearest, upsample
-    from ..edit import upscale
+    from ..data.decode import decode_picture
+    from ..edit.upscale import comparison, low_res_picture, upscale
     from ..samplers import get
 
     out, gif = _check(args)
@@ -40,12 +38,14 @@ def run(args) -> int:
     loaded = load_run(args)
     if loaded.task != "upscale":
         raise UsageError(f"{args.run} generates images: it does not upscale (train one with --task upscale)")
-    low = read_low_res(args.image, loaded)
+    try:
+        low = low_res_picture(decode_picture(args.image), loaded)
+    except UsageError as e:
+        raise UsageError(f"--image: {e}") from None
     frames = editing.recorder(gif, get(args.sampler).steps(args.steps, loaded.schedule.T))
     results = upscale(loaded, low, n=args.n, seed=args.seed, aug=args.aug, callback=frames, **options)
-    f = loaded.factor
-    tiles = torch.cat([nearest(low[None], f), upsample(low[None], f), results])
-    editing.write(results, tiles, out, None, gif, frames and frames.frames, f"images upscaled {f}x")
+    tiles = comparison(low, results, loaded.factor)
+    editing.write(results, tiles, out, None, gif, frames and frames.frames, f"images upscaled {loaded.factor}x")
     return 0
 
 
@@ -60,18 +60,3 @@ def _check(args):
     if not Path(args.image).is_file():
         raise UsageError(f"--image '{args.image}': no such file")
     return out, gif
-
-
-def read_low_res(path, run):
-    """The low-res image (C, h, w) in [-1, 1]: decoded, converted to the run's channels, and refused
-    unless it is the run's low-res size (it is not resized: a wrong size is a mistake)."""
-    from ..data.decode import decode_picture, picture_to_unit
-    from ..data.transforms import set_channels, to_model_range
-
-    picture = decode_picture(path)
-    side = run.image_size // run.factor
-    if picture.size != (side, side):
-        raise UsageError(f"--image is {picture.size[0]}x{picture.size[1]}; this run upscales {side}x{side} "
-                         f"images to {run.image_size}x{run.image_size}")
-    unit = picture_to_unit(picture, side)
-    return to_model_range(set_channels(unit[None], run.channels))[0]

@@ -13,8 +13,8 @@ from .inpaint import (DEFAULT_JUMP, DEFAULT_RESAMPLE, DEFAULT_STEPS, METHODS, in
 from .interpolate import interpolate, slerp
 from .masks import load_mask, mask_from_picture
 from .sdedit import img2img, sdedit, sdedit_plan
-from .upscale import upscale
+from .upscale import comparison, low_res_picture, upscale
 
-__all__ = ["DEFAULT_JUMP", "DEFAULT_RESAMPLE", "DEFAULT_STEPS", "METHODS", "img2img", "inpaint", "inpaint_moves",
-           "inpaint_walk", "interpolate", "load_mask", "mask_from_picture", "network_calls", "outpaint", "renoise", "repaint_moves",
+__all__ = ["DEFAULT_JUMP", "DEFAULT_RESAMPLE", "DEFAULT_STEPS", "METHODS", "comparison", "img2img", "inpaint", "inpaint_moves",
+           "inpaint_walk", "interpolate", "load_mask", "low_res_picture", "mask_from_picture", "network_calls", "outpaint", "renoise", "repaint_moves",
            "replace_moves", "sdedit", "sdedit_plan", "slerp", "upscale"]

@@ -4,9 +4,12 @@ that the network is told (Ho et al. 2021's conditioning augmentation; training d
 from __future__ import annotations
 
 import torch
+from PIL import Image
 from torch import Tensor
 
-from ..conditions.lowres import DEFAULT_AUG, LowRes, condition
+from ..conditions.lowres import DEFAULT_AUG, LowRes, condition, downsample, nearest, upsample
+from ..data.decode import picture_to_unit
+from ..data.transforms import set_channels, to_model_range
 from ..errors import DataError, UsageError
 from ..generate import DEFAULT_SAMPLER, LoadedRun, sample_images
 from ..samplers import Callback
@@ -56,3 +59,22 @@ def low_condition(low: Tensor, factor: int, aug: float, seed: int) -> LowRes:
     noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(AUG_NOISE_SEED + seed + i))
                          for i in range(len(low))])
     return condition(low, factor, torch.full((len(low),), float(aug)), noise)
+
+
+def low_res_picture(picture: Image.Image, run: LoadedRun, exact: bool = True) -> Tensor:
+    """A decoded picture as the run's low-res input, (C, h, w) in [-1, 1] with the run's channels.
+    A picture of the low-res size is taken as it is. Any other is refused (exact) or read as a
+    full-size image (its center square, resized to the run's image size) and area-downsampled, as
+    training made its inputs: the web page upscales whatever is uploaded or drawn."""
+    side = run.image_size // run.factor
+    if picture.size != (side, side) and exact:
+        raise UsageError(f"the image is {picture.size[0]}x{picture.size[1]}; this run upscales {side}x{side} "
+                         f"images to {run.image_size}x{run.image_size}")
+    size = side if picture.size == (side, side) else run.image_size
+    image = to_model_range(set_channels(picture_to_unit(picture, size)[None], run.channels))
+    return (image if size == side else downsample(image, run.factor))[0]
+
+
+def comparison(low: Tensor, results: Tensor, factor: int) -> Tensor:
+    """The tiles that show an upscale: the low-res input (nearest-upscaled) | bicubic | the results."""
+    return torch.cat([nearest(low[None], factor), upsample(low[None], factor), results])

@@ -1,5 +1,5 @@
 """`undiffuse serve RUN`: a local web page to sample a run and watch the image emerge from noise,
-and to inpaint or transform (img2img) an uploaded image.
+and to inpaint or transform (img2img) an uploaded image; for an upscale run, to upscale one.
 
 A small Starlette app served by uvicorn: one HTML page (assets/serve.html: inline script and style,
 nothing fetched from elsewhere; its Content-Security-Policy lets it talk to this server only) and
@@ -10,6 +10,7 @@ a JSON API whose answers stream as newline-delimited JSON events (jobs.py; reque
     POST /api/generate    {sampler, steps, seed, n, label | context, guidance, show}
     POST /api/inpaint     {image, mask, method, steps, resample, jump, seed, n, label | context, guidance, show}
     POST /api/img2img     {image, strength, sampler, steps, seed, n, label | context, guidance, show}
+    POST /api/upscale     {image, aug, sampler, steps, seed, n, show}   (an upscale run's only job)
 
 A bad request gets a 4xx status and {"error": message} before any work. Jobs run one at a time on
 one worker thread with the EMA weights in inference mode, so a second tab waits ("queue" events).
@@ -24,12 +25,13 @@ import math
 from importlib import resources
 
 from .. import edit
+from ..conditions.lowres import DEFAULT_AUG
 from ..errors import RequestError
 from ..generate import DEFAULT_GUIDANCE, DEFAULT_SAMPLER
 from ..samplers import DEFAULT_STEPS, SAMPLERS
 from .jobs import JobQueue
 from .requests import (FRAMES, MAX_GUIDANCE, MAX_N, MAX_PROMPT, MAX_SIDE, MAX_STEPS, MAX_UPLOAD_BYTES, MAX_WORK,
-                       parse_generate, parse_img2img, parse_inpaint)
+                       parse_generate, parse_img2img, parse_inpaint, parse_upscale)
 
 
 MAX_BODY_BYTES = 3 * MAX_UPLOAD_BYTES  # an image and a mask as base64, and the form
@@ -56,7 +58,8 @@ def describe(run, name: str) -> dict:
         "name": name, "image_size": run.image_size, "channels": run.channels, "class_names": list(run.class_names),
         "T": run.schedule.T, "samplers": list(SAMPLERS), "default_sampler": DEFAULT_SAMPLER,
         "default_steps": {**DEFAULT_STEPS, "ddpm": run.schedule.T}, "default_guidance": DEFAULT_GUIDANCE,
-        "edit": edits, "frames": FRAMES,
+        "task": run.task, "factor": run.factor, "default_aug": DEFAULT_AUG,
+        "edit": edits if run.task == "generate" else None, "frames": FRAMES,
         "text": ({"encoder": run.text.encoder, "max_tokens": run.text.max_tokens, "max_prompt": MAX_PROMPT}
                  if getattr(run, "text", None) is not None else None),
         "limits": {"n": MAX_N, "steps": min(MAX_STEPS, run.schedule.T), "guidance": MAX_GUIDANCE,
@@ -95,7 +98,8 @@ def make_app(run, name: str = "run", allowed_hosts: list[str] | None = None):
     routes = [Route("/", index), Route("/api/info", api_info),
               Route("/api/generate", job_endpoint(parse_generate), methods=["POST"]),
               Route("/api/inpaint", job_endpoint(parse_inpaint), methods=["POST"]),
-              Route("/api/img2img", job_endpoint(parse_img2img), methods=["POST"])]
+              Route("/api/img2img", job_endpoint(parse_img2img), methods=["POST"]),
+              Route("/api/upscale", job_endpoint(parse_upscale), methods=["POST"])]
     middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)] if allowed_hosts else []
     app = Starlette(routes=routes, middleware=middleware)
     app.state.queue = queue

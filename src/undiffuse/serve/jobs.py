@@ -25,13 +25,16 @@ class Cancelled(Exception):
 
 
 def run_job(run: LoadedRun, job: Job, callback: Callable[[dict], None]) -> Tensor:
-    """The images of one job, (n, C, H, W) in [-1, 1]; the callback sees every sampler step."""
+    """The images of one job's final grid, (N, C, H, W) in [-1, 1]; the callback sees every sampler step."""
     if job.kind == "generate":
         return generate(run, job.n, callback=callback, **job.options)
     if job.kind == "inpaint":
         return edit.inpaint(run, job.image, job.mask, n=job.n, callback=callback, **job.options)
     elif job.kind == "img2img":
         return edit.img2img(run, job.image, n=job.n, callback=callback, **job.options)
+    elif job.kind == "upscale":
+        results = edit.upscale(run, job.image, n=job.n, callback=callback, **job.options)
+        return edit.comparison(job.image, results, run.factor)
     else:
         raise ValueError(f"unknown job kind {job.kind!r}")
 
@@ -68,7 +71,7 @@ def final_event(images: Tensor, job: Job, seconds: float) -> dict:
     scale = max(1, -(-MIN_CELL // size))
     grid = image_grid(images, job.nrow, pad=2, scale=scale)
     return {"type": "image", "png": png_data_url(grid), "width": grid.width, "height": grid.height,
-            "n": job.n, "nrow": job.nrow, "cell": size * scale, "pad": 2, "seconds": round(seconds, 2)}
+            "n": len(images), "nrow": job.nrow, "cell": size * scale, "pad": 2, "seconds": round(seconds, 2)}
 
 
 class JobQueue:

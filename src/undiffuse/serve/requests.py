@@ -1,8 +1,8 @@
 """What the page of `undiffuse serve` asks for, checked into jobs (jobs.py runs them one at a time).
 
 A request is a JSON object: numbers, names, and images as PNG data URLs. `parse_generate`,
-`parse_inpaint` and `parse_img2img` turn one into a `Job` or raise `RequestError` with a message for
-the page. `JobQueue` runs jobs one after another on a single worker thread (so that a second
+`parse_inpaint`, `parse_img2img` and `parse_upscale` (for an upscale run: the others are for runs that
+generate) turn one into a `Job` or raise `RequestError` with a message for the page. `JobQueue` runs jobs one after another on a single worker thread (so that a second
 browser tab waits instead of doubling the memory) and streams each job's events:
 
     {"type": "queue", "ahead": k}                         waiting behind k jobs
@@ -25,6 +25,7 @@ from torch import Tensor
 
 from .. import edit
 from ..conditions import conditioning
+from ..conditions.lowres import DEFAULT_AUG
 from ..data.decode import decode_picture, image_tensor
 from ..errors import DataError, RequestError, UsageError
 from ..generate import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, LoadedRun
@@ -60,13 +61,13 @@ SHOW = ("x", "x0")  # what the frames picture: the noisy x_t, or the network's e
 
 @dataclass
 class Job:
-    kind: str  # generate | inpaint | img2img
+    kind: str  # generate | inpaint | img2img | upscale
     n: int  # images made
     nrow: int  # images per row of the grid
     total: int  # sampler steps the callback is expected to see (to thin the frames)
     show: str  # one of SHOW
     options: dict = field(default_factory=dict)  # keyword arguments of the library function
-    image: Tensor | None = None  # (C, S, S) in [-1, 1], for the edits
+    image: Tensor | None = None  # (C, S, S) in [-1, 1], for the edits; upscale: the low-res (C, s, s)
     mask: Tensor | None = None  # (S, S) bool, True = regenerate
 
 
@@ -75,6 +76,7 @@ MAX_PROMPT = 1000  # characters of a prompt (the encoder reads at most 256 token
 
 
 def parse_generate(run: LoadedRun, body: dict) -> Job:
+    _generates(run)
     _known(body, COMMON | {"sampler", "steps"})
     options = _sampler(run, body)
     conditioning, n, nrow = _conditioning(run, body, default_n=_default_n(run))
@@ -84,6 +86,7 @@ def parse_generate(run: LoadedRun, body: dict) -> Job:
 
 
 def parse_inpaint(run: LoadedRun, body: dict) -> Job:
+    _generates(run)
     _known(body, COMMON | {"image", "mask", "method", "steps", "resample", "jump"})
     method = _text(body, "method") or "repaint"
     if method not in edit.METHODS:
@@ -103,6 +106,7 @@ def parse_inpaint(run: LoadedRun, body: dict) -> Job:
 
 
 def parse_img2img(run: LoadedRun, body: dict) -> Job:
+    _generates(run)
     _known(body, COMMON | {"image", "strength", "sampler", "steps"})
     options = _sampler(run, body)
     strength = _float(body, "strength", 0.6, 0.0, 1.0)
@@ -113,6 +117,29 @@ def parse_img2img(run: LoadedRun, body: dict) -> Job:
     job = _bounded(job, REGISTRY[options["sampler"]].calls_per_step)
     job.image = decode_image(body.get("image"), run, "image")
     return job
+
+
+def parse_upscale(run: LoadedRun, body: dict) -> Job:
+    """An upscale run's job: n results for one uploaded image, shrunk to the low-res size unless it
+    has it already (edit.upscale.low_res_picture); the final grid shows it, bicubic, then the results."""
+    _known(body, {"image", "n", "seed", "sampler", "steps", "aug", "show"})
+    if run.task != "upscale":
+        raise RequestError("this model generates images: it does not upscale (train one with --task upscale)")
+    options = _sampler(run, body)
+    n = _int(body, "n", 4, 1, MAX_N)
+    options.update(aug=_float(body, "aug", DEFAULT_AUG, 0.0, 2.0), seed=_seed(body))
+    total = steps_walked(options["sampler"], options["steps"], run.schedule.T)
+    job = _bounded(Job("upscale", n, min(n + 2, 8), total, _show(body), options),
+                   REGISTRY[options["sampler"]].calls_per_step)
+    job.image = edit.low_res_picture(decode_upload(body.get("image"), "image"), run, exact=False)
+    return job
+
+
+def _generates(run: LoadedRun) -> None:
+    """Refuse the jobs of a run that generates for an upscale run, whatever else the request holds."""
+    if run.task == "upscale":
+        raise RequestError(f"this model upscales by {run.factor}: it needs a low-resolution image "
+                           "(POST /api/upscale), it does not generate from noise")
 
 
 def _known(body: dict, names: set[str]) -> None:

@@ -135,13 +135,10 @@ class SourceOptions(_Checked):
         if self.factor is not None and self.task != "upscale":
             raise UsageError("factor applies to task upscale only")
         if self.task == "upscale":
-            given = [n for n in ("labels", "captions", "context_names", "base", "only_label") if getattr(self, n)]
+            given = [n for n in ("labels", "captions", "context_names") if getattr(self, n)]
             if given:
                 raise UsageError(f"task upscale trains a model unconditional in class: it takes no "
                                  f"{given[0].replace('_', '-')}")
-        if self.captions is not None and self.base is not None:
-            raise UsageError("captions train a text-conditioned run from scratch; a fine-tuning run (base) keeps "
-                             "its base's conditioning")
         if self.captions not in (None, "attributes") and self.context_names is not None:
             raise UsageError("a run is conditioned on classes or on text, not both: context_names names classes, "
                              "captions asks for text prompts (captions 'attributes' captions from those names)")

@@ -1,4 +1,8 @@
-"""Fine-tuning: what a run inherits from its base run, and training on one class of the data."""
+"""Fine-tuning: what a run inherits from its base run, and training on one class of the data.
+
+A run keeps its base's conditioning: classes, text (new images need captions, by the rules of
+training: a caption file, a folder's metadata, or the base's templates/attributes, inherited), or
+none; an upscale run stays one, with its factor."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +10,7 @@ from pathlib import Path
 from .. import checkpoint as ckpt
 from ..conditions import class_id
 from ..data import ImageData
-from ..errors import DataError
+from ..errors import DataError, UsageError
 from ..run import BaseRun, RunRecord
 from .config import TrainConfig
 
@@ -24,18 +28,29 @@ def base_run(folder: str) -> BaseRun:
     return BaseRun(str(Path(folder).resolve()), ckpt.saved_step(Path(folder) / ckpt.EMA))
 
 
+NAMED_CAPTIONS = ("templates", "attributes")  # caption rules that fit any data with labels, unlike a file
+
+
 def inherit(cfg: TrainConfig, base: RunRecord) -> TrainConfig:
-    """The settings a fine-tuning run inherits from its base: model, shape, schedule, prediction; a
-    quarter of the base's peak learning rate unless given, so the model adapts without forgetting."""
+    """The settings a fine-tuning run inherits from its base: model, shape, schedule, prediction, task
+    and factor, a text run's caption rule unless given; a quarter of the base's peak learning rate
+    unless given, so the model adapts without forgetting."""
+    captions = cfg.source.captions
+    if captions is not None and base.text is None:
+        raise UsageError(f"captions need a text run to fine-tune; '{cfg.source.base}' is not one (train a new "
+                         "run with --captions)")
+    if captions is None and base.text is not None and base.train.get("captions") in NAMED_CAPTIONS:
+        captions = base.train["captions"]
     return cfg.updated(model=base.model_size, image_size=base.image_size, channels=base.channels,
                        schedule=base.schedule.name, T=base.schedule.T, zero_snr=base.schedule.zero_snr,
                        prediction=base.prediction, context_mode=base.unet.context_mode,
-                       block_style=base.unet.block_style,
+                       block_style=base.unet.block_style, task=base.task, factor=base.factor, captions=captions,
                        lr=cfg.optim.lr if cfg.optim.lr is not None else base.plan.lr / 4)
 
 
 def fit_to(data: ImageData, base: RunRecord) -> ImageData:
-    """Keep the labels when they name the base's classes; otherwise train on the null context."""
-    if data.labels is not None and data.class_names == base.class_names:
+    """Keep the labels when they name the base's classes, or caption the images of a text run;
+    otherwise train on the null context."""
+    if base.text is not None or (data.labels is not None and data.class_names == base.class_names):
         return data
     return ImageData(data.images, None, (), data.source, data.skipped)

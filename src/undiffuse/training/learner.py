@@ -25,7 +25,6 @@ from ..data import batch_at, batch_indices
 from ..unet import UNet
 from . import distributed as dist
 from .objective import draw_noise, per_image_loss
-from .recipe import unet_config
 from .setup import Setup
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -36,13 +35,10 @@ class Learner:
     """`net` is what the loss calls: the model, wrapped by `wrap` for DDP and torch.compile."""
 
     def __init__(self, setup: Setup, size: str):
-        cfg, data = setup.cfg, setup.data
+        cfg = setup.cfg
         self.setup = setup
         torch.manual_seed(cfg.optim.seed)  # the initial weights
-        unet = unet_config(size, data.image_size, data.channels, setup.context_dim, cfg.diffusion.context_mode,
-                           cfg.diffusion.block_style, setup.text_dim,
-                           data.channels if cfg.source.task == "upscale" else 0)
-        self.model = UNet(unet).to(setup.device)
+        self.model = UNet(setup.unet_config(size)).to(setup.device)
         if cfg.runtime.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.model.grad_checkpointing = cfg.runtime.grad_checkpointing

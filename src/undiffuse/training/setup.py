@@ -18,10 +18,11 @@ from ..device import pick_device
 from ..errors import CheckpointError, UsageError
 from ..run import CAPTIONS, BaseRun, RunRecord, read_run
 from ..schedule import NoiseSchedule, make_schedule
+from ..unet import UNetConfig
 from . import distributed as dist
 from .config import TrainConfig
 from .finetune import base_run, fit_to, inherit, only_class
-from .recipe import default_batch_size
+from .recipe import default_batch_size, unet_config
 
 # torch.compile on a CPU trained 0.98-1.21x as fast as eager after 40-75 s of compiling
 # convolutions, and a CPU budget of minutes does not win the compile time back. Refused there.
@@ -45,6 +46,12 @@ class Setup:
     def text_dim(self) -> int:
         return 0 if self.captions is None else self.captions.pooled.shape[1]
 
+    def unet_config(self, size: str) -> UNetConfig:
+        """The network this run trains at `size`: the one place its shape is read off the setup."""
+        d, data = self.cfg.diffusion, self.data
+        return unet_config(size, data.image_size, data.channels, self.context_dim, d.context_mode, d.block_style,
+                           self.text_dim, data.channels if self.cfg.source.task == "upscale" else 0)
+
 
 def new_setup(cfg: TrainConfig, data: ImageData | None = None) -> Setup:
     """A new run's setup. A fine-tuning run (cfg base) takes its base's model, shape and classes."""
@@ -65,8 +72,8 @@ def new_setup(cfg: TrainConfig, data: ImageData | None = None) -> Setup:
         context_dim, names = 0, ()
         cfg = upscale_factor(cfg, data.image_size)
     text = {}
-    if cfg.source.captions is not None:  # text, not classes: the labels served only to caption the images
-        context_dim, names = 0, ()
+    if cfg.source.captions is not None or (base is not None and base.text is not None):
+        context_dim, names = 0, ()  # text, not classes: the labels served only to caption the images
         text = encode_captions(cfg, data, device)
     return Setup(cfg, data, context_dim, names, finetuned_from, device, world, _schedule(cfg), **text)
 

@@ -12,13 +12,14 @@ from typing import Callable
 
 import torch
 
+from ..conditions.text import CONTEXT_TOKENS
 from ..errors import UsageError
 from ..memory import require
 from ..run import MAX_STEPS, Plan
 from ..unet import UNet, UNetConfig, count_parameters
 from .budget import Stopwatch
 from .learner import Learner
-from .recipe import MIN_IMAGES, MODEL_SIZES, plan, unet_config
+from .recipe import MIN_IMAGES, MODEL_SIZES, plan
 from .setup import Setup
 
 # Bytes a training step keeps per element of the estimate below (activation_elements): float32 is 4,
@@ -27,7 +28,9 @@ from .setup import Setup
 # memory of a forward and backward pass at two batch sizes, so that the fixed part cancels): per
 # image, measured / (4 bytes x elements) was 1.32 (tiny, 16x16), 1.07 (tiny, 28), 1.08 (small, 16),
 # 1.09 (small, 28), 1.02 (small, 32), 0.86 (small, 64), 1.21 (medium, 16), 1.03 (medium, 28);
-# e.g. small at 28x28: 8.19 MB measured, 7.54 MB counted. 1.3 covers them, so a step the estimate
+# e.g. small at 28x28: 8.19 MB measured, 7.54 MB counted; an upscale run (--options '{"task": "upscale",
+# "factor": 4}') 1.05 (tiny, 28) and 1.02 (small, 28), a text run ('{"captions": "templates"}', its
+# cross-attention counted) 0.94 and 0.98. 1.3 covers them, so a step the estimate
 # admits fits, and memory.require leaves a fifth of the free memory beside it.
 BYTES_PER_ELEMENT = 4 * 1.3
 # Measured the same way at 28x28 (small, medium), as shares of the fp32 step's memory per image:
@@ -93,15 +96,17 @@ def check_step_memory(setup: Setup, size: str) -> None:
 
 def step_bytes(setup: Setup, size: str) -> int:
     """The memory of one step on this process: the activations of its part of a micro-batch, the
-    weights with their EMA, gradients and two Adam moments, and the global batch and its noise."""
+    weights with their EMA, gradients and two Adam moments, and the global batch (its noise, its
+    low-res inputs or prompt tokens)."""
     cfg, data = setup.cfg, setup.data
-    unet = unet_config(size, data.image_size, data.channels, setup.context_dim)
+    unet = setup.unet_config(size)
     micro = math.ceil(math.ceil(cfg.optim.batch_size / cfg.runtime.grad_accum) / setup.world.size)
     per_image = activation_elements(unet, data.image_size) * BYTES_PER_ELEMENT * REDUCED[cfg.optim.precision]
     per_image *= CHECKPOINTED if cfg.runtime.grad_checkpointing else 1.0
     with torch.device("meta"):
         weights = 5 * 4 * count_parameters(UNet(unet))
-    batch = 2 * 4 * cfg.optim.batch_size * data.channels * data.image_size ** 2
+    images = 2 + (unet.cond_channels > 0)  # x0 and its noise, and an upscaling run's low-res input
+    batch = 4 * cfg.optim.batch_size * (images * data.channels * data.image_size ** 2 + CONTEXT_TOKENS * unet.text_dim)
     return int(micro * per_image + weights + batch)
 
 
@@ -110,7 +115,7 @@ def activation_elements(unet: UNetConfig, image_size: int) -> int:
     residual block's normalised, activated and convolved maps, each attention's q, k, v and weights."""
     side = math.ceil(image_size / unet.downsampling) * unet.downsampling
     chans, blocks = unet.level_channels, unet.blocks
-    skips, c, total = [chans[0]], chans[0], 3 * unet.channels * side * side
+    skips, c, total = [chans[0]], chans[0], 3 * (unet.channels + unet.cond_channels) * side * side
     for i, c_out in enumerate(chans):  # the encoder
         area = (side >> i) ** 2
         for k in range(blocks):
@@ -131,9 +136,12 @@ def activation_elements(unet: UNetConfig, image_size: int) -> int:
 
 def _block_elements(unet: UNetConfig, c_in: int, c_out: int, area: int, attends: bool) -> int:
     """A residual block (its input normalised and activated, two convolutions, the modulated map),
-    and its attention (the normalised input, q, k, v, the output, the weights of every head)."""
+    its attention (the normalised input, q, k, v, the output, the weights of every head), and a text
+    network's cross-attention to the prompt's tokens (the same, with keys and values per token)."""
     elements = (3 * c_in + 6 * c_out) * area
     if attends:
         heads = max(1, c_out // unet.head_channels)
         elements += 6 * c_out * area + 2 * heads * area * area
+        if unet.text_dim:
+            elements += 5 * c_out * area + 2 * c_out * CONTEXT_TOKENS + 2 * heads * area * CONTEXT_TOKENS
     return elements

@@ -158,6 +158,25 @@ def test_a_ddpm_pipeline_folder_imports_from_the_command_line(tmp_path, capsys):
     assert main(["sample", str(tmp_path / "run"), "--n", "2", "--steps", "2", "--out", str(tmp_path / "s.npy")]) == 0
 
 
+def test_an_imported_model_fine_tunes_and_the_fine_tuned_run_resumes(tmp_path, capsys):
+    """Models that travel both ways: a UNet2DModel from elsewhere trains on here, from its own weights."""
+    unet = _random_unet2d(tmp_path / "hub", in_channels=1, out_channels=1)
+    import_folder(tmp_path / "hub", tmp_path / "imported")
+    tuned = tmp_path / "tuned"
+    assert main(["finetune", str(tmp_path / "imported"), "--data", "digits", "--steps", "1", "--lr", "1e-12",
+                 "--batch-size", "4", "--grids", "0", "--quiet", "--out", str(tuned)]) == 0
+    record, base = read_run(tuned), read_run(tmp_path / "imported")
+    assert record.unet == base.unet and record.model_size == "imported" and record.image_size == 16
+    assert record.finetuned_from.run == str((tmp_path / "imported").resolve())
+    x, t, _ = _inputs(4, size=16)
+    with torch.no_grad():  # the weights it started from
+        assert (load_run(tuned).net(x, t, None) - unet(x, t).sample).abs().max() < TOL
+    assert main(["train", "--out", str(tuned), "--resume", "--steps", "2", "--quiet"]) == 0
+    assert ckpt.newest_step(tuned) == 2
+    err = fails_cleanly(capsys, ["train", "--out", tmp_path / "imported", "--resume"])
+    assert "was imported" in err and "nothing to resume" in err and "undiffuse finetune" in err
+
+
 def test_export_then_import_samples_the_same_images(adm_run, tmp_path):
     export_run(adm_run, tmp_path / "out")
     import_folder(tmp_path / "out", tmp_path / "back")

@@ -94,7 +94,7 @@ def dry_run(cfg, out: str, overwrite: bool) -> int:
     if setup.cfg.optim.budget_seconds is None:
         size, plan = step_budget(setup)
     else:
-        model = setup.cfg.diffusion.model
-        size, plan = (None if model == "auto" else model), None
+        sizes = setup.sizes()
+        size, plan = (None if len(sizes) > 1 else sizes[0]), None
     describe_dry_run(cfg, setup, size, plan)
     return 0

@@ -13,6 +13,7 @@ from ..data import ImageData
 from ..errors import DataError, UsageError
 from ..run import BaseRun, RunRecord
 from .config import TrainConfig
+from .recipe import MODEL_SIZES
 
 
 def only_class(data: ImageData, label: str) -> ImageData:
@@ -41,7 +42,8 @@ def inherit(cfg: TrainConfig, base: RunRecord) -> TrainConfig:
                          "run with --captions)")
     if captions is None and base.text is not None and base.train.get("captions") in NAMED_CAPTIONS:
         captions = base.train["captions"]
-    return cfg.updated(model=base.model_size, image_size=base.image_size, channels=base.channels,
+    model = base.model_size if base.model_size in MODEL_SIZES else cfg.diffusion.model  # an imported network has none
+    return cfg.updated(model=model, image_size=base.image_size, channels=base.channels,
                        schedule=base.schedule.name, T=base.schedule.T, zero_snr=base.schedule.zero_snr,
                        prediction=base.prediction, context_mode=base.unet.context_mode,
                        block_style=base.unet.block_style, task=base.task, factor=base.factor, captions=captions,

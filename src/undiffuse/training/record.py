@@ -27,7 +27,11 @@ def record_of(setup: Setup, size: str, plan: Plan, unet: UNetConfig) -> RunRecor
 def options_of(record: RunRecord, run: Path) -> TrainConfig:
     """The options `record` was trained with; a CheckpointError naming the option when one is bad."""
     where = Path(run) / ckpt.CONFIG
-    if record.model_size not in MODEL_SIZES:
+    if "imported_from" in record.train:
+        raise CheckpointError(f"{Path(run)} was imported ({record.train['imported_from']}), not trained here: it "
+                              f"has nothing to resume; `undiffuse finetune {Path(run)} --data SPEC --out RUN2` "
+                              "trains it on")
+    if record.model_size not in MODEL_SIZES and record.finetuned_from is None:  # fine-tuned: its base's network
         raise CheckpointError(f"{where}: model_size must be one of {', '.join(MODEL_SIZES)}; "
                               f"got {record.model_size!r}")
     s = record.schedule

@@ -22,7 +22,7 @@ from ..unet import UNetConfig
 from . import distributed as dist
 from .config import TrainConfig
 from .finetune import base_run, fit_to, inherit, only_class
-from .recipe import default_batch_size, unet_config
+from .recipe import MODEL_SIZES, default_batch_size, unet_config
 
 # torch.compile on a CPU trained 0.98-1.21x as fast as eager after 40-75 s of compiling
 # convolutions, and a CPU budget of minutes does not win the compile time back. Refused there.
@@ -41,13 +41,25 @@ class Setup:
     schedule: NoiseSchedule
     captions: CaptionTable | None = None  # a text run's distinct captions, encoded once, on `device`; row 0 is ""
     caption_index: Tensor | None = None  # (N,) int64: each image's row of `captions`
+    # The record whose network this run trains, whatever size made it (an imported one too): a
+    # fine-tuning run's base, or a resumed run itself. None: a new run, the recipe's for its size.
+    network: RunRecord | None = None
 
     @property
     def text_dim(self) -> int:
         return 0 if self.captions is None else self.captions.pooled.shape[1]
 
+    def sizes(self) -> list[str]:
+        """The model sizes this run may take: its network's, the one asked, or all of them (auto)."""
+        if self.network is not None:
+            return [self.network.model_size]
+        model = self.cfg.diffusion.model
+        return list(MODEL_SIZES) if model == "auto" else [model]
+
     def unet_config(self, size: str) -> UNetConfig:
         """The network this run trains at `size`: the one place its shape is read off the setup."""
+        if self.network is not None:
+            return self.network.unet
         d, data = self.cfg.diffusion, self.data
         return unet_config(size, data.image_size, data.channels, self.context_dim, d.context_mode, d.block_style,
                            self.text_dim, data.channels if self.cfg.source.task == "upscale" else 0)
@@ -75,7 +87,7 @@ def new_setup(cfg: TrainConfig, data: ImageData | None = None) -> Setup:
     if cfg.source.captions is not None or (base is not None and base.text is not None):
         context_dim, names = 0, ()  # text, not classes: the labels served only to caption the images
         text = encode_captions(cfg, data, device)
-    return Setup(cfg, data, context_dim, names, finetuned_from, device, world, _schedule(cfg), **text)
+    return Setup(cfg, data, context_dim, names, finetuned_from, device, world, _schedule(cfg), **text, network=base)
 
 
 def resumed_setup(cfg: TrainConfig, record: RunRecord, data: ImageData | None = None,
@@ -91,7 +103,7 @@ def resumed_setup(cfg: TrainConfig, record: RunRecord, data: ImageData | None = 
         stored = run / CAPTIONS if run is not None else None
         text = encode_captions(cfg, data, device, load_table(stored) if stored and stored.is_file() else None)
     return Setup(cfg, data, record.unet.context_dim, record.class_names, record.finetuned_from, device, world,
-                 record.schedule.build(), **text)
+                 record.schedule.build(), **text, network=record)
 
 
 def upscale_factor(cfg: TrainConfig, image_size: int) -> TrainConfig:

@@ -19,7 +19,7 @@ from ..run import MAX_STEPS, Plan
 from ..unet import UNet, UNetConfig, count_parameters
 from .budget import Stopwatch
 from .learner import Learner
-from .recipe import MIN_IMAGES, MODEL_SIZES, plan
+from .recipe import MIN_IMAGES, plan
 from .setup import Setup
 
 # Bytes a training step keeps per element of the estimate below (activation_elements): float32 is 4,
@@ -42,11 +42,11 @@ CHECKPOINTED = 0.8
 
 def choose(setup: Setup, watch: Stopwatch) -> tuple[str, Plan]:
     """(size, plan); a time budget's clock (`watch`) already runs, and the timing counts against it."""
-    o, model = setup.cfg.optim, setup.cfg.diffusion.model
+    o = setup.cfg.optim
     if o.budget_seconds is None:
         return step_budget(setup)
     chosen = None
-    for size in list(MODEL_SIZES) if model == "auto" else [model]:
+    for size in setup.sizes():
         try:
             check_step_memory(setup, size)
         except UsageError:
@@ -64,8 +64,8 @@ def choose(setup: Setup, watch: Stopwatch) -> tuple[str, Plan]:
 
 def step_budget(setup: Setup) -> tuple[str, Plan]:
     """A step budget's size and plan, known before anything is built."""
-    o, model = setup.cfg.optim, setup.cfg.diffusion.model
-    size = "small" if model == "auto" else model
+    o, sizes = setup.cfg.optim, setup.sizes()
+    size = "small" if len(sizes) > 1 else sizes[0]
     check_step_memory(setup, size)
     return size, plan(o.steps, o.batch_size, o.lr, o.warmup, o.ema_decay)
 

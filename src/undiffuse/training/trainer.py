@@ -124,10 +124,7 @@ class Trainer:
         cfg = resumed_config(stored, record, changes or {}, run)
         setup = resumed_setup(cfg, record, data, run)
         check_step_memory(setup, record.model_size)
-        learner = Learner(setup, record.model_size)
-        if learner.model.cfg != record.unet:
-            raise CheckpointError(f"{run / ckpt.CONFIG}: its 'unet' does not match a {record.model_size} model for "
-                                  "this data; the folder was edited or written by another version")
+        learner = Learner(setup, record.model_size)  # the record's network: a checkpoint that does not fit is refused
         trainer = cls(run, setup, learner, record.model_size, resumed_plan(cfg, record), watch)
         trainer.extended = cfg.optim.budget_seconds != stored.optim.budget_seconds
         newest = ckpt.newest_step(run)

@@ -20,7 +20,7 @@ import torch
 
 from .. import checkpoint as ckpt
 from ..conditions import drop_mask, one_hot
-from ..conditions.lowres import DEFAULT_AUG, LowRes, condition, downsample, training_condition
+from ..conditions.lowres import LowRes, training_condition
 from ..data import batch_at, batch_indices
 from ..unet import UNet
 from . import distributed as dist
@@ -184,14 +184,3 @@ def low_batch(setup: Setup, step: int, images: torch.Tensor) -> LowRes | None:
         return None
     generator = torch.Generator().manual_seed(cfg.optim.seed * 1_000_003 + step + 1 + 500_000_000_000)
     return training_condition(images, cfg.source.factor, generator, cfg.diffusion.cond_aug)
-
-
-def grid_low(setup: Setup, n: int) -> LowRes | None:
-    """An upscale run's grid conditions: its first n training images, downsampled, at the sampling level."""
-    if setup.cfg.source.task != "upscale":
-        return None
-    images, factor = setup.data.images[:n].float(), setup.cfg.source.factor
-    generator = torch.Generator().manual_seed(0)
-    low = condition(downsample(images, factor), factor, torch.full((len(images),), DEFAULT_AUG),
-                    torch.randn(images.shape, generator=generator))
-    return low.rows(0, n, setup.device)

@@ -46,6 +46,7 @@ from .resume import resumed_config, resumed_plan
 from .setup import Setup, new_setup, resumed_setup
 from .signals import StopOnSignal
 from .sizing import check_step_memory, choose
+from .threads import ThreadChooser, tunable
 
 
 @dataclass
@@ -85,6 +86,7 @@ class Trainer:
         self.cfg, self.data, self.schedule = cfg, setup.data, setup.schedule
         self.world, self.device, self.context_dim = setup.world, setup.device, setup.context_dim
         self.deadline = Deadline(cfg.optim.budget_seconds) if cfg.optim.budget_seconds else None
+        self.threads = ThreadChooser(tunable(setup.device, setup.world.active, self.deadline is not None))
         self.step, self.bad_steps, self.saved_step, self.lr = 0, 0, -1, 0.0
         self.saved_plan = plan
         self.skipped_checkpoints: list[str] = []
@@ -179,8 +181,10 @@ class Trainer:
             raise
 
     def close(self) -> None:
-        """Let go of the run folder's lock (train() does at its end; dropping the Trainer does too)."""
+        """Let go of the run folder's lock (train() does at its end; dropping the Trainer does too), and
+        leave torch's thread count as the run found it."""
         self._lock.release()
+        self.threads.close()
 
     # --- state --------------------------------------------------------------------------------
     @property
@@ -282,10 +286,13 @@ class Trainer:
 
     def _timed_step(self, session: _Session, done: float, bar) -> None:
         """One step, its time told to the deadline, its loss kept (or its skip counted)."""
+        self.threads.start(self.step)
         start = self.watch.clock()
         loss = self.train_step(done)
+        seconds = self.watch.clock() - start
+        self.threads.took(seconds)
         if self.deadline:
-            self.deadline.record_step(self.watch.clock() - start)
+            self.deadline.record_step(seconds)
         if self.bad_steps:
             session.skipped += 1
             self._check_diverged(loss, bar)
@@ -374,21 +381,7 @@ class Trainer:
             self.saved_plan = self.plan
 
     def write_grid(self) -> Path:
-        """A small grid from the EMA weights (one image per class, or 8 unconditional)."""
-        from ..generate import DEFAULT_GUIDANCE, sample_images
-        from .learner import grid_low
-        from ..viz import save_grid
+        """A small grid from the EMA weights (preview.py)."""
+        from .preview import write_grid
 
-        labels = list(range(self.context_dim)) if self.context_dim else None
-        n = len(labels) if labels else 8
-        text, captions = None, self.setup.captions
-        if captions is not None and len(captions) > 1:  # the first training captions, one image each
-            rows = torch.arange(1, min(9, len(captions)))
-            text, n = captions.batch(rows), len(rows)
-        images = sample_images(self.ema, self.schedule, self.cfg.diffusion.prediction, n, labels=labels,
-                               image_size=self.data.image_size, seed=0, text=text, low=grid_low(self.setup, n),
-                               guidance=DEFAULT_GUIDANCE if labels or text is not None else 1.0)
-        path = self.run / "samples" / f"step{self.step:07d}.png"
-        path.parent.mkdir(exist_ok=True)
-        save_grid(images, path, nrow=n)
-        return path
+        return write_grid(self.setup, self.ema, self.run, self.step)

@@ -1,0 +1,72 @@
+"""How many CPU threads a time-budgeted run's steps use: the faster of torch's count and one.
+
+torch's CPU threads spin while they wait for work (GNU OpenMP). On quiet cores that is what makes
+two threads fast; next to another busy process the spinning threads fight it for the cores, and one
+thread trains faster. benchmarks/thread_waiting.py measured both on this project's machine: the
+demo's step took 0.72x the time with 2 threads on quiet cores, and 2.5x the time with 2 threads
+beside a busy process. A time-budgeted CPU run therefore times PROBE steps at each count every
+PROBE_EVERY steps and trains on with the faster: it follows the machine as other work comes and
+goes, for about 1% of its steps at the slower count.
+
+Only a time budget does this: its result already depends on the machine's speed (how many steps
+fit), while a step budget stays bit-for-bit repeatable at a fixed count. A count the user fixed
+(OMP_NUM_THREADS) is kept, and so are torchrun's processes and CUDA runs.
+"""
+from __future__ import annotations
+
+import os
+import statistics
+from typing import Callable
+
+import torch
+
+PROBE = 4  # steps timed at each count
+PROBE_EVERY = 400  # steps from one probe to the next
+
+
+def tunable(device: torch.device, distributed: bool, time_budget: bool) -> bool:
+    """Whether this run may choose its thread count."""
+    return (time_budget and device.type == "cpu" and not distributed and torch.get_num_threads() > 1
+            and "OMP_NUM_THREADS" not in os.environ)
+
+
+class ThreadChooser:
+    """Per step: `start(step)` sets the count, `took(seconds)` times it. The first PROBE steps of
+    every PROBE_EVERY run at the full count, the next PROBE at one thread, and the rest at the
+    faster of the two by their median (a tie keeps the full count). Disabled, it never changes it."""
+
+    def __init__(self, enabled: bool = True, set_threads: Callable[[int], None] = torch.set_num_threads,
+                 full: int | None = None):
+        self.enabled, self.set_threads = enabled, set_threads
+        self.full = full or torch.get_num_threads()
+        self.chosen = self.full
+        self.times: dict[int, list[float]] = {self.full: [], 1: []}
+        self._current = self.full
+
+    def start(self, step: int) -> None:
+        if not self.enabled:
+            self._timing = False
+            return
+        phase = step % PROBE_EVERY
+        count = self.full if phase < PROBE else 1 if phase < 2 * PROBE else self.chosen
+        if phase == 0:
+            self.times = {self.full: [], 1: []}
+        self._use(count)
+        self._timing = phase < 2 * PROBE
+
+    def took(self, seconds: float) -> None:
+        if not self._timing:
+            return
+        self.times[self._current].append(seconds)
+        if len(self.times[1]) == PROBE and len(self.times[self.full]) == PROBE:
+            slow = statistics.median(self.times[self.full]) > statistics.median(self.times[1])
+            self.chosen = 1 if slow else self.full
+
+    def close(self) -> None:
+        """Leave torch as the run found it."""
+        self._use(self.full)
+
+    def _use(self, count: int) -> None:
+        if count != self._current:
+            self.set_threads(count)
+            self._current = count

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import copy
+import functools
 import importlib
 import shutil
 import sys
@@ -30,6 +31,10 @@ from torch import Tensor, nn
 
 LIBRARIES = ("undiffuse", "diffusers", "lucidrains")
 RECIPES = ("documented", "undiffuse")
+# "default": each library as its users run it on a CPU (the peers in fp32; undiffuse with --precision
+# auto, which picks bf16 only where the machine's bf16 units make it faster); "bf16": every library
+# under torch.autocast to bfloat16 (the peers' own forward passes wrapped, their losses in fp32).
+PRECISIONS = ("default", "bf16")
 
 
 @dataclass
@@ -51,19 +56,23 @@ def _levels(size: str, side: int, channels: int):
 
 
 def build(library: str, size: str, side: int, channels: int, *, batch_size: int | None = None,
-          planned_steps: int = 1000, recipe: str = "documented") -> Contender:
+          planned_steps: int = 1000, recipe: str = "documented", precision: str = "default") -> Contender:
     """`planned_steps` sizes the learning-rate schedules that need a length. recipe "documented": each
     peer trains as its documentation says; "undiffuse": the peer's network, loss target and schedule,
-    with undiffuse's budget recipe (batch 128, AdamW, warm-up + cosine, EMA over the last tenth)."""
+    with undiffuse's budget recipe (batch 128, AdamW, warm-up + cosine, EMA over the last tenth).
+    precision: PRECISIONS."""
     makers = {"undiffuse": _undiffuse, "diffusers": _diffusers, "lucidrains": _lucidrains}
     if library not in makers:
         raise ValueError(f"unknown library {library!r}; choose one of {', '.join(LIBRARIES)}")
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     torch.manual_seed(0)
     if library == "undiffuse":
-        return _undiffuse(size, side, channels, batch_size, planned_steps)
-    return makers[library](size, side, channels, batch_size, planned_steps, recipe)
+        return _undiffuse(size, side, channels, batch_size, planned_steps, precision)
+    autocast = functools.partial(torch.autocast, "cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+    return makers[library](size, side, channels, batch_size, planned_steps, recipe, autocast)
 
 
 class BudgetRecipe:
@@ -94,34 +103,38 @@ class BudgetRecipe:
 
 # --- undiffuse: its own Trainer, so that the timed step is the one a user runs --------------------
 
-def _undiffuse(size, side, channels, batch_size, planned_steps):
-    """Unconditional, like the peers, on random images (the Trainer draws its own batches from them)."""
+def _undiffuse(size, side, channels, batch_size, planned_steps, precision):
+    """Unconditional, like the peers, on random images (the Trainer draws its own batches from them).
+    It trains and samples in the precision its users get: auto (each decided by its own probe), or bf16."""
     from undiffuse.data import ImageData
-    from undiffuse.generate import sample_images
+    from undiffuse.generate import sample_images, sampling_precision
     from undiffuse.training import TrainConfig, Trainer
 
     data = ImageData(torch.rand(512, channels, side, side) * 2 - 1, None, (), "random")
     folder = tempfile.mkdtemp(prefix="undiffuse-bench-")  # the Trainer's run folder, removed at exit
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    asked = "auto" if precision == "default" else precision
     cfg = TrainConfig.flat(data="(in memory)", steps=planned_steps, batch_size=batch_size or 128, model=size,
-                           grids=0, checkpoint_minutes=1e9)
+                           grids=0, checkpoint_minutes=1e9, precision=asked)
     trainer = Trainer.create(cfg, folder, overwrite=True, data=data)
     net = trainer.model
+    sampling = sampling_precision(trainer.ema, asked, side)
 
     def step(_batch: Tensor) -> float:
         return trainer.train_step()
 
     def sample(n: int, steps: int, seed: int) -> Tensor:
         return sample_images(trainer.ema, trainer.schedule, cfg.diffusion.prediction, n, image_size=side,
-                             sampler="ddim", steps=steps, seed=seed)
+                             sampler="ddim", steps=steps, seed=seed, precision=sampling)
 
     return Contender("undiffuse", net, lambda x, t: net(x, t), cfg.optim.batch_size, step, sample,
-                     f"AdamW, peak lr {trainer.plan.lr:.1e}, warm-up + cosine, EMA, min-SNR-5, eps, linear schedule")
+                     f"AdamW, peak lr {trainer.plan.lr:.1e}, warm-up + cosine, EMA, min-SNR-5, eps, linear schedule; "
+                     f"trains in {trainer.learner.precision.name}, samples in {sampling.name}")
 
 
 # --- Hugging Face diffusers: the "Train a diffusion model" tutorial's loop -------------------------
 
-def _diffusers(size, side, channels, batch_size, planned_steps, recipe):
+def _diffusers(size, side, channels, batch_size, planned_steps, recipe, autocast):
     import diffusers
     from diffusers import DDIMPipeline, DDIMScheduler, DDPMScheduler, UNet2DModel
     from diffusers.optimization import get_cosine_schedule_with_warmup
@@ -154,7 +167,9 @@ def _diffusers(size, side, channels, batch_size, planned_steps, recipe):
     def step(x0: Tensor) -> float:
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.randint(0, 1000, (x0.shape[0],), generator=gen)
-        loss = nn.functional.mse_loss(net(scheduler.add_noise(x0, noise, t), t).sample, noise)
+        with autocast():
+            prediction = net(scheduler.add_noise(x0, noise, t), t).sample
+        loss = nn.functional.mse_loss(prediction.float(), noise)
         loss.backward()
         update()
         return loss.item()
@@ -163,8 +178,9 @@ def _diffusers(size, side, channels, batch_size, planned_steps, recipe):
         sampling_net.eval()
         pipe = DDIMPipeline(sampling_net, DDIMScheduler.from_config(scheduler.config))
         pipe.set_progress_bar_config(disable=True)
-        out = pipe(batch_size=n, num_inference_steps=steps, output_type="np", eta=0.0,
-                   generator=torch.Generator().manual_seed(seed)).images
+        with autocast():
+            out = pipe(batch_size=n, num_inference_steps=steps, output_type="np", eta=0.0,
+                       generator=torch.Generator().manual_seed(seed)).images
         sampling_net.train()
         return torch.from_numpy(out).permute(0, 3, 1, 2).float() * 2 - 1
 
@@ -190,7 +206,7 @@ def _import_lucidrains():
     return denoising_diffusion_pytorch
 
 
-def _lucidrains(size, side, channels, batch_size, planned_steps, recipe):
+def _lucidrains(size, side, channels, batch_size, planned_steps, recipe, autocast):
     ddp = _import_lucidrains()
     from ema_pytorch import EMA
 
@@ -216,7 +232,8 @@ def _lucidrains(size, side, channels, batch_size, planned_steps, recipe):
         described = "Adam lr 8e-5 (constant), EMA 0.995 every 10 steps, clip 1 (README)"
 
     def step(x0: Tensor) -> float:
-        loss = diffusion((x0 + 1) / 2)  # it normalises [0, 1] to [-1, 1] itself
+        with autocast():
+            loss = diffusion((x0 + 1) / 2).float()  # it normalises [0, 1] to [-1, 1] itself
         loss.backward()
         update()
         return loss.item()
@@ -225,9 +242,9 @@ def _lucidrains(size, side, channels, batch_size, planned_steps, recipe):
         model = sampling_model.eval()
         model.sampling_timesteps, model.is_ddim_sampling, model.ddim_sampling_eta = steps, steps < 1000, 0.0
         torch.manual_seed(seed)
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast():
             images = model.sample(batch_size=n)
-        return images * 2 - 1
+        return images.float() * 2 - 1
 
     batch = batch_size or (128 if recipe == "undiffuse" else 32)
     return Contender("lucidrains", net, lambda x, t: net(x, t), batch, step, sample,

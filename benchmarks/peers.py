@@ -1,14 +1,17 @@
 """Throughput side by side with the peers: undiffuse vs diffusers vs denoising-diffusion-pytorch.
 
     pip install -e '.[bench]' && pip install --no-deps denoising-diffusion-pytorch   # once
-    python benchmarks/peers.py [--sizes tiny,small] [--resolutions 28x1,32x3] [--batch-size 128]
+    taskset -c 0,1 python benchmarks/peers.py [--sizes tiny,small] [--resolutions 28x1,32x3] [--batch-size 128]
 
 For each model size and image shape, the three libraries get networks of matched size (contenders.py)
 and are measured in one process, in alternating rounds so that a drift in the machine's speed hits
-all three alike: parameters, forward FLOPs per image, training images/s (each library's own training
-step: loss, backward, clipping, optimizer, EMA where its recipe has one; the same batch for all),
-the achieved training GFLOP/s (3x forward FLOPs per image) and DDIM sampling images/s. The table
-quotes undiffuse / peer ratios; BENCHMARKS.md gets the table.
+all of them alike, twice over: as their users run them on a CPU ("default": the peers in fp32,
+undiffuse with its default --precision auto), and every library under bf16 autocast. Per cell:
+parameters, forward FLOPs per image, training images/s (each library's own training step: loss,
+backward, clipping, optimizer, EMA where its recipe has one; the same batch for all), the achieved
+training GFLOP/s (3x forward FLOPs per image) as a share of this machine's measured matmul rate in
+the precision the step ran in, and DDIM sampling images/s. The ratios are undiffuse as its users
+run it (default) over each row. BENCHMARKS.md gets the table.
 """
 from __future__ import annotations
 
@@ -19,8 +22,8 @@ import time
 
 import torch
 
-from contenders import LIBRARIES, build, forward_flops, parameters
-from report import markdown_table, write_section
+from contenders import LIBRARIES, PRECISIONS, build, forward_flops, parameters
+from report import cpu_line, markdown_table, write_section
 from throughput import matmul_gflops
 
 
@@ -41,34 +44,45 @@ def time_sampling(contender, n: int, steps: int) -> float:
     return time.perf_counter() - start
 
 
-def measure(size: str, side: int, channels: int, args) -> list[dict]:
-    contenders = {lib: build(lib, size, side, channels, batch_size=args.batch_size) for lib in args.libraries}
+def measure(size: str, side: int, channels: int, args, limits: dict[str, float]) -> list[dict]:
+    contenders = {(lib, mode): build(lib, size, side, channels, batch_size=args.batch_size, precision=mode)
+                  for mode in args.precisions for lib in args.libraries}
     batch = torch.rand(args.batch_size, channels, side, side) * 2 - 1
-    step_times = {lib: [] for lib in contenders}
-    sample_times = {lib: [] for lib in contenders}
+    step_times = {key: [] for key in contenders}
+    sample_times = {key: [] for key in contenders}
     for _ in range(args.rounds):  # alternate, so that slow spells of the machine are shared
-        for lib, c in contenders.items():
-            step_times[lib].append(time_training(c, batch, args.repeats))
-        for lib, c in contenders.items():
-            sample_times[lib].append(time_sampling(c, args.sample_n, args.sample_steps))
+        for key, c in contenders.items():
+            step_times[key].append(time_training(c, batch, args.repeats))
+        for key, c in contenders.items():
+            sample_times[key].append(time_sampling(c, args.sample_n, args.sample_steps))
+    train = {key: args.batch_size / statistics.median(t) for key, t in step_times.items()}
+    sampling = {key: args.sample_n / statistics.median(t) for key, t in sample_times.items()}
+    ours = ("undiffuse", "default")
     rows = []
-    ours_train = args.batch_size / statistics.median(step_times["undiffuse"]) if "undiffuse" in contenders else None
-    ours_sample = args.sample_n / statistics.median(sample_times["undiffuse"]) if "undiffuse" in contenders else None
-    for lib, c in contenders.items():
+    for (lib, mode), c in contenders.items():
         flops = forward_flops(c, side, channels)
-        train = args.batch_size / statistics.median(step_times[lib])
-        sampling = args.sample_n / statistics.median(sample_times[lib])
+        ran_in = "bf16" if mode == "bf16" or "trains in bf16" in c.recipe else "fp32"
         rows.append({
-            "model": size, "image": f"{side}x{side}x{channels}", "library": lib,
+            "model": size, "image": f"{side}x{side}x{channels}", "library": lib, "precision": _mode(lib, mode, c),
             "params": f"{parameters(c) / 1e6:.2f}M", "fwd GFLOP/img": f"{flops / 1e9:.3f}",
-            "train img/s": f"{train:.1f}", "train GFLOP/s": f"{3 * flops * train / 1e9:.1f}",
-            f"ddim-{args.sample_steps} img/s": f"{sampling:.2f}",
-            "undiffuse/peer train": "" if lib == "undiffuse" or ours_train is None else f"{ours_train / train:.2f}x",
-            "undiffuse/peer sample": "" if lib == "undiffuse" or ours_sample is None else f"{ours_sample / sampling:.2f}x",
+            "train img/s": f"{train[lib, mode]:.1f}", f"ddim-{args.sample_steps} img/s": f"{sampling[lib, mode]:.2f}",
+            "undiffuse/this train": f"{train[ours] / train[lib, mode]:.2f}x" if ours in train else "",
+            "undiffuse/this sample": f"{sampling[ours] / sampling[lib, mode]:.2f}x" if ours in sampling else "",
+            "train GFLOP/s": f"{3 * flops * train[lib, mode] / 1e9:.1f}",
+            "of matmul rate": f"{3 * flops * train[lib, mode] / 1e9 / limits[ran_in]:.0%} of {ran_in}",
             "recipe": c.recipe,
         })
         print({k: v for k, v in rows[-1].items() if k != "recipe"}, flush=True)
     return rows
+
+
+def _mode(library: str, mode: str, contender) -> str:
+    if mode == "bf16":
+        return "bf16 autocast"
+    if library != "undiffuse":
+        return "fp32 (its default)"
+    train, sample = (contender.recipe.split("trains in ")[1].split(", samples in "))
+    return f"auto: {train} training, {sample} sampling"
 
 
 def main() -> None:
@@ -76,6 +90,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="tiny,small")
     parser.add_argument("--resolutions", default="28x1,32x3", help="SIDExCHANNELS, comma-separated")
     parser.add_argument("--libraries", default=",".join(LIBRARIES))
+    parser.add_argument("--precisions", default=",".join(PRECISIONS))
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=4, help="timed training steps per round")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds over the libraries")
@@ -84,38 +99,38 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
-    args.libraries = args.libraries.split(",")
+    args.libraries, args.precisions = args.libraries.split(","), args.precisions.split(",")
     if args.threads:
         torch.set_num_threads(args.threads)
-    limit = matmul_gflops()
-    print(f"fp32 matmul: {limit:.0f} GFLOP/s", flush=True)
+    limits = {name: matmul_gflops(dtype=dtype) for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    print(f"matmul: {limits['fp32']:.0f} GFLOP/s fp32, {limits['bf16']:.0f} GFLOP/s bf16", flush=True)
     rows = []
     for size in args.sizes.split(","):
         for res in args.resolutions.split(","):
             side, channels = (int(v) for v in res.split("x"))
-            rows += measure(size, side, channels, args)
-    for row in rows:
-        row["of matmul limit"] = f"{float(row['train GFLOP/s']) / limit:.0%}"
+            rows += measure(size, side, channels, args, limits)
     header = [h for h in rows[0] if h != "recipe"]
     table = markdown_table(header, rows)
     recipes = sorted({(r["library"], r["recipe"]) for r in rows})
-    command = (f"python benchmarks/peers.py --sizes {args.sizes} --resolutions {args.resolutions} "
+    command = (f"taskset -c 0,1 python benchmarks/peers.py --sizes {args.sizes} --resolutions {args.resolutions} "
                f"--batch-size {args.batch_size} --repeats {args.repeats} --rounds {args.rounds} "
                f"--sample-n {args.sample_n} --sample-steps {args.sample_steps}"
                + (f" --threads {args.threads}" if args.threads else "")
-               + (f" --libraries {','.join(args.libraries)}" if tuple(args.libraries) != LIBRARIES else ""))
+               + (f" --libraries {','.join(args.libraries)}" if tuple(args.libraries) != LIBRARIES else "")
+               + (f" --precisions {','.join(args.precisions)}" if tuple(args.precisions) != PRECISIONS else ""))
     import diffusers
     from importlib.metadata import version
 
-    machine = (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
-               f"{torch.__version__}, fp32, matmul limit {limit:.0f} GFLOP/s; diffusers {diffusers.__version__}, "
-               f"denoising-diffusion-pytorch {version('denoising-diffusion-pytorch')}")
+    machine = (f"{cpu_line()}; {torch.get_num_threads()} threads, torch {torch.__version__}, matmul "
+               f"{limits['fp32']:.0f} GFLOP/s fp32 and {limits['bf16']:.0f} GFLOP/s bf16; diffusers "
+               f"{diffusers.__version__}, denoising-diffusion-pytorch {version('denoising-diffusion-pytorch')}")
     text = "\n".join([
         f"Command: `{command}`. Machine: {machine}. All unconditional, same batch, same data; each "
-        "library's own training step and its DDIM sampler (deterministic, x0 clipped). Ratios above 1 mean "
-        "undiffuse is faster. lucidrains' Unet has its fixed layout (two residual blocks per level, linear "
-        "attention at every other level), so at the same width it has more parameters and FLOPs: compare its "
-        "GFLOP/s as well as its images/s.", "", *table, "",
+        "library's own training step and its DDIM sampler (deterministic, x0 clipped). The ratios are "
+        "undiffuse as its users run it (--precision auto) over each row: above 1 means undiffuse is faster. "
+        "lucidrains' Unet has its fixed layout (two residual blocks per level, linear attention at every "
+        "other level), so at the same width it has more parameters and FLOPs: compare its GFLOP/s as well "
+        "as its images/s.", "", *table, "",
         "Training steps timed:", *[f"- {lib}: {recipe}" for lib, recipe in recipes]])
     print(text)
     if not args.no_write:

@@ -1,6 +1,7 @@
 """Write one benchmark's section into BENCHMARKS.md, keeping the other sections."""
 from __future__ import annotations
 
+import platform
 import re
 from pathlib import Path
 
@@ -20,3 +21,29 @@ def markdown_table(header: list[str], rows: list[dict]) -> list[str]:
     """The lines of a Markdown table: one column per header key, a missing value left empty."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return lines + ["| " + " | ".join(str(r.get(h, "")) for h in header) + " |" for r in rows]
+
+
+def cpu_line() -> str:
+    """Which CPU a figure came from: its model name and its bf16 units (undiffuse.precision reads the
+    same flags), since bf16 is several times faster than fp32 on some machines and slower on others."""
+    from undiffuse.precision import CPU_UNITS, cpu_bf16_units
+
+    name = platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+        name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+                    name)
+        family = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("cpu family")),
+                      None)
+        model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model\t")), None)
+        if family and model:
+            name += f" (family {family}, model {model})"
+    except OSError:
+        pass
+    units = cpu_bf16_units()
+    if units is None:
+        return f"{name}, bf16 units unknown"
+    missing = [u for u in CPU_UNITS[:2] if u not in units]
+    return (f"{name}, bf16 units: {', '.join(units) or 'none'}"
+            + (f" (no {', '.join(missing)})" if units and missing else ""))

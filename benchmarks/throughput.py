@@ -23,9 +23,9 @@ from core import forward_flops, train_images_per_second
 from report import markdown_table, write_section
 
 
-def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
-    """The fp32 matmul rate of this machine (GFLOP/s): the best of `repeats` n x n products."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_gflops(n: int = 2048, repeats: int = 10, dtype: torch.dtype = torch.float32) -> float:
+    """The matmul rate of this machine in `dtype` (GFLOP/s): the best of `repeats` n x n products."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b
     best = float("inf")
     for _ in range(repeats):

@@ -1,11 +1,16 @@
 """Fixtures shared by the test modules."""
 import importlib.util
+import os
 
 import pytest
 
 from undiffuse.cli import main
 
 from cli_helpers import TRAIN
+
+# What --precision auto means in this test session and the commands it starts: fp32, so that two runs
+# of one test never differ by a timing probe's verdict. tests/test_precision.py unsets it to test auto.
+os.environ["UNDIFFUSE_PRECISION"] = "fp32"
 
 
 @pytest.fixture(scope="session")

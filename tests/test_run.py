@@ -144,7 +144,7 @@ def test_a_config_that_is_not_a_json_object_is_a_checkpoint_error(tmp_path, text
 
 @pytest.mark.parametrize("key,value,needle", [("steps", "many", "steps must be an integer or none, got 'many'"),
                                               ("batch_size", 0, "batch_size must be positive"),
-                                              ("precision", "fp8", "precision must be one of fp32, bf16, fp16"),
+                                              ("precision", "fp8", "precision must be one of auto, fp32, bf16, fp16"),
                                               ("learning_rate", 1, "unknown training option(s): learning_rate")])
 def test_bad_training_options_are_a_checkpoint_error_on_resume(scale_run, tmp_path, key, value, needle):
     config = _config(scale_run)

@@ -4,7 +4,7 @@ import torch
 
 from undiffuse.training import TrainConfig, Trainer
 from undiffuse.training.learner import Learner
-from undiffuse.training.threads import PROBE, PROBE_EVERY, ThreadChooser, tunable
+from undiffuse.training.threads import DRIFT_WINDOW, PROBE, PROBE_EVERY, ThreadChooser, tunable
 
 
 def drive(chooser: ThreadChooser, steps: range, cost) -> list[int]:
@@ -42,6 +42,33 @@ def test_a_resumed_run_decides_at_its_next_whole_probe():
     counts = drive(chooser, range(first, 2 * PROBE_EVERY + 2 * PROBE + 1), lambda n: 0.7 if n == 2 else 0.3)
     assert set(counts[2 * PROBE - 3:PROBE_EVERY - 3]) == {2}
     assert chooser.chosen == 1 and counts[-1] == 1
+
+
+def test_load_that_comes_and_goes_between_probes_is_met_within_a_few_steps():
+    """Quiet cores: two threads 0.15 s a step, one 0.21 s; a busy neighbour from step 100 to 250: two
+    threads 0.7 s, one 0.29 s (the figures of benchmarks/thread_waiting.py); no periodic probe falls
+    in between."""
+    def cost(step: int, count: int) -> float:
+        busy = 100 <= step < 250
+        return (0.7 if busy else 0.15) if count == 2 else (0.29 if busy else 0.21)
+
+    chooser = ThreadChooser(set_threads=lambda n: None, full=2)
+    counts = []
+    for step in range(350):
+        chooser.start(step)
+        counts.append(chooser._current)
+        chooser.took(cost(step, chooser._current))
+    react = DRIFT_WINDOW + 2 * PROBE  # steps to see the change, then to time both counts
+    assert set(counts[2 * PROBE:100]) == {2}
+    assert set(counts[100 + react:250]) == {1}  # met within `react` steps, not at step 400
+    assert set(counts[250 + react:]) == {2}  # and the neighbour's leaving too
+    assert counts[100:100 + react].count(2) <= DRIFT_WINDOW + PROBE
+
+
+def test_steady_steps_start_no_probe_between_the_periodic_ones():
+    chooser = ThreadChooser(set_threads=lambda n: None, full=2)
+    counts = drive(chooser, range(PROBE_EVERY), lambda n: 0.15 if n == 2 else 0.21)
+    assert counts[:2 * PROBE].count(1) == PROBE and counts[2 * PROBE:] == [2] * (PROBE_EVERY - 2 * PROBE)
 
 
 def test_disabled_it_never_touches_the_count():

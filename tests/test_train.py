@@ -100,7 +100,7 @@ def test_the_config_groups_its_options_and_converts_to_flat_and_back():
     assert cfg.updated(steps=5).optim.steps == 5 and cfg.optim.steps == 60  # frozen: a copy
     assert len(cfg.options()) == 39 and all(len(fields) <= 12 for fields in (
         vars(cfg.source), vars(cfg.diffusion), vars(cfg.optim), vars(cfg.runtime)))
-    assert TrainConfig.choices()["precision"] == ("fp32", "bf16", "fp16")
+    assert TrainConfig.choices()["precision"] == ("auto", "fp32", "bf16", "fp16")
 
 
 def test_recipe_follows_the_budget():
@@ -183,6 +183,33 @@ def test_a_time_budget_is_a_deadline_whatever_the_machine_does(tmp_path, fake_cl
     assert horizon == pytest.approx(result.steps / 10, rel=0.25)  # the EMA averages the last tenth
     grids = sorted((tmp_path / "r" / "samples").glob("step*.png"))
     assert len(grids) == 4 and grids[-1].name == f"step{result.steps:07d}.png"
+
+
+def test_the_end_of_a_run_is_reserved_at_the_speed_the_machine_has_then(tmp_path, monkeypatch):
+    """Everything slows down 4x half-way (a busy neighbour arrives): the steps, the grids, the
+    checkpoints and the summary (loss curve and card). The command had spent 5 s starting up. The
+    run still ends by the deadline, because the end is reserved at the speed of the steps now, not
+    at the speed its costs were measured at (which would end at about 133 s)."""
+    from undiffuse.training import preview
+
+    clock = FakeClock(None)
+
+    def costs(seconds, function):
+        def timed(*args, **kwargs):
+            result = function(*args, **kwargs)
+            clock.now += seconds * (1.0 if clock.now < 55 else 4.0)
+            return result
+        return timed
+
+    monkeypatch.setattr(Learner, "backward", costs(0.5, Learner.backward))
+    monkeypatch.setattr(ckpt, "save_checkpoint", costs(2.0, ckpt.save_checkpoint))
+    monkeypatch.setattr(Trainer, "write_grid", costs(3.0, Trainer.write_grid))
+    monkeypatch.setattr(preview, "write_loss_curve", costs(1.0, preview.write_loss_curve))
+    trainer = Trainer.create(_budget_cfg(), tmp_path / "r", clock=clock, spent=5.0)
+    result = trainer.train(progress=False)
+    assert result.seconds == pytest.approx(5.0 + clock.now)
+    assert 0.95 * 120 <= result.seconds <= 120
+    assert (tmp_path / "r" / "loss.png").is_file() and (tmp_path / "r" / "README.md").is_file()
 
 
 def test_the_learning_rate_follows_the_elapsed_share_of_the_budget(tmp_path, fake_clock):

@@ -89,7 +89,7 @@ def test_the_exact_command_with_resume_appended_is_accepted(run, capsys):
     (["--lr", "0.01"], "lr 0.002 (the recipe's), not 0.01"),
     (["--prediction", "v"], "prediction 'eps', not 'v'"),
     (["--model", "small"], "model 'tiny', not 'small'"),
-    (["--precision", "bf16"], "precision 'fp32', not 'bf16'"),
+    (["--precision", "bf16"], "precision 'fp32' (auto), not 'bf16'"),
     (["--steps", "4"], "was planned for steps 8, not 4: --resume extends a run, it cannot shorten one"),
     (["--minutes", "3"], "has a budget of 8 steps, not of minutes"),
     (["--steps", "-4"], "steps must be positive"),
@@ -136,3 +136,22 @@ def test_resume_of_a_folder_that_does_not_exist_says_so(tmp_path, capsys):
     err = fails_cleanly(capsys, ["train", "--data", "mnist", "--out", tmp_path / "RUN", "--resume"])
     assert "cannot resume" in err and "does not exist; drop --resume to start it" in err
     assert not (tmp_path / "RUN").exists()
+
+
+def test_the_command_line_counts_its_own_start_up_against_a_time_budget(tmp_path, monkeypatch):
+    """A process started for the command (argv from the command line) has spent its start-up against
+    the budget; a call from Python counts from the call (every other test here: the test process is
+    minutes old). Here the process 'started' 30 s before main: of a 33 s budget, 3 s are left."""
+    import sys
+
+    import undiffuse.cli as cli
+
+    assert 0 < cli.process_age() < 7 * 24 * 3600
+    monkeypatch.setattr(cli, "process_age", lambda: 30.0)
+    monkeypatch.setattr(sys, "argv", ["undiffuse", "train", "--data", "digits", "--image-size", "16", "--batch-size",
+                                      "8", "--model", "tiny", "--grids", "0", "--quiet", "--minutes", "0.55",
+                                      "--out", str(tmp_path / "r")])
+    assert cli.main() == 0
+    with (tmp_path / "r" / "log.csv").open() as f:
+        seconds = float(list(csv.DictReader(f))[-1]["seconds"])
+    assert 30 <= seconds <= 33  # its clock began at 30 s, and the deadline still held

@@ -25,6 +25,7 @@ from .conditions.lowres import LowRes
 from .conditions.prompt import cat_text, nulled
 from .conditions.text import TextBatch
 from .parameterization import to_eps_x0
+from .precision import FP32, Precision
 from .schedule import NoiseSchedule
 
 Denoise = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]  # (x_t, t) -> (eps, x0)
@@ -45,14 +46,16 @@ def guided(pred_null: Tensor, pred_ctx: Tensor, w: float) -> Tensor:
 
 def denoiser(model: nn.Module, schedule: NoiseSchedule, *, prediction: str = "eps",
              context: Tensor | None = None, guidance: float = 1.0, text: TextBatch | None = None,
-             negative: TextBatch | None = None, low: LowRes | None = None) -> Denoise:
+             negative: TextBatch | None = None, low: LowRes | None = None, precision: Precision = FP32) -> Denoise:
     """The one adapter from a network to the `denoise(x_t, t) -> (eps, x0)` that samplers take.
 
     context: (B, K) per image, or None for an unconditional model (or all-null rows).
     guidance: w; 1 asks one conditional pass, 0 one unconditional pass, anything else both.
     text: (B rows) a text network's prompts; negative: (B rows) the prompts that replace the null branch.
     low: (B rows) a super-resolution network's low-res condition, the same in both branches.
+    precision: the autocast of the network's passes; what comes out of them is fp32.
     """
+    model = in_precision(model, precision)
     if low is not None:
         model = functools.partial(model, low=low)
     if text is not None:
@@ -71,6 +74,18 @@ def denoiser(model: nn.Module, schedule: NoiseSchedule, *, prediction: str = "ep
         return guided(eps[b:], eps[:b], guidance), guided(x0[b:], x0[:b], guidance)
 
     return denoise
+
+
+def in_precision(model: Callable[..., Tensor], precision: Precision) -> Callable[..., Tensor]:
+    """The network called under `precision`'s autocast, its output in fp32; fp32 calls it as it is."""
+    if precision.name == "fp32":
+        return model
+
+    def run(x: Tensor, *args, **kwargs) -> Tensor:
+        with precision.autocast(x.device.type):
+            return model(x, *args, **kwargs).float()
+
+    return run
 
 
 def _text_denoiser(model: nn.Module, schedule: NoiseSchedule, prediction: str, text: TextBatch,

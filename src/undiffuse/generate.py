@@ -23,11 +23,13 @@ from .conditions.text import CaptionTable, TextBatch, TextEncoder, canonical, lo
 from .denoiser import DEFAULT_GUIDANCE, denoiser
 from .errors import UsageError
 from .noise import generators, randn
+from .precision import FP32, Precision, choose as choose_precision
 from .run import CAPTIONS, TextSpec, read_run
 from .samplers import Callback, sample
 from .schedule import NoiseSchedule
 from .unet import UNet
 
+PROBE_BATCH = 32  # images of the forward pass timed in each precision (precision.py) before a run samples
 DEFAULT_SAMPLER = "ddim"  # 10 steps (samplers.DEFAULT_STEPS): the best fidelity and FID per network call on
 # the budget models (benchmarks/budget_samplers.py), where fresh noise (eta 1) or 20-50 steps scored worse
 
@@ -43,8 +45,18 @@ class LoadedRun:
     config: dict  # config.json as written
     text: TextSpec | None = None  # a text run's encoder; None for class-conditional and unconditional runs
     folder: Path | None = None
+    asked_precision: str = "auto"  # precision.PRECISIONS: what sampling runs in, decided on first use
     _table: CaptionTable | None = field(default=None, repr=False)
     _encoder: TextEncoder | None = field(default=None, repr=False)
+    _precision: Precision | None = field(default=None, repr=False)
+
+    @property
+    def precision(self) -> Precision:
+        """What this run samples in: `asked_precision`, auto decided once by timing the network's forward
+        pass in fp32 and bf16 (precision.py) whatever precision it was trained in."""
+        if self._precision is None:
+            self._precision = sampling_precision(self.net, self.asked_precision, self.image_size)
+        return self._precision
 
     @property
     def captions(self) -> CaptionTable | None:
@@ -89,8 +101,10 @@ class LoadedRun:
         return len(self.class_names)
 
 
-def load_run(run: str | Path, *, weights: str = "ema", device: str | torch.device = "cpu") -> LoadedRun:
-    """The network of a run folder; weights="ema" (default, better samples) or "raw"."""
+def load_run(run: str | Path, *, weights: str = "ema", device: str | torch.device = "cpu",
+             precision: str = "auto") -> LoadedRun:
+    """The network of a run folder; weights="ema" (default, better samples) or "raw"; precision: what it
+    samples in (precision.PRECISIONS; auto: bf16 where this machine runs it faster, decided on first use)."""
     if weights not in ("ema", "raw"):
         raise UsageError(f"unknown weights {weights!r}; choose ema or raw")
     run = Path(run)
@@ -99,7 +113,22 @@ def load_run(run: str | Path, *, weights: str = "ema", device: str | torch.devic
     ckpt.load_weights(net, run / (ckpt.EMA if weights == "ema" else ckpt.MODEL))
     net = net.to(device).eval().requires_grad_(False)
     return LoadedRun(net, record.schedule.build(), record.prediction, record.class_names, record.image_size,
-                     record.channels, record.to_json(), record.text, run)
+                     record.channels, record.to_json(), record.text, run, precision)
+
+
+def sampling_precision(net: UNet, asked: str, side: int, batch: int = PROBE_BATCH) -> Precision:
+    """The precision `net` samples in (precision.choose): auto times a forward pass of `batch` noisy
+    images of side x side at mid-schedule with every condition null, the way a sampler calls it."""
+    cfg = net.cfg
+    device = next(net.parameters()).device
+    x, t = torch.randn(batch, cfg.channels, side, side, device=device), torch.full((batch,), 500, device=device)
+    low = LowRes(torch.zeros_like(x), torch.zeros(batch, device=device)) if cfg.cond_channels else None
+
+    def workload(precision: Precision) -> None:
+        with torch.inference_mode(), precision.autocast(device.type):
+            net(x, t, low=low)
+
+    return choose_precision(asked, device, workload)
 
 
 def sample_images(net: UNet, schedule: NoiseSchedule, prediction: str, n: int, *,
@@ -108,7 +137,7 @@ def sample_images(net: UNet, schedule: NoiseSchedule, prediction: str, n: int, *
                   negative: TextBatch | None = None, low: LowRes | None = None,
                   sampler: str = DEFAULT_SAMPLER, steps: int | None = None, guidance: float = 1.0, seed: int = 0,
                   clip_denoised: bool = True, batch_size: int = 250, callback: Callback = None,
-                  **options) -> Tensor:
+                  precision: Precision = FP32, **options) -> Tensor:
     """n images in [-1, 1], (n, C, H, W). For a conditional network: `labels`, a class id per image,
     or `contexts`, a (n, K) context vector per image (multi-hot, or a mixture: see parse_context);
     for a text network, `text` (n rows: LoadedRun.encode) and optionally `negative` (n rows);
@@ -116,7 +145,8 @@ def sample_images(net: UNet, schedule: NoiseSchedule, prediction: str, n: int, *
 
     clip_denoised keeps each step's estimate of the clean image inside the data range [-1, 1]; it
     removes the speckles that a briefly trained model leaves. The callback sees the steps of each
-    batch in turn; `options` go to the sampler (eta, add_noise, ...).
+    batch in turn; `options` go to the sampler (eta, add_noise, ...). precision: the network's
+    autocast (LoadedRun.precision decides one for a run).
     """
     cfg = net.cfg
     side = image_size
@@ -133,7 +163,7 @@ def sample_images(net: UNet, schedule: NoiseSchedule, prediction: str, n: int, *
         if low is not None:
             rows["low"] = low.rows(start, stop, device)
         eps_fn = denoiser(net, schedule.to(device), prediction=prediction, context=context, guidance=guidance,
-                          **rows)
+                          precision=precision, **rows)
         with torch.inference_mode():
             x = sample(sampler, eps_fn, schedule.to(device), x, steps=steps, generator=gens[start:stop],
                        clip_denoised=clip_denoised, callback=callback, **options)
@@ -152,6 +182,7 @@ def generate(run: LoadedRun, n: int, *, prompts: list[str] | None = None, prompt
     options.update(text_options(run, n, prompts, prompt, negative_prompt))
     if "text" in options:
         options.setdefault("guidance", DEFAULT_GUIDANCE)
+    options.setdefault("precision", run.precision)
     return sample_images(run.net, run.schedule, run.prediction, n,
                          image_size=run.image_size, **options)
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from .checkpoint import CONFIG, atomic_write
 from .errors import CheckpointError, UsageError
 from .parameterization import PREDICTIONS
+from .precision import DTYPES, FP32, Precision
 from .schedule import SCHEDULES, NoiseSchedule, make_schedule
 from .unet import BLOCK_STYLES, CONTEXT_MODES, UNetConfig
 
@@ -93,6 +94,7 @@ class RunRecord:
     train: dict  # the training options outside IN_RECORD, flat (training.record reads them)
     finetuned_from: BaseRun | None = None
     text: TextSpec | None = None  # None: not conditioned on text
+    precision: Precision = FP32  # what it trained in, and why (train.precision is what was asked: auto)
 
     @property
     def task(self) -> str:
@@ -110,7 +112,7 @@ class RunRecord:
                 "channels": self.channels, "class_names": list(self.class_names), "data_source": self.data_source,
                 "num_images": self.num_images, "plan": asdict(self.plan), "train": dict(self.train),
                 "finetuned_from": asdict(self.finetuned_from) if self.finetuned_from else None,
-                "text": asdict(self.text) if self.text else None}
+                "text": asdict(self.text) if self.text else None, "precision": self.precision.to_json()}
 
 
 def write_run(folder: str | Path, record: RunRecord) -> None:
@@ -220,6 +222,7 @@ def _record(top: _Section) -> RunRecord:
                   channels=top.choice("channels", (1, 3)), class_names=_names(top), data_source=top.text("data_source"),
                   num_images=top.integer("num_images", 1, 10**9), plan=_plan(top.section("plan")),
                   train=_options(top), finetuned_from=_base(top), text=_text(top))
+    values["precision"] = _precision(top, values["train"])
     top.only(["format_version", *values])
     if schedule.zero_snr and values["prediction"] == "eps":
         top.fail("prediction", "v or x0 for a zero-SNR schedule", "eps")
@@ -305,6 +308,20 @@ def _text(top: _Section) -> TextSpec | None:
                   max_tokens=s.integer("max_tokens", 1, 4096))
     s.only(values)
     return TextSpec(**values)
+
+
+def _precision(top: _Section, train: dict) -> Precision:
+    """The precision a run trained in; runs written before it was recorded trained in their option's."""
+    value = top.get("precision", "an object", lambda v: isinstance(v, dict), default=None)
+    if value is None:
+        name = train.get("precision", "fp32")
+        if name not in DTYPES:
+            top.fail("train.precision", f"one of {', '.join(DTYPES)} in a run that records no 'precision'", name)
+        return Precision(name, "asked for")
+    s = _Section(value, top.path, "precision.")
+    values = dict(name=s.choice("name", tuple(DTYPES)), reason=s.text("reason"))
+    s.only(values)
+    return Precision(**values)
 
 
 def _base(top: _Section) -> BaseRun | None:

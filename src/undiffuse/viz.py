@@ -140,7 +140,7 @@ def save_loss_curve(steps: Sequence[int], losses: Sequence[float], path: str | P
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, format="png")  # by its content, whatever the name (an atomic write's temporary one)
     plt.close(fig)
     return path
 

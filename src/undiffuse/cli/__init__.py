@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import time
 
 from ..errors import UndiffuseError
 from .flags import Parser
@@ -20,9 +22,13 @@ MODULES = {"import": "import_run"}  # command names that are not module names (i
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command: the process's own arguments (argv None: its start-up counts against a time
+    budget, as the process began for this command) or `argv` (a call from Python: counted from here)."""
+    started = time.perf_counter() - (process_age() if argv is None else 0.0)
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        args.started = started
         if not getattr(args, "command", None):
             parser.print_help()
             return EXIT_USAGE
@@ -33,6 +39,19 @@ def main(argv: list[str] | None = None) -> int:
     except UndiffuseError as e:
         print(f"undiffuse: error: {one_line(e)}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def process_age() -> float:
+    """Seconds since this process started (Linux's /proc): the interpreter's start-up and the imports
+    before `main`; 0 where the start time cannot be read."""
+    try:
+        with open("/proc/self/stat") as f:
+            after_name = f.read().rsplit(")", 1)[1].split()  # the name may hold spaces and parentheses
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return max(0.0, uptime - int(after_name[19]) / os.sysconf("SC_CLK_TCK"))  # field 22, starttime
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 def one_line(e: Exception) -> str:

@@ -1,12 +1,13 @@
 """`undiffuse demo`: the main job. Train on the bundled digits for a bounded time, then draw."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from ..errors import UsageError
 from .noise import FORWARD_STEPS, parse_steps
 from .output import say
-from .progress import describe_trainer, train_and_report
+from .progress import describe_trainer, spent, train_and_report
 
 GIF_STEPS = 100  # DDIM steps of the animation: enough frames for the image to emerge slowly
 
@@ -31,11 +32,14 @@ def run(args) -> int:
     cfg = TrainConfig.flat(data="mnist", minutes=args.minutes, seed=args.seed)  # checks --seed too
     run_folder = Path(args.out) if args.out else free_folder(Path("runs") / "demo")
     say(f"undiffuse demo: {args.minutes:g} minutes of training on the bundled MNIST digits -> {run_folder}")
-    trainer = Trainer.create(cfg, run_folder)
+    trainer = Trainer.create(cfg, run_folder, spent=spent(args))
     describe_trainer(trainer)
     if train_and_report(trainer, progress=not args.quiet) is None:
         return 130
+    start = time.perf_counter()
     draw_pictures(trainer, run_folder)
+    say(f"drawing the pictures took {time.perf_counter() - start:.0f} s, after the {args.minutes:g}-minute "
+        "training budget")
     return 0
 
 

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from ..errors import DataError, UsageError
-from .flags import add_device, add_seed, check_guidance, sampler_options
+from .flags import add_device, add_seed, check_guidance, load_run, sampler_options
 from .output import output_path, say, write_picture
 
 MAX_N = 100_000
@@ -65,7 +65,7 @@ def run(args) -> int:
     if args.samples:
         fake, source = read_samples(args.samples, channels, size), {"samples": str(args.samples)}
     else:
-        fake, source = _samples(args, device)
+        fake, source = _samples(args)
     real_f, fake_f = extract(real), extract(fake)
     result = {**score_features(real_f, fake_f), "features": features, "run": str(args.run), "against": spec,
               **source}
@@ -154,14 +154,14 @@ def _output(args) -> Path:
     return out
 
 
-def _samples(args, device):
+def _samples(args):
     """Generate --n samples; conditional runs cycle through their classes."""
     from ..eval.evaluate import generate_in_batches
-    from ..generate import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, load_run
+    from ..generate import DEFAULT_GUIDANCE, DEFAULT_SAMPLER
 
     args.sampler = args.sampler or DEFAULT_SAMPLER
     options = sampler_options(args)
-    run = load_run(args.run, device=device)
+    run = load_run(args)
     if not run.num_classes and args.guidance is not None:
         raise UsageError(f"{args.run} is an unconditional model: it takes no --guidance")
     guidance = DEFAULT_GUIDANCE if args.guidance is None else args.guidance
@@ -170,5 +170,6 @@ def _samples(args, device):
                                  guidance=guidance, **options)
     source = {"sampler": options["sampler"], "steps": options["steps"],
               "guidance": guidance if run.num_classes else None, "seed": args.seed,
+              "sampling_precision": run.precision.name,
               "samples_per_second": args.n / (time.perf_counter() - start)}
     return images, source

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from .output import say
-from .progress import describe_trainer, train_and_report
+from .progress import describe_trainer, spent, train_and_report
 
 FLAGS = ("steps", "minutes", "batch_size", "lr", "warmup", "ema_decay", "cond_drop", "seed", "checkpoint_minutes",
          "grids", "device", "labels", "context_names", "keep_checkpoints", "max_bad_steps", "precision",
@@ -38,7 +38,7 @@ def run(args) -> int:
     if "steps" not in values and "minutes" not in values:
         values["minutes"] = DEFAULT_MINUTES
     cfg = TrainConfig.flat(data=args.data, base=args.base, only_label=args.label, **values)
-    trainer = Trainer.create(cfg, args.out, overwrite=args.overwrite)
+    trainer = Trainer.create(cfg, args.out, overwrite=args.overwrite, spent=spent(args))
     if trainer.context_dim and trainer.data.labels is None:
         say("the data's labels do not match the base run's classes: fine-tuning on the null context")
     say(f"fine-tuning {args.base} on {len(trainer.data.images)} images"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import re
+import sys
 from dataclasses import MISSING, fields
 from typing import get_type_hints
 
@@ -30,7 +31,12 @@ def add_run(p, weights: bool = True) -> None:
 
 
 def add_device(p) -> None:
+    from ..precision import PRECISIONS
+
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="the network's arithmetic; auto (default): bf16 where this machine has bf16 units and a "
+                        "probe of the model times it faster, else fp32")
 
 
 def add_sampling(p, *, deterministic_only: bool = False, spacing: bool = True) -> None:
@@ -165,11 +171,16 @@ def parse_ints(text: str, flag: str, form: str, count: int) -> list[int]:
 
 
 def load_run(args):
-    """The run named on the command line, on --device, with --weights."""
+    """The run named on the command line, on --device, with --weights, its --precision decided (a
+    choice slower than fp32 here is said on stderr)."""
     from ..device import pick_device
     from ..generate import load_run as load
 
-    return load(args.run, weights=getattr(args, "weights", "ema"), device=pick_device(args.device))
+    run = load(args.run, weights=getattr(args, "weights", "ema"), device=pick_device(args.device),
+               precision=args.precision)
+    if run.precision.warning:
+        print(f"undiffuse: warning: {run.precision.warning}", file=sys.stderr)
+    return run
 
 
 # --- flags generated from a config dataclass ---------------------------------------------------------

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import shlex
 import sys
+import time
 
 from .output import say
 
 # Below this many training images a model of these sizes can learn to reproduce them (Somepalli et
 # al. 2023 and Carlini et al. 2023 found copies in models trained on small sets): a new run says so.
 FEW_IMAGES = 2_000
+
+
+def spent(args) -> float:
+    """Seconds the command has run (cli.main set `started`), which a time budget counts."""
+    return time.perf_counter() - args.started
 
 
 def describe_trainer(trainer) -> None:
@@ -23,10 +29,18 @@ def describe_trainer(trainer) -> None:
     steps = f"about {plan.steps} steps (the deadline decides)" if trainer.deadline else f"{plan.steps} steps"
     say(f"model: {trainer.size}, {count_parameters(trainer.model) / 1e6:.2f}M parameters on {where}; "
         f"{steps} of {trainer.cfg.optim.batch_size}, lr {plan.lr:.2g}, warm-up {plan.warmup}, EMA {plan.ema_decay:.4f}")
+    say(precision_line(trainer.learner.precision))
     grids = trainer.cfg.runtime.grids
     if not trainer.deadline and grids > plan.steps:
         say(f"grids: {plan.steps} of the {grids} asked for, as there is at most one a step")
     warn_few_images(trainer)
+
+
+def precision_line(precision) -> str:
+    """The arithmetic and why (precision.py); a warning about it goes to stderr."""
+    if precision.warning:
+        print(f"undiffuse: warning: {precision.warning}", file=sys.stderr)
+    return f"precision: {precision.name} ({precision.reason})"
 
 
 def warn_few_images(trainer) -> None:
@@ -44,10 +58,10 @@ def data_line(data, context_dim: int) -> str:
             f"{kind}{skipped}")
 
 
-def describe_dry_run(given, setup, size: str | None, plan) -> None:
+def describe_dry_run(given, setup, size: str | None, plan, precision) -> None:
     """The resolved options (those the recipe, the data, the device or a base run filled in marked *),
-    the data, the device, the model and the plan. size and plan are None where a time budget decides
-    them when training starts."""
+    the data, the device, the model, its precision and the plan. size, plan and precision are None where
+    a time budget decides them when training starts."""
     from ..training.recipe import peak_lr
 
     o = setup.cfg.optim
@@ -63,6 +77,8 @@ def describe_dry_run(given, setup, size: str | None, plan) -> None:
     say(data_line(setup.data, setup.context_dim))
     say(f"device: {setup.device}" + (f", {setup.world.size} processes" if setup.world.active else ""))
     say(_model_line(setup, size))
+    say(precision_line(precision) if precision is not None else
+        f"precision: {o.precision}, chosen when training starts by timing the model's steps in fp32 and bf16")
     say(_plan_line(resolved.optim, plan))
 
 
@@ -85,10 +101,10 @@ def _plan_line(o, plan) -> str:
 
 
 def train_and_report(trainer, progress: bool):
-    """The training Result, or None when a signal stopped it (after saving)."""
+    """The training Result, or None when a signal stopped it (after saving). The trainer wrote the
+    loss curve and the model card with its last checkpoint."""
     from ..training import distributed
-    from ..training.log import QUARTER_COLUMNS, read_log_columns
-    from ..viz import save_loss_curve
+    from ..training.preview import LOSS_CURVE
 
     try:
         result = trainer.train(progress=progress)
@@ -102,12 +118,8 @@ def train_and_report(trainer, progress: bool):
         return result
     if result.skipped:
         say(f"{result.skipped} steps were skipped for a non-finite loss")
-    log = read_log_columns(trainer.run)
-    quarters = {name: log[name] for name in QUARTER_COLUMNS}
-    curve = save_loss_curve(log["step"], log["loss"], trainer.run / "loss.png",
-                            title=f"training loss: {trainer.run.name}", quarters=quarters)
     say(f"trained {result.steps} steps in {result.seconds / 60:.1f} min, final loss {result.final_loss:.4f}")
-    say(f"run folder: {trainer.run}   loss curve: {curve}")
+    say(f"run folder: {trainer.run}   loss curve: {trainer.run / LOSS_CURVE}")
     return result
 
 

@@ -65,7 +65,7 @@ def run(args) -> int:
     recorder = FrameRecorder(steps_walked(options["sampler"], options["steps"], loaded.schedule.T)) if gif else None
     images = generate(loaded, n, seed=args.seed, callback=recorder, **options)
     write_images(images, out, nrow, options.get("labels"))
-    say(f"{n} samples: {out}")
+    say(f"{n} samples ({loaded.precision.name}): {out}")
     if gif:
         say(f"reverse process: {write_animation(recorder.frames, gif, nrow=nrow)}")
     return 0

@@ -8,7 +8,7 @@ from pathlib import Path
 from ..errors import UsageError
 from .flags import add_config_flags, config_values
 from .output import say
-from .progress import describe_dry_run, describe_trainer, train_and_report
+from .progress import describe_dry_run, describe_trainer, spent, train_and_report
 
 
 def add(sub) -> None:
@@ -39,7 +39,7 @@ def run(args) -> int:
 
     values = config_values(args, GROUP_OF)
     if args.resume:
-        trainer = resume(args.out, values, args.dry_run)
+        trainer = resume(args.out, values, args.dry_run, spent(args))
         if trainer.finished:
             say(finished_line(trainer))
             return 0
@@ -47,20 +47,21 @@ def run(args) -> int:
         cfg = TrainConfig.flat(**values)  # checked before the data is read, so that a bad flag costs nothing
         if args.dry_run:
             return dry_run(cfg, args.out, args.overwrite)
-        trainer = Trainer.create(cfg, args.out, overwrite=args.overwrite)
+        trainer = Trainer.create(cfg, args.out, overwrite=args.overwrite, spent=spent(args))
         describe_trainer(trainer)
     return 0 if train_and_report(trainer, progress=not args.quiet) else 130
 
 
-def resume(out: str, values: dict, dry: bool):
-    """The Trainer that continues `out` (resume.py: which options may change)."""
+def resume(out: str, values: dict, dry: bool, seconds: float = 0.0):
+    """The Trainer that continues `out` (resume.py: which options may change); `seconds`: the command's
+    start-up, which its time budget counts."""
     from ..training import Trainer
 
     if dry:
         raise UsageError("--dry-run previews a new run; drop --resume")
     if not Path(out).exists():  # not started: say so rather than start a run the user did not describe
         raise UsageError(f"cannot resume '{out}': it does not exist; drop --resume to start it")
-    trainer = Trainer.resume(out, changes=values)
+    trainer = Trainer.resume(out, changes=values, spent=seconds)
     if trainer.world.is_main and not trainer.finished:
         for problem in trainer.skipped_checkpoints:
             print(f"undiffuse: warning: {problem}; using an older checkpoint", file=sys.stderr)
@@ -83,18 +84,23 @@ def finished_line(trainer) -> str:
 
 def dry_run(cfg, out: str, overwrite: bool) -> int:
     """What `train` would do with `cfg`, every check included, reading the data but writing nothing.
-    A time budget's model (auto) and step count are decided when training starts, by timing steps
-    on the machine as it is then; the dry run says so instead of timing them."""
+    A time budget's model (auto), precision and step count are decided when training starts, by timing
+    steps on the machine as it is then; the dry run says so instead of timing them. A step budget's
+    precision is timed here as training would time it."""
+    import time
+
     from ..training.folder import check_run_folder
+    from ..training.learner import Learner
     from ..training.setup import new_setup
-    from ..training.sizing import step_budget
+    from ..training.sizing import step_budget, step_precision
 
     check_run_folder(Path(out), overwrite)
     setup = new_setup(cfg)
     if setup.cfg.optim.budget_seconds is None:
         size, plan = step_budget(setup)
+        precision = step_precision(Learner(setup, size), time.perf_counter)[0]
     else:
         sizes = setup.sizes()
-        size, plan = (None if len(sizes) > 1 else sizes[0]), None
-    describe_dry_run(cfg, setup, size, plan)
+        size, plan, precision = (None if len(sizes) > 1 else sizes[0]), None, None
+    describe_dry_run(cfg, setup, size, plan, precision)
     return 0

@@ -20,7 +20,8 @@ def guided_setup(run, n, labels, contexts, guidance, seed, prompt=None, negative
     if prompt is not None or negative_prompt is not None:
         text = text_options(run, n, prompt="" if prompt is None else prompt, negative_prompt=negative_prompt)
     denoise = denoiser(run.net, run.schedule.to(device), prediction=run.prediction,
-                       context=None if context is None else context.to(device), guidance=guidance, **text)
+                       context=None if context is None else context.to(device), guidance=guidance,
+                       precision=run.precision, **text)
     return denoise, generators(n, seed)
 
 

@@ -29,6 +29,7 @@ def upscale(run: LoadedRun, low_res: Tensor, n: int | None = None, *, sampler: s
             raise UsageError(f"n must be >= 1, got {n}")
         low = low.repeat_interleave(n, dim=0)
     cond = low_condition(low, run.factor, aug, seed)
+    options.setdefault("precision", run.precision)
     return sample_images(run.net, run.schedule, run.prediction, len(low), image_size=run.image_size, low=cond,
                          sampler=sampler, steps=steps, seed=seed, callback=callback, **options)
 

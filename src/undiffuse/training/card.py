@@ -100,7 +100,7 @@ def _training(run: Path, record: RunRecord) -> str:
              f"{p.warmup} warm-up steps, a cosine down to a tenth), EMA decay {p.ema_decay:.4f}",
              f"- schedule {record.schedule.name}, prediction {record.prediction}, "
              + (f"min-SNR-{train['min_snr']:g} weighting" if train.get("min_snr") else "plain MSE"),
-             f"- precision {train.get('precision', 'fp32')}, seed {train.get('seed', 0)}"]
+             f"- precision {record.precision.name} ({record.precision.reason}), seed {train.get('seed', 0)}"]
     loss = _number(last.get("loss"))
     if math.isfinite(loss):
         lines.append(f"- last logged loss: {loss:.4f} (log.csv, loss.png)")

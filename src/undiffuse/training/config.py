@@ -22,6 +22,7 @@ from typing import Annotated, Literal, get_args, get_origin, get_type_hints
 from ..errors import UsageError
 from ..noise import MAX_SEED
 from ..parameterization import PREDICTIONS
+from ..precision import PRECISIONS
 from ..conditions.lowres import TASKS, TRAIN_AUG
 from ..run import LR_RANGE, MAX_STEPS
 from ..schedule import SCHEDULES
@@ -29,7 +30,6 @@ from ..unet import BLOCK_STYLES, CONTEXT_MODES
 from .recipe import CONTEXT_MODE, MODEL_SIZES
 
 DEFAULT_MINUTES = 10.0
-PRECISIONS = ("fp32", "bf16", "fp16")
 MAX_GRIDS = 1000  # sample grids in a run (and at most one a step: a shorter run draws fewer)
 MAX_MINUTES = 1_000_000  # about two years
 MAX_BATCH = 10**9  # images a step: a sanity bound; training/sizing.py refuses what does not fit in memory
@@ -172,7 +172,7 @@ class OptimOptions(_Checked):
     warmup: Annotated[int | None, POSITIVE] = None  # warm-up steps; None: from the recipe
     ema_decay: Annotated[float | None, BELOW_1] = None  # None: the EMA averages over about the last tenth of the run
     grad_clip: Annotated[float, POSITIVE] = 1.0  # max global gradient norm
-    precision: Precision = "fp32"  # fp32, bf16 or fp16: autocast (fp16 adds loss scaling; slow on a CPU)
+    precision: Precision = "auto"  # auto (bf16 where the hardware has bf16 units and a probe times it faster), fp32, bf16, fp16
     seed: Annotated[int, Range(0, MAX_SEED)] = 0  # seeds the weights, the batches and the noise
 
     def check(self) -> None:

@@ -22,21 +22,22 @@ from .. import checkpoint as ckpt
 from ..conditions import drop_mask, one_hot
 from ..conditions.lowres import LowRes, training_condition
 from ..data import batch_at, batch_indices
+from ..precision import FP32, Precision
 from ..unet import UNet
 from . import distributed as dist
 from .objective import draw_noise, per_image_loss
 from .setup import Setup
 
-DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 QUARTERS = 4  # noise-level buckets of the log: t in [q T / 4, (q + 1) T / 4)
 
 
 class Learner:
-    """`net` is what the loss calls: the model, wrapped by `wrap` for DDP and torch.compile."""
+    """`net` is what the loss calls: the model, wrapped by `wrap` for DDP and torch.compile. `precision`
+    is the autocast of its forward passes (precision.py); weights, optimizer and EMA stay fp32."""
 
-    def __init__(self, setup: Setup, size: str):
+    def __init__(self, setup: Setup, size: str, precision: Precision = FP32):
         cfg = setup.cfg
-        self.setup = setup
+        self.setup, self.precision = setup, precision
         torch.manual_seed(cfg.optim.seed)  # the initial weights
         self.model = UNet(setup.unet_config(size)).to(setup.device)
         if cfg.runtime.channels_last:
@@ -44,7 +45,7 @@ class Learner:
         self.model.grad_checkpointing = cfg.runtime.grad_checkpointing
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=0.0, weight_decay=0.0)  # lr set per step
-        self.scaler = torch.amp.GradScaler(setup.device.type, enabled=cfg.optim.precision == "fp16")
+        self.scaler = torch.amp.GradScaler(setup.device.type, enabled=precision.name == "fp16")
         self.schedule = setup.schedule.to(setup.device)
         self.net, self.ddp = self.model, None
         self.quarters = torch.zeros(2 * QUARTERS, dtype=torch.float64)  # the last update's, see the module doc
@@ -82,7 +83,7 @@ class Learner:
                 net = functools.partial(self.net, low=low.take(index, device))
             last = k == len(micro_batches) - 1
             with contextlib.nullcontext() if last or self.ddp is None else self.ddp.no_sync():
-                with torch.autocast(device.type, dtype=DTYPES[cfg.optim.precision], enabled=cfg.optim.precision != "fp32"):
+                with self.precision.autocast(device.type):
                     per_image = per_image_loss(net, self.schedule, x0, t, noise, context, null,
                                                prediction=cfg.diffusion.prediction, min_snr=cfg.diffusion.min_snr)
                     loss = per_image.mean() * len(index) / cfg.optim.batch_size

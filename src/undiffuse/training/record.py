@@ -7,6 +7,7 @@ from pathlib import Path
 from .. import checkpoint as ckpt
 from ..errors import CheckpointError, UsageError
 from ..conditions.text import CONTEXT_TOKENS, ENCODER_NAME
+from ..precision import Precision
 from ..run import IN_RECORD, Plan, RunRecord, ScheduleSpec, TextSpec
 from ..unet import UNetConfig
 from .config import TrainConfig
@@ -14,13 +15,13 @@ from .recipe import MODEL_SIZES
 from .setup import Setup
 
 
-def record_of(setup: Setup, size: str, plan: Plan, unet: UNetConfig) -> RunRecord:
+def record_of(setup: Setup, size: str, plan: Plan, unet: UNetConfig, precision: Precision) -> RunRecord:
     cfg, data, d = setup.cfg, setup.data, setup.cfg.diffusion
     return RunRecord(unet=unet, model_size=size, schedule=ScheduleSpec(d.schedule, d.T, d.zero_snr),
                      prediction=d.prediction, image_size=data.image_size, channels=data.channels,
                      class_names=tuple(setup.class_names), data_source=data.source, num_images=len(data.images),
                      plan=plan, train={k: v for k, v in cfg.options().items() if k not in IN_RECORD},
-                     finetuned_from=setup.finetuned_from,
+                     finetuned_from=setup.finetuned_from, precision=precision,
                      text=TextSpec(ENCODER_NAME, setup.text_dim, CONTEXT_TOKENS) if setup.text_dim else None)
 
 

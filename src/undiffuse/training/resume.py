@@ -45,7 +45,7 @@ def resumed_config(stored: TrainConfig, record: RunRecord, given: dict, run: Pat
     changes = {name: value for name, value in given.items() if name in RUNTIME}
     changes.update(_budget(stored, given, run))
     filled = {"model": record.model_size, "lr": record.plan.lr, "warmup": record.plan.warmup,
-              "ema_decay": record.plan.ema_decay}
+              "ema_decay": record.plan.ema_decay, "precision": record.precision.name}
     options = stored.options()
     for name, value in given.items():
         if name not in changes and not _agrees(name, value, options[name], filled.get(name)):

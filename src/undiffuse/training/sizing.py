@@ -1,12 +1,15 @@
-"""Which model a new run trains, and its plan.
+"""Which model a new run trains, in which precision, and its plan.
 
 With a step budget: the size asked for (auto: small) and the recipe for that many steps. With a time
 budget: a step of each size is timed on real batches, smallest first, and the largest that still sees
 MIN_IMAGES images in the budget is kept; its step count is a first estimate that the deadline
-re-fits as training goes (budget.py).
+re-fits as training goes (budget.py). The precision (precision.py) is decided on the same timed
+steps: where auto has bf16 units to try, each size is timed in fp32 and in bf16, and its speed is
+that of the faster, so a budget spends what the machine's arithmetic affords.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable
 
@@ -15,6 +18,7 @@ import torch
 from ..conditions.text import CONTEXT_TOKENS
 from ..errors import UsageError
 from ..memory import require
+from ..precision import Precision, choose as choose_precision, measure
 from ..run import MAX_STEPS, Plan
 from ..unet import UNet, UNetConfig, count_parameters
 from .budget import Stopwatch
@@ -36,15 +40,16 @@ BYTES_PER_ELEMENT = 4 * 1.3
 # Measured the same way at 28x28 (small, medium), as shares of the fp32 step's memory per image:
 # autocast to bf16 keeps 0.51-0.52 of it (half-size copies of most activations); gradient
 # checkpointing 0.79 and 0.58 (the blocks' inputs, the skips, one block's recomputed inside).
-REDUCED = {"fp32": 1.0, "bf16": 0.6, "fp16": 0.6}
+REDUCED = {"fp32": 1.0, "bf16": 0.6, "fp16": 0.6, "auto": 1.0}  # auto: not yet decided, so fp32's
 CHECKPOINTED = 0.8
 
 
-def choose(setup: Setup, watch: Stopwatch) -> tuple[str, Plan]:
-    """(size, plan); a time budget's clock (`watch`) already runs, and the timing counts against it."""
+def choose(setup: Setup, watch: Stopwatch) -> tuple[str, Plan, Precision]:
+    """(size, plan, precision); a time budget's clock (`watch`) already runs, and the timing counts against it."""
     o = setup.cfg.optim
     if o.budget_seconds is None:
-        return step_budget(setup)
+        size, plan_ = step_budget(setup)
+        return size, plan_, step_precision(Learner(setup, size), watch.clock)[0]
     chosen = None
     for size in setup.sizes():
         try:
@@ -53,13 +58,16 @@ def choose(setup: Setup, watch: Stopwatch) -> tuple[str, Plan]:
             if chosen is None:
                 raise
             break  # larger sizes need more memory still
+        learner = Learner(setup, size)
+        precision, timed = step_precision(learner, watch.clock)
+        seconds = seconds_per_step(learner, watch.clock, timed)
         room = 0.95 * (o.budget_seconds - watch.elapsed)  # a first estimate: the deadline decides
-        steps = min(MAX_STEPS, max(1, int(room / seconds_per_step(Learner(setup, size), watch.clock))))
+        steps = min(MAX_STEPS, max(1, int(room / seconds)))
         if chosen is not None and steps * o.batch_size < MIN_IMAGES:
             break  # larger sizes are slower still
-        chosen = size, steps
-    size, steps = chosen
-    return size, plan(steps, o.batch_size, o.lr, o.warmup, o.ema_decay)
+        chosen = size, steps, precision
+    size, steps, precision = chosen
+    return size, plan(steps, o.batch_size, o.lr, o.warmup, o.ema_decay), precision
 
 
 def step_budget(setup: Setup) -> tuple[str, Plan]:
@@ -70,17 +78,37 @@ def step_budget(setup: Setup) -> tuple[str, Plan]:
     return size, plan(o.steps, o.batch_size, o.lr, o.warmup, o.ema_decay)
 
 
-def seconds_per_step(learner: Learner, clock: Callable[[], float], repeats: int = 3) -> float:
-    """Time forward + backward on real batches without touching the weights."""
-    times = []
-    for i in range(repeats + 1):
-        start = clock()
-        learner.backward(i)
-        learner.model.zero_grad(set_to_none=True)
-        if learner.setup.device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(clock() - start)
-    return sorted(times[1:])[len(times[1:]) // 2] * 1.05  # the optimizer step and EMA cost ~5%
+def step_precision(learner: Learner, clock: Callable[[], float]) -> tuple[Precision, dict[str, float]]:
+    """The precision of the run's option (auto: the faster where bf16 units may help; precision.py),
+    set on `learner`, with the seconds of the steps its choice timed (none where nothing was timed)."""
+    times: dict[str, float] = {}
+
+    def timer(workload, names):
+        times.update(measure(workload, names, clock=clock))
+        return times
+
+    learner.precision = choose_precision(learner.setup.cfg.optim.precision, learner.setup.device,
+                                         functools.partial(_step_in, learner), timer=timer)
+    return learner.precision, times
+
+
+def seconds_per_step(learner: Learner, clock: Callable[[], float], timed: dict[str, float]) -> float:
+    """A whole step in the learner's precision: its forward and backward as `timed` (or timed now, on
+    real batches, without touching the weights), and ~5% for the optimizer step and the EMA."""
+    chosen = learner.precision
+    if chosen.name not in timed:
+        timed = measure(functools.partial(_step_in, learner), (chosen.name,), clock=clock)
+        learner.precision = chosen  # the workload set the probe's
+    return timed[chosen.name] * 1.05
+
+
+def _step_in(learner: Learner, precision: Precision) -> None:
+    """Forward and backward of one batch in `precision`; the gradients are dropped."""
+    learner.precision = precision
+    learner.backward(0)
+    learner.model.zero_grad(set_to_none=True)
+    if learner.setup.device.type == "cuda":
+        torch.cuda.synchronize()
 
 
 # --- the memory of a training step ------------------------------------------------------------------

@@ -6,7 +6,9 @@ thread trains faster. benchmarks/thread_waiting.py measured both on this project
 demo's step took 0.72x the time with 2 threads on quiet cores, and 2.5x the time with 2 threads
 beside a busy process. A time-budgeted CPU run therefore times PROBE steps at each count every
 PROBE_EVERY steps and trains on with the faster: it follows the machine as other work comes and
-goes, for about 1% of its steps at the slower count.
+goes, for about 1% of its steps at the slower count. Load that comes or goes between two probes
+shows as a change in the step time: when the median of the last DRIFT_WINDOW steps strays from what
+the chosen count measured by more than DRIFT either way, the counts are timed again at once.
 
 Only a time budget does this: its result already depends on the machine's speed (how many steps
 fit), while a step budget stays bit-for-bit repeatable at a fixed count. A count the user fixed
@@ -16,12 +18,15 @@ from __future__ import annotations
 
 import os
 import statistics
+from collections import deque
 from typing import Callable
 
 import torch
 
 PROBE = 4  # steps timed at each count
 PROBE_EVERY = 400  # steps from one probe to the next
+DRIFT = 1.25  # a change of the step time by this factor either way since the last probe times the counts again
+DRIFT_WINDOW = 8  # steps whose median is compared with the probe's
 
 
 def tunable(device: torch.device, distributed: bool, time_budget: bool) -> bool:
@@ -31,9 +36,10 @@ def tunable(device: torch.device, distributed: bool, time_budget: bool) -> bool:
 
 
 class ThreadChooser:
-    """Per step: `start(step)` sets the count, `took(seconds)` times it. The first PROBE steps of
-    every PROBE_EVERY run at the full count, the next PROBE at one thread, and the rest at the
-    faster of the two by their median (a tie keeps the full count). Disabled, it never changes it."""
+    """Per step: `start(step)` sets the count, `took(seconds)` times it. The first PROBE steps of a
+    probe run at the full count, the next PROBE at one thread, and the rest at the faster of the two
+    by their median (a tie keeps the full count). A probe starts every PROBE_EVERY steps, and at once
+    when the step time drifts (see the module doc). Disabled, it never changes the count."""
 
     def __init__(self, enabled: bool = True, set_threads: Callable[[int], None] = torch.set_num_threads,
                  full: int | None = None):
@@ -41,26 +47,45 @@ class ThreadChooser:
         self.full = full or torch.get_num_threads()
         self.chosen = self.full
         self.times: dict[int, list[float]] = {self.full: [], 1: []}
+        self.expected: float | None = None  # the chosen count's median step time at the last probe
+        self.recent: deque[float] = deque(maxlen=DRIFT_WINDOW)  # step times since that probe
         self._current = self.full
+        self._probe_from: int | None = None  # the step the current probe began at (None: none yet)
+        self._drifted = False
 
     def start(self, step: int) -> None:
         if not self.enabled:
             self._timing = False
             return
-        phase = step % PROBE_EVERY
-        count = self.full if phase < PROBE else 1 if phase < 2 * PROBE else self.chosen
-        if phase == 0:
+        if step % PROBE_EVERY == 0 or self._drifted:
+            self._probe_from, self._drifted = step, False
             self.times = {self.full: [], 1: []}
+            self.recent.clear()
+        phase = PROBE_EVERY if self._probe_from is None else step - self._probe_from  # resumed mid-way: no probe yet
+        count = self.full if phase < PROBE else 1 if phase < 2 * PROBE else self.chosen
         self._use(count)
         self._timing = phase < 2 * PROBE
 
     def took(self, seconds: float) -> None:
+        if not self.enabled:
+            return
         if not self._timing:
+            self._watch_drift(seconds)
             return
         self.times[self._current].append(seconds)
         if len(self.times[1]) == PROBE and len(self.times[self.full]) == PROBE:
-            slow = statistics.median(self.times[self.full]) > statistics.median(self.times[1])
-            self.chosen = 1 if slow else self.full
+            medians = {count: statistics.median(t) for count, t in self.times.items()}
+            self.chosen = 1 if medians[self.full] > medians[1] else self.full
+            self.expected = medians[self.chosen]
+
+    def _watch_drift(self, seconds: float) -> None:
+        """Ask for a probe at the next step when the recent steps run at another speed than measured."""
+        if self.expected is None:
+            return
+        self.recent.append(seconds)
+        if len(self.recent) == DRIFT_WINDOW:
+            ratio = statistics.median(self.recent) / self.expected
+            self._drifted = not 1 / DRIFT <= ratio <= DRIFT
 
     def close(self) -> None:
         """Leave torch as the run found it."""

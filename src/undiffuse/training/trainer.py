@@ -19,7 +19,7 @@ refused command leaves the folder as it was. A finished run is resumed without w
 """
 from __future__ import annotations
 
-import math
+import contextlib
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -32,14 +32,14 @@ from .. import checkpoint as ckpt
 from ..data import ImageData
 from ..errors import CheckpointError, TrainingDiverged, UsageError
 from ..conditions.text import save_table
-from ..run import CAPTIONS, MAX_STEPS, Plan, RunRecord, read_run, write_run
+from ..run import CAPTIONS, Plan, RunRecord, read_run, write_run
 from . import distributed as dist
 from .budget import REFIT_EVERY, Deadline, Stopwatch
-from .card import write_card
 from .config import TrainConfig
 from .folder import FolderLock, abandon_run_folder, check_run_folder, clear_run_folder
 from .learner import QUARTERS, Learner
 from .log import LOG, LogWriter, logged_losses, open_log, truncate_log
+from .preview import GridSchedule, write_summary
 from .record import options_of, record_of
 from .recipe import ema_decay_at, lr_at, plan
 from .resume import resumed_config, resumed_plan
@@ -96,15 +96,16 @@ class Trainer:
 
     @classmethod
     def create(cls, cfg: TrainConfig, run: str | Path, *, overwrite: bool = False, data: ImageData | None = None,
-               clock: Callable[[], float] = time.perf_counter) -> "Trainer":
+               clock: Callable[[], float] = time.perf_counter, spent: float = 0.0) -> "Trainer":
         """A new run folder trained from `cfg`; `data` instead of reading cfg's data spec. Nothing is
-        written until the options, the data and the model are settled."""
-        watch = Stopwatch(clock)  # a time budget counts from here: reading the data, timing the sizes
+        written until the options, the data and the model are settled. spent: seconds the command ran
+        before (its start-up: budget.process_age), which a time budget counts too."""
+        watch = Stopwatch(clock, spent)  # a time budget counts from here: reading the data, timing the sizes
         run = Path(run)
         check_run_folder(run, overwrite, cfg.source.base)  # read only; again under the lock in _publish
         setup = new_setup(cfg, data)
-        size, plan = dist.broadcast(choose(setup, watch) if setup.world.is_main else None, setup.world)
-        learner = Learner(setup, size)
+        size, plan, precision = dist.broadcast(choose(setup, watch) if setup.world.is_main else None, setup.world)
+        learner = Learner(setup, size, precision)
         if setup.cfg.source.base:
             learner.start_from(Path(setup.cfg.source.base) / ckpt.EMA)
         trainer = cls(run, setup, learner, size, plan, watch)
@@ -113,20 +114,21 @@ class Trainer:
 
     @classmethod
     def resume(cls, run: str | Path, *, changes: dict | None = None, data: ImageData | None = None,
-               clock: Callable[[], float] = time.perf_counter) -> "Trainer":
+               clock: Callable[[], float] = time.perf_counter, spent: float = 0.0) -> "Trainer":
         """Continue a run from its newest readable checkpoint: weights, EMA, optimizer, step, clock.
 
         `changes`: flat options as a re-run of the training command gives them (resume.py says what
         may change). A run killed before its first checkpoint starts again from step 0 (the seed
-        fixes it); `skipped_checkpoints` lists the newer checkpoints that were damaged.
+        fixes it); `skipped_checkpoints` lists the newer checkpoints that were damaged. spent: as for
+        `create`, this session's start-up.
         """
-        watch, run = Stopwatch(clock), Path(run)
+        watch, run = Stopwatch(clock, spent), Path(run)
         record = read_run(run)
         stored = options_of(record, run)
         cfg = resumed_config(stored, record, changes or {}, run)
         setup = resumed_setup(cfg, record, data, run)
         check_step_memory(setup, record.model_size)
-        learner = Learner(setup, record.model_size)  # the record's network: a checkpoint that does not fit is refused
+        learner = Learner(setup, record.model_size, record.precision)  # a checkpoint that does not fit is refused
         trainer = cls(run, setup, learner, record.model_size, resumed_plan(cfg, record), watch)
         trainer.extended = cfg.optim.budget_seconds != stored.optim.budget_seconds
         newest = ckpt.newest_step(run)
@@ -160,7 +162,8 @@ class Trainer:
         found = ckpt.latest_checkpoint(self.run, self.learner.expected_shapes())
         if found is not None:
             tensors, self.step, self.skipped_checkpoints = found
-            self.watch.restart(self.learner.load(tensors, self.run))
+            # the sessions before, and this one's start-up and reading since
+            self.watch.restart(self.learner.load(tensors, self.run) + self.watch.elapsed)
             self.saved_step = self.step
 
     def _claim(self, record: RunRecord, newest: int | None) -> None:
@@ -212,7 +215,7 @@ class Trainer:
 
     def record(self) -> RunRecord:
         """What config.json holds: everything `sample` and `resume` need."""
-        return record_of(self.setup, self.size, self.plan, self.model.cfg)
+        return record_of(self.setup, self.size, self.plan, self.model.cfg, self.learner.precision)
 
     # --- the loop -----------------------------------------------------------------------------
     def train_step(self, done: float | None = None) -> float:
@@ -227,10 +230,10 @@ class Trainer:
 
     def train(self, *, until: int | None = None, progress: bool = True,
               on_grid: Callable[[Path], None] | None = None) -> Result:
-        """Run to the planned step or the deadline (or `until`), with a progress bar, log, grids and
-        checkpoints, then write the model card (card.py). Under torchrun rank 0's clock decides for
-        all: its elapsed time sets every rank's learning rate, and its deadline stops them all at the
-        same step. A finished run returns at once and writes nothing."""
+        """Run to the planned step or the deadline (or `until`), with a progress bar, log, grids,
+        checkpoints, loss curve and model card. Under torchrun rank 0's clock decides for all: its
+        elapsed time sets every rank's learning rate, and its deadline stops them all at the same step.
+        A finished run returns at once and writes nothing."""
         if self.finished:
             return self._result([])
         try:
@@ -242,7 +245,7 @@ class Trainer:
 
     def _session(self, until, progress: bool, on_grid) -> _Session:
         main = self.world.is_main
-        self.grids_drawn = math.floor(self.done() * self.cfg.runtime.grids + 1e-9)
+        self.grid_schedule = GridSchedule(self.cfg.runtime.grids, self.done())
         bar = tqdm(total=self.plan.steps, initial=self.step, disable=not (progress and main), unit="step",
                    dynamic_ncols=True, desc=self.run.name)
         session = _Session(self.watch.clock(), self.step)
@@ -256,8 +259,6 @@ class Trainer:
             self._save_if_new()
         if dist.any_rank(stop.requested, self.world, self.device):  # after the save: no step is lost
             raise KeyboardInterrupt(f"stopped by signal at step {self.step}")
-        if main:
-            write_card(self.run, saved_step=self.saved_step)
         self.extended = False
         return session
 
@@ -280,7 +281,9 @@ class Trainer:
                 self._log(log, session)
             bar.update(1)
             self._draw_due_grids(on_grid)
-            if self.watch.clock() - last_save > 60 * self.cfg.runtime.checkpoint_minutes:
+            every = 60 * self.cfg.runtime.checkpoint_minutes
+            soon = self.deadline is not None and self.deadline.ends_within(self.elapsed, every)  # it saves then
+            if self.watch.clock() - last_save > every and not soon:
                 self.save()
                 last_save = self.watch.clock()
 
@@ -325,17 +328,15 @@ class Trainer:
         return self.deadline is not None or self.step < self.plan.steps
 
     def _draw_due_grids(self, on_grid, finished: bool = False) -> None:
-        """Grids are drawn evenly through the run (by its `done` share), the last one at its end, and
-        at most one a step: a run of fewer steps than grids draws fewer (the rest would repeat them)."""
-        grids = self.cfg.runtime.grids
-        if self.grids_drawn >= grids or not (finished or self.done() >= (self.grids_drawn + 1) / grids):
+        """The grids due by the run's `done` share (preview.GridSchedule); a time budget skips one on
+        the way that would leave the end of the run too little time."""
+        if not self.grid_schedule.due(self.done(), finished):
             return
-        self.grids_drawn = grids if finished else self.grids_drawn + 1
+        if not finished and self.deadline and not self.deadline.room_for(self.elapsed, "grid"):
+            return  # the last grid comes soon
         if self.world.is_main:
-            start = self.watch.clock()
-            path = self.write_grid()
-            if self.deadline:
-                self.deadline.record_end_cost("grid", self.watch.clock() - start)
+            with self._end_cost("grid"):
+                path = self.write_grid()
             if on_grid is not None:
                 on_grid(path)
 
@@ -355,33 +356,44 @@ class Trainer:
         """Re-estimate a time budget's step count from the recent step times (rank 0's, sent to all).
         The warm-up stays as first planned; the EMA horizon follows the estimate."""
         o = self.cfg.optim
-        steps = min(MAX_STEPS, self.step + 1 + self.deadline.steps_left(self.elapsed)) if self.world.is_main else None
-        steps = dist.broadcast(steps, self.world)
+        steps = dist.broadcast(self.deadline.steps_at(self.step, self.elapsed) if self.world.is_main else None, self.world)
         self.plan = plan(steps, o.batch_size, o.lr, self.plan.warmup, o.ema_decay)
 
     # --- outputs ------------------------------------------------------------------------------
     def save(self) -> None:
-        """Write a checkpoint of the current step (rank 0 only; the others hold the same state)."""
+        """A checkpoint of the current step, then the run's summary (rank 0 only: the others hold the same)."""
         if not self.world.is_main:
             return
-        start = self.watch.clock()
-        ckpt.save_checkpoint(self.run, self.step, self.learner.tensors(self.elapsed), self.cfg.runtime.keep_checkpoints)
-        if self.deadline:  # the plan (a time budget's step estimate) goes with the checkpoint
-            write_run(self.run, self.record())
-            self.deadline.record_end_cost("checkpoint", self.watch.clock() - start)
+        with self._end_cost("checkpoint"):
+            ckpt.save_checkpoint(self.run, self.step, self.learner.tensors(self.elapsed), self.cfg.runtime.keep_checkpoints)
+            if self.deadline:  # the plan (a time budget's step estimate) goes with the checkpoint
+                write_run(self.run, self.record())
         self.saved_step, self.saved_plan = self.step, self.plan
+        self.write_summary()
 
     def _save_if_new(self) -> None:
-        """The last save of a session: a checkpoint when a step was taken since the last one; when only
-        the plan changed (a deadline that ended the run right after a save), config.json alone."""
+        """The last save of a session: a checkpoint when a step was taken since the last one, else
+        config.json alone when the plan changed (a deadline right after a save); the summary either way."""
         if self.step != self.saved_step:
             self.save()
-        elif self.plan != self.saved_plan and self.world.is_main:
+            return
+        if self.plan != self.saved_plan and self.world.is_main:
             write_run(self.run, self.record())
             self.saved_plan = self.plan
+        self.write_summary()
+
+    def write_summary(self) -> None:
+        """RUN/loss.png and RUN/README.md as the run stands (preview.py), rank 0 only; a time budget
+        counts their cost among the end's."""
+        if self.world.is_main and self.step:
+            with self._end_cost("summary"):
+                write_summary(self.run, saved_step=self.saved_step)
+
+    def _end_cost(self, what: str):  # a grid, checkpoint or summary, timed for a time budget's end
+        return self.deadline.timed(what, self.watch.clock) if self.deadline else contextlib.nullcontext()
 
     def write_grid(self) -> Path:
         """A small grid from the EMA weights (preview.py)."""
         from .preview import write_grid
 
-        return write_grid(self.setup, self.ema, self.run, self.step)
+        return write_grid(self.setup, self.ema, self.run, self.step, self.learner.precision)

@@ -16,15 +16,17 @@ run it (default) over each row. BENCHMARKS.md gets the table.
 from __future__ import annotations
 
 import argparse
-import platform
+import os
 import statistics
 import time
 
-import torch
+os.environ.setdefault("TQDM_DISABLE", "1")  # lucidrains' sampler draws a progress bar of its own
 
-from contenders import LIBRARIES, PRECISIONS, build, forward_flops, parameters
-from report import cpu_line, markdown_table, write_section
-from throughput import matmul_gflops
+import torch  # noqa: E402
+
+from contenders import LIBRARIES, PRECISIONS, build, forward_flops, parameters  # noqa: E402
+from report import cpu_line, markdown_table, write_section  # noqa: E402
+from throughput import matmul_gflops  # noqa: E402
 
 
 def time_training(contender, batch: torch.Tensor, steps: int) -> float:
@@ -38,10 +40,14 @@ def time_training(contender, batch: torch.Tensor, steps: int) -> float:
     return statistics.median(times)
 
 
-def time_sampling(contender, n: int, steps: int) -> float:
-    start = time.perf_counter()
-    contender.sample(n, steps, 0)
-    return time.perf_counter() - start
+def time_sampling(contender, n: int, steps: int, repeats: int = 3) -> float:
+    """Median seconds of `repeats` DDIM samplings of n images (a single one of half a second is noisy)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        contender.sample(n, steps, 0)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def measure(size: str, side: int, channels: int, args, limits: dict[str, float]) -> list[dict]:

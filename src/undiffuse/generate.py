@@ -29,7 +29,9 @@ from .samplers import Callback, sample
 from .schedule import NoiseSchedule
 from .unet import UNet
 
-PROBE_BATCH = 32  # images of the forward pass timed in each precision (precision.py) before a run samples
+# Pixels of the forward pass timed in each precision (precision.py) before a run samples: 32 images
+# of 32x32, fewer of larger images, so that the probe stays a fraction of a second's work.
+PROBE_PIXELS = 32 * 32 * 32
 DEFAULT_SAMPLER = "ddim"  # 10 steps (samplers.DEFAULT_STEPS): the best fidelity and FID per network call on
 # the budget models (benchmarks/budget_samplers.py), where fresh noise (eta 1) or 20-50 steps scored worse
 
@@ -116,9 +118,11 @@ def load_run(run: str | Path, *, weights: str = "ema", device: str | torch.devic
                      record.channels, record.to_json(), record.text, run, precision)
 
 
-def sampling_precision(net: UNet, asked: str, side: int, batch: int = PROBE_BATCH) -> Precision:
+def sampling_precision(net: UNet, asked: str, side: int, batch: int | None = None) -> Precision:
     """The precision `net` samples in (precision.choose): auto times a forward pass of `batch` noisy
-    images of side x side at mid-schedule with every condition null, the way a sampler calls it."""
+    images of side x side (default: PROBE_PIXELS' worth, 2 to 32) at mid-schedule with every condition
+    null, the way a sampler calls it."""
+    batch = batch or max(2, min(32, PROBE_PIXELS // (side * side)))
     cfg = net.cfg
     device = next(net.parameters()).device
     x, t = torch.randn(batch, cfg.channels, side, side, device=device), torch.full((batch,), 500, device=device)

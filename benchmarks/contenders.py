@@ -107,7 +107,7 @@ def _undiffuse(size, side, channels, batch_size, planned_steps, precision):
     """Unconditional, like the peers, on random images (the Trainer draws its own batches from them).
     It trains and samples in the precision its users get: auto (each decided by its own probe), or bf16."""
     from undiffuse.data import ImageData
-    from undiffuse.generate import sample_images, sampling_precision
+    from undiffuse.generate import faster_layout, sample_images, sampling_precision
     from undiffuse.training import TrainConfig, Trainer
 
     data = ImageData(torch.rand(512, channels, side, side) * 2 - 1, None, (), "random")
@@ -118,13 +118,14 @@ def _undiffuse(size, side, channels, batch_size, planned_steps, precision):
                            grids=0, checkpoint_minutes=1e9, precision=asked)
     trainer = Trainer.create(cfg, folder, overwrite=True, data=data)
     net = trainer.model
-    sampling = sampling_precision(trainer.ema, asked, side)
+    sampling = sampling_precision(trainer.ema, asked, side)  # as LoadedRun.precision decides it
+    ema = faster_layout(trainer.ema, sampling, side) if sampling.probed else trainer.ema
 
     def step(_batch: Tensor) -> float:
         return trainer.train_step()
 
     def sample(n: int, steps: int, seed: int) -> Tensor:
-        return sample_images(trainer.ema, trainer.schedule, cfg.diffusion.prediction, n, image_size=side,
+        return sample_images(ema, trainer.schedule, cfg.diffusion.prediction, n, image_size=side,
                              sampler="ddim", steps=steps, seed=seed, precision=sampling)
 
     return Contender("undiffuse", net, lambda x, t: net(x, t), cfg.optim.batch_size, step, sample,

@@ -40,15 +40,19 @@ SCORES = ("fidelity", "fid", "kid")
 
 
 def train(out: Path, budget: list[str], precision: str, seed: int) -> float:
-    """Train a run (unless it is finished already); the wall seconds of the command."""
-    if (out / "README.md").exists():
-        return float("nan")
+    """Train a run (unless it is finished already); the wall seconds of the command (kept beside the
+    run, so that a run judged again reports the time it took)."""
+    wall = out / "wall-seconds.txt"
+    if wall.exists():
+        return float(wall.read_text())
     start = time.perf_counter()
     subprocess.run([*UNDIFFUSE, "train", "--data", "mnist", *budget, "--precision", precision, "--seed", str(seed),
                     "--out", str(out), "--overwrite", "--grids", "1", "--quiet"],
                    check=True, stdout=subprocess.DEVNULL, env={k: v for k, v in os.environ.items()
                                                                if k != "UNDIFFUSE_PRECISION"})
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    wall.write_text(f"{seconds}\n")
+    return seconds
 
 
 def scores(out: Path, per_digit: int, judge_net) -> dict:

@@ -1,5 +1,6 @@
 """`undiffuse eval`: scores written as JSON next to the run, never over an earlier one; --samples files;
 bad input -> one line on stderr and exit code 2."""
+import dataclasses
 import json
 
 import numpy as np
@@ -68,6 +69,41 @@ def test_batches_do_not_change_the_samples_and_classes_are_balanced(trained):
     assert labels == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
     batched = generate_in_batches(run, 12, batch_size=5, seed=3, steps=2)
     assert torch.allclose(batched, generate(run, 12, labels=labels, seed=3, steps=2), atol=1e-5)
+
+
+@pytest.mark.parametrize("compile,first_batch,can,compiled_batches", [
+    ("auto", 300.0, True, [5]),  # the one full batch left would take 300 s: compile it (not the partial last)
+    ("auto", 200.0, True, []),  # 200 s left: the compile time would not be repaid
+    ("auto", 300.0, False, []),  # no compiler on this machine
+    ("no", 1e6, True, []),
+    ("yes", 0.0, True, [5, 5]),  # from the start, the partial last batch still eager
+])
+def test_eval_compiles_the_network_when_the_batches_left_repay_it(trained, monkeypatch, compile, first_batch, can,
+                                                                  compiled_batches):
+    from undiffuse.eval import evaluate
+
+    run = load_run(trained)
+    compiled = []
+
+    class Compiled:  # stands in for torch.compile's module: counts the batches it samples
+        def __init__(self, net):
+            self.net, self.cfg = net, net.cfg
+
+        def __call__(self, x, *args, **kwargs):
+            compiled.append(len(x))
+            return self.net(x, *args, **kwargs)
+
+        def parameters(self):
+            return self.net.parameters()
+
+    monkeypatch.setattr(evaluate, "can_compile", lambda run: can)
+    monkeypatch.setattr(evaluate, "with_compiled_network", lambda run: dataclasses.replace(run, net=Compiled(run.net)))
+    times = iter([0.0, first_batch] + [first_batch] * 10)
+    images = generate_in_batches(run, 12, batch_size=5, seed=3, steps=2, guidance=1.0, compile=compile,
+                                 clock=lambda: next(times))
+    assert compiled[::2] == compiled_batches  # each batch makes two calls at 2 steps
+    assert torch.allclose(images, generate(run, 12, labels=balanced_labels(run, 12), seed=3, steps=2, guidance=1.0),
+                          atol=1e-5)
 
 
 @pytest.mark.parametrize("extra,needle", [

@@ -293,3 +293,22 @@ def test_sample_takes_precision_and_warns_of_fp16_on_a_cpu_with_the_measurement(
     assert main(["sample", str(run), "--n", "2", "--steps", "2", "--precision", "fp32", "--out", str(out)]) == 0
     assert "2 samples (fp32)" in capsys.readouterr().out
     assert "invalid choice" in fails_cleanly(capsys, ["sample", str(run), "--precision", "fp8"])
+
+
+def test_where_auto_timed_the_precision_the_faster_memory_layout_is_kept(run, auto, monkeypatch):
+    import undiffuse.generate as gen
+
+    monkeypatch.setattr(prec, "cpu_bf16_units", lambda: ("amx_bf16",))
+    monkeypatch.setattr(prec, "measure", lambda workload, names: _timer(1.0, 0.5)(workload, names))
+    reference = generate(load_run(run, precision="bf16"), 4, labels=[0, 1, 2, 3], steps=3, seed=2)
+    for nhwc_seconds, layout in ((0.5, torch.channels_last), (0.95, torch.contiguous_format)):
+        monkeypatch.setattr(gen, "time_alternately", lambda work, t=nhwc_seconds: {"nchw": 1.0, "nhwc": t})
+        loaded = load_run(run)
+        assert loaded.precision.name == "bf16" and loaded.precision.probed
+        assert loaded.net.conv_in.weight.is_contiguous(memory_format=layout)
+        images = generate(loaded, 4, labels=[0, 1, 2, 3], steps=3, seed=2)
+        difference = (images - reference).abs()  # the same images, to bf16's rounding in other kernels
+        assert difference.mean() < 0.01 and difference.max() < 0.25
+    # an explicit precision, or auto that timed nothing, keeps the network as it was
+    loaded = load_run(run, precision="bf16")
+    assert not loaded.precision.probed and loaded.net.conv_in.weight.is_contiguous()

@@ -9,6 +9,9 @@ caption table (captions.safetensors) without the encoder; others are encoded onc
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +26,7 @@ from .conditions.text import CaptionTable, TextBatch, TextEncoder, canonical, lo
 from .denoiser import DEFAULT_GUIDANCE, denoiser
 from .errors import UsageError
 from .noise import generators, randn
-from .precision import FP32, Precision, choose as choose_precision
+from .precision import FP32, MARGIN, Precision, choose as choose_precision, time_alternately
 from .run import CAPTIONS, TextSpec, read_run
 from .samplers import Callback, sample
 from .schedule import NoiseSchedule
@@ -55,9 +58,12 @@ class LoadedRun:
     @property
     def precision(self) -> Precision:
         """What this run samples in: `asked_precision`, auto decided once by timing the network's forward
-        pass in fp32 and bf16 (precision.py) whatever precision it was trained in."""
+        pass in fp32 and bf16 (precision.py) whatever precision it was trained in. Where auto timed it,
+        the network also takes the memory layout that runs faster (`faster_layout`)."""
         if self._precision is None:
             self._precision = sampling_precision(self.net, self.asked_precision, self.image_size)
+            if self._precision.probed:
+                self.net = faster_layout(self.net, self._precision, self.image_size)
         return self._precision
 
     @property
@@ -119,20 +125,54 @@ def load_run(run: str | Path, *, weights: str = "ema", device: str | torch.devic
 
 
 def sampling_precision(net: UNet, asked: str, side: int, batch: int | None = None) -> Precision:
-    """The precision `net` samples in (precision.choose): auto times a forward pass of `batch` noisy
-    images of side x side (default: PROBE_PIXELS' worth, 2 to 32) at mid-schedule with every condition
-    null, the way a sampler calls it."""
-    batch = batch or max(2, min(32, PROBE_PIXELS // (side * side)))
-    cfg = net.cfg
-    device = next(net.parameters()).device
-    x, t = torch.randn(batch, cfg.channels, side, side, device=device), torch.full((batch,), 500, device=device)
-    low = LowRes(torch.zeros_like(x), torch.zeros(batch, device=device)) if cfg.cond_channels else None
+    """The precision `net` samples in (precision.choose): auto times a forward pass (probe_batch)."""
+    inputs = probe_batch(net, side, batch)
+    device = inputs["x"].device
 
     def workload(precision: Precision) -> None:
         with torch.inference_mode(), precision.autocast(device.type):
-            net(x, t, low=low)
+            net(**inputs)
 
     return choose_precision(asked, device, workload)
+
+
+def probe_batch(net: UNet, side: int, batch: int | None = None) -> dict:
+    """The inputs of a timed forward pass: `batch` noisy images of side x side (default PROBE_PIXELS'
+    worth, 2 to 32) at mid-schedule, every condition null, as a sampler calls the network."""
+    batch = batch or max(2, min(32, PROBE_PIXELS // (side * side)))
+    device = next(net.parameters()).device
+    x = torch.randn(batch, net.cfg.channels, side, side, device=device)
+    low = LowRes(torch.zeros_like(x), torch.zeros(batch, device=device)) if net.cfg.cond_channels else None
+    return {"x": x, "t": torch.full((batch,), 500, device=device), "low": low}
+
+
+def faster_layout(net: UNet, precision: Precision, side: int) -> UNet:
+    """`net`, or a channels_last copy of it where that times at least MARGIN faster in `precision`
+    (it does for the wider networks: 1.17x for small at 32x32x3 and 1.64x at 64x64x3 in bf16 on a CPU,
+    while the tiny digit network ran slower; benchmarks/bf16_levers.py)."""
+    inputs = probe_batch(net, side)
+    nhwc = copy.deepcopy(net).to(memory_format=torch.channels_last)
+
+    def forward(model: UNet):
+        def run() -> None:
+            with torch.inference_mode(), precision.autocast(inputs["x"].device.type):
+                model(**inputs)
+        return run
+
+    times = time_alternately({"nchw": forward(net), "nhwc": forward(nhwc)})
+    return nhwc if times["nchw"] >= MARGIN * times["nhwc"] else net
+
+
+def can_compile(run: LoadedRun) -> bool:
+    """Whether torch.compile can build this run's network here: Inductor writes C++ on a CPU (it needs a
+    compiler on the PATH) and Triton kernels on CUDA."""
+    return run.device.type == "cuda" or any(shutil.which(c) for c in ("c++", "g++", "clang++"))
+
+
+def with_compiled_network(run: LoadedRun) -> LoadedRun:
+    """The run with its network compiled (torch.compile, static shapes): the same arithmetic, fused;
+    the first call of each batch shape compiles (tens of seconds), the calls after run faster."""
+    return dataclasses.replace(run, net=torch.compile(run.net, dynamic=False))
 
 
 def sample_images(net: UNet, schedule: NoiseSchedule, prediction: str, n: int, *,

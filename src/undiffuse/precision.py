@@ -46,6 +46,7 @@ class Precision:
     name: str  # fp32, bf16 or fp16
     reason: str  # why it was chosen, in the user's words
     warning: str | None = None  # said once to the user: a choice that is slower than fp32 here
+    probed: bool = False  # chosen by timing the caller's workload (auto on a CPU with bf16 units)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -118,9 +119,10 @@ def _auto_on_cpu(units: tuple[str, ...] | None, workload: Workload | None, timer
     times = timer(workload, ("fp32", "bf16"))
     ratio = times["fp32"] / times["bf16"]
     if ratio >= MARGIN:
-        return Precision("bf16", f"{has}; a probe of this model ran bf16 at {ratio:.2f}x the speed of fp32")
+        return Precision("bf16", f"{has}; a probe of this model ran bf16 at {ratio:.2f}x the speed of fp32",
+                         probed=True)
     return Precision("fp32", f"{has}, but a probe of this model ran bf16 at only {ratio:.2f}x the speed of "
-                     f"fp32 (under the {MARGIN}x it takes)")
+                     f"fp32 (under the {MARGIN}x it takes)", probed=True)
 
 
 @functools.cache
@@ -145,15 +147,20 @@ def units_in_cpuinfo(text: str) -> tuple[str, ...] | None:
 
 def measure(workload: Workload, names: tuple[str, ...], repeats: int = PROBE_REPEATS,
             clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
-    """The median seconds of `workload` in each precision of `names`, timed in alternation (so that a
-    change in the machine's load hits both alike), after one untimed run of each."""
-    precisions = [Precision(n, "probe") for n in names]
-    times = {n: [] for n in names}
-    for p in precisions:
-        workload(p)
+    """The median seconds of `workload` in each precision of `names` (time_alternately)."""
+    return time_alternately({n: functools.partial(workload, Precision(n, "probe")) for n in names}, repeats, clock)
+
+
+def time_alternately(workloads: dict[str, Callable[[], object]], repeats: int = PROBE_REPEATS,
+                     clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
+    """The median seconds of each workload, timed in alternation (so that a change in the machine's
+    load hits all alike), after one untimed run of each."""
+    times = {name: [] for name in workloads}
+    for work in workloads.values():
+        work()
     for _ in range(repeats):
-        for p in precisions:
+        for name, work in workloads.items():
             start = clock()
-            workload(p)
-            times[p.name].append(clock() - start)
-    return {n: statistics.median(t) for n, t in times.items()}
+            work()
+            times[name].append(clock() - start)
+    return {name: statistics.median(t) for name, t in times.items()}

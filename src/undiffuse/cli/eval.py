@@ -37,6 +37,9 @@ def add(sub) -> None:
     p.add_argument("--inception-weights", default=None, metavar="PATH",
                    help="pt_inception-2015-12-05-6726825d.pth (default: torch's hub cache)")
     p.add_argument("--batch-size", type=int, default=250, help="images per batch (default 250)")
+    p.add_argument("--compile", default="auto", choices=("auto", "yes", "no"),
+                   help="torch.compile the network for sampling; auto (default): when the batches after the "
+                        "first would take over 4 minutes, which its compile time repays")
     p.add_argument("--out", default=None, metavar="FILE.json", help="default: RUN/eval.json, or eval-N.json")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     add_device(p)
@@ -130,7 +133,15 @@ def _print_scores(result: dict) -> None:
     say("| metric | value |\n|---|---|\n"
         f"| FID | {result['fid']:.3f} |\n| KID | {result['kid']:.5f} ± {result['kid_std']:.5f} |\n"
         f"| precision | {result['precision']:.3f} |\n| recall | {result['recall']:.3f} |"
-        + "".join(_memorisation_rows(result.get("memorisation", {}))))
+        + _fidelity_row(result) + "".join(_memorisation_rows(result.get("memorisation", {}))))
+
+
+def _fidelity_row(result: dict) -> str:
+    if "fidelity" not in result:
+        return ""
+    ceiling = f" (the judge reads {result['judge_accuracy']:.3f} of held-out real images right)" \
+        if result.get("judge_accuracy") is not None else ""
+    return f"\n| fidelity: read as the class asked by the {result['judge']} judge{ceiling} | {result['fidelity']:.3f} |"
 
 
 def _memorisation_rows(scores: dict):
@@ -167,9 +178,23 @@ def _samples(args):
     guidance = DEFAULT_GUIDANCE if args.guidance is None else args.guidance
     start = time.perf_counter()
     images = generate_in_batches(run, args.n, batch_size=args.batch_size, seed=args.seed, progress=not args.quiet,
-                                 guidance=guidance, **options)
+                                 compile=args.compile, guidance=guidance, **options)
     source = {"sampler": options["sampler"], "steps": options["steps"],
               "guidance": guidance if run.num_classes else None, "seed": args.seed,
               "sampling_precision": run.precision.name,
               "samples_per_second": args.n / (time.perf_counter() - start)}
-    return images, source
+    return images, {**source, **_fidelity(run, images, args.device)}
+
+
+def _fidelity(run, images, device) -> dict:
+    """A run on the classes of a shipped judge (the digits, the emoji categories): the share of its
+    samples the judge reads as the class asked, beside the judge's own accuracy on real images."""
+    from ..device import pick_device
+    from ..eval.evaluate import balanced_labels
+    from ..eval.judges import fidelity, judge_for
+
+    judge = judge_for(run.class_names)
+    if judge is None:
+        return {}
+    return {"fidelity": fidelity(judge, images, balanced_labels(run, len(images)), pick_device(device)),
+            "judge": judge.name, "judge_accuracy": judge.accuracy()}

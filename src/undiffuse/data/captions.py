@@ -11,7 +11,8 @@ Where they come from (`captions=`, the `--captions` of the command line):
   labels by templates ("a handwritten 7", "the digit seven", ...), one per image from a seed, with
   some templates held out of training (`digit_templates`);
 - "attributes": named context vectors (the sprites' hero, non-hero, food, spell, side-facing) or named
-  classes, captioned from the attributes that are on ("a hero, side-facing").
+  classes, captioned from the attributes that are on ("a hero, side-facing");
+- "names": a set that names its own images, the bundled `emoji` ("red apple", "dog face").
 
 So `--data mnist --captions templates` is the captioned digits. The keywords win over a same-named
 file. Empty text is refused unless `allow_empty` (then "" is the empty prompt: the null context).
@@ -33,8 +34,8 @@ from . import ImageData, load_data, name_contexts
 from .decode import IMAGE_EXTENSIONS
 
 METADATA = ("metadata.jsonl", "metadata.csv")
-KEYWORDS = ("templates", "attributes")
-CAPTIONS_HELP = ("captions are 'templates' (digits 0-9), 'attributes' (named labels), a .jsonl of "
+KEYWORDS = ("templates", "attributes", "names")
+CAPTIONS_HELP = ("captions are 'templates' (digits 0-9), 'attributes' (named labels), 'names' (emoji), a .jsonl of "
                  '{"text": ...} or a text file of one caption a line, or a folder\'s metadata.jsonl/csv')
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 TRAIN_TEMPLATES = ("a handwritten {d}", "the digit {w}", "number {w}", "a {d}", "{w}, handwritten",
@@ -100,6 +101,10 @@ def captions_for(data: ImageData, captions: str | None = None, *, seed: int = 0,
         return digit_captions(_digit_labels(data), seed)
     if captions == "attributes":
         return attribute_captions(_named_labels(data), data.class_names)
+    if captions == "names":
+        if not data.captions:
+            raise DataError(f"captions 'names' need a set that names its images (emoji); data '{data.source}' has none")
+        return list(data.captions)
     if captions is not None:
         return _caption_file(data, Path(captions).expanduser(), allow_empty)
     root = Path(data.source).expanduser()

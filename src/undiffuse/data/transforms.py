@@ -21,6 +21,7 @@ class Loaded(NamedTuple):
     class_names: tuple[str, ...]
     skipped: int = 0
     files: tuple[str, ...] = ()  # a folder's images kept, as posix paths relative to it, in order
+    captions: tuple[str, ...] = ()  # a set's own caption of each image (the bundled emoji's names), or ()
 
 
 def fit_square(images: Tensor, size: int) -> Tensor:

@@ -14,6 +14,7 @@ from ..noise import generators
 def guided_setup(run, n, labels, contexts, guidance, seed, prompt=None, negative_prompt=None):
     """The guided denoiser of n images and their generators, as sample_images builds them. A text run
     takes `prompt` (without one, the edit is unconditional) and `negative_prompt`."""
+    precision = run.precision  # first: deciding it may give the run a faster network (generate.faster_layout)
     device = next(run.net.parameters()).device
     context = context_batch(run.net.cfg.context_dim, n, labels, contexts)
     text = {}
@@ -21,7 +22,7 @@ def guided_setup(run, n, labels, contexts, guidance, seed, prompt=None, negative
         text = text_options(run, n, prompt="" if prompt is None else prompt, negative_prompt=negative_prompt)
     denoise = denoiser(run.net, run.schedule.to(device), prediction=run.prediction,
                        context=None if context is None else context.to(device), guidance=guidance,
-                       precision=run.precision, **text)
+                       precision=precision, **text)
     return denoise, generators(n, seed)
 
 

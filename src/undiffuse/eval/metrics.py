@@ -25,7 +25,7 @@ from torch import Tensor
 
 from ..errors import DataError
 
-FEATURES = ("digits", "inception")
+FEATURES = ("digits", "emoji", "inception")
 Array = Tensor | np.ndarray
 
 
@@ -139,12 +139,18 @@ def feature_extractor(name: str = "digits", weights: str | Path | None = None, d
     """A function from images (B, C, H, W) in [-1, 1] to features (B, D) float64 on the CPU.
 
     "digits": DigitNet's 128 penultimate features (weights: the shipped file unless given);
+    "emoji": EmojiNet's 256 penultimate features, likewise;
     "inception": Inception-v3's 2048 pool features as in FID (weights: a path or the torch hub cache).
     """
     if name == "digits":
         from .features import as_digit_input, load_digit_net
 
         net, prepare = load_digit_net(weights, device), as_digit_input
+        embed = net.embed
+    elif name == "emoji":
+        from .features import as_emoji_input, load_emoji_net
+
+        net, prepare = load_emoji_net(weights, device), as_emoji_input
         embed = net.embed
     elif name == "inception":
         from .inception import as_inception_input, load_inception

@@ -5,6 +5,7 @@ training: a caption file, a folder's metadata, or the base's templates/attribute
 none; an upscale run stays one, with its factor."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from .. import checkpoint as ckpt
@@ -20,8 +21,7 @@ def only_class(data: ImageData, label: str) -> ImageData:
     """The images of one class (by name or id), keeping their labels."""
     if data.labels is None or data.labels.ndim != 1:
         raise DataError(f"--label {label} picks a class, but {data.source} has no class labels")
-    keep = data.labels == class_id(str(label), data.class_names)
-    return ImageData(data.images[keep], data.labels[keep], data.class_names, data.source, data.skipped)
+    return data.subset(data.labels == class_id(str(label), data.class_names))
 
 
 def base_run(folder: str) -> BaseRun:
@@ -29,7 +29,7 @@ def base_run(folder: str) -> BaseRun:
     return BaseRun(str(Path(folder).resolve()), ckpt.saved_step(Path(folder) / ckpt.EMA))
 
 
-NAMED_CAPTIONS = ("templates", "attributes")  # caption rules that fit any data with labels, unlike a file
+NAMED_CAPTIONS = ("templates", "attributes", "names")  # caption rules, not a file of this data's own
 
 
 def inherit(cfg: TrainConfig, base: RunRecord) -> TrainConfig:
@@ -55,4 +55,4 @@ def fit_to(data: ImageData, base: RunRecord) -> ImageData:
     otherwise train on the null context."""
     if base.text is not None or (data.labels is not None and data.class_names == base.class_names):
         return data
-    return ImageData(data.images, None, (), data.source, data.skipped)
+    return dataclasses.replace(data, labels=None, class_names=())

@@ -67,6 +67,9 @@ class ThreadChooser:
         self._timing = phase < 2 * PROBE
 
     def took(self, seconds: float) -> None:
+        """The step just started took `seconds`. What runs until the next step (grids, checkpoints,
+        the end of the run) runs at the chosen count: a probe's count beside a busy neighbour can be
+        many times slower for the many small operations of sampling a grid."""
         if not self.enabled:
             return
         if not self._timing:
@@ -77,6 +80,7 @@ class ThreadChooser:
             medians = {count: statistics.median(t) for count, t in self.times.items()}
             self.chosen = 1 if medians[self.full] > medians[1] else self.full
             self.expected = medians[self.chosen]
+        self._use(self.chosen)
 
     def _watch_drift(self, seconds: float) -> None:
         """Ask for a probe at the next step when the recent steps run at another speed than measured."""

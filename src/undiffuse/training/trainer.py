@@ -328,8 +328,7 @@ class Trainer:
         return self.deadline is not None or self.step < self.plan.steps
 
     def _draw_due_grids(self, on_grid, finished: bool = False) -> None:
-        """The grids due by the run's `done` share (preview.GridSchedule); a time budget skips one on
-        the way that would leave the end of the run too little time."""
+        """The grids due by the run's `done` share (preview.GridSchedule), but one that would cut into a deadline's end."""
         if not self.grid_schedule.due(self.done(), finished):
             return
         if not finished and self.deadline and not self.deadline.room_for(self.elapsed, "grid"):
@@ -337,6 +336,8 @@ class Trainer:
         if self.world.is_main:
             with self._end_cost("grid"):
                 path = self.write_grid()
+            if not finished:  # the loss curve follows the grids (and a time budget learns what it costs)
+                self.write_summary()
             if on_grid is not None:
                 on_grid(path)
 

@@ -73,6 +73,7 @@ def train_emoji_net(epochs: int = 60, seed: int = 0) -> tuple[EmojiNet, float]:
         feats = torch.cat([net.features(x) for x in data.images[train].split(500)])
     net.feature_mean.copy_(feats.mean(0))
     net.feature_std.copy_(feats.std(0).clamp_min(1e-6))
+    net.half().float()  # as it is stored (main): the accuracy recorded is the shipped weights'
     return net, held_out_accuracy(net, seed)
 
 
@@ -91,7 +92,8 @@ def main() -> None:
     args = parser.parse_args()
     start = time.perf_counter()
     net, accuracy = train_emoji_net(args.epochs, args.seed)
-    state = {k: v.contiguous() for k, v in net.state_dict().items()}
+    # half precision on disk (1.6 MB, not 3.3): a judge's decisions do not hang on the last bits
+    state = {k: v.half().contiguous() if v.is_floating_point() else v.contiguous() for k, v in net.state_dict().items()}
     held_out = len(split(load_data("emoji").labels, args.seed)[0])
     save_file(state, args.out, metadata={"epochs": str(args.epochs), "seed": str(args.seed),
                                          "held_out_accuracy": f"{accuracy:.4f}", "held_out_images": str(held_out)})

@@ -62,6 +62,7 @@ def test_the_page_talks_to_its_own_server_only(client):
     info = client.get("/api/info").json()
     assert info["class_names"] == [str(k) for k in range(10)] and info["image_size"] == 16
     assert "ddim" in info["samplers"] and info["limits"]["n"] == 64
+    assert (info["default_steps"]["ddim"], info["default_guidance"]) == (10, 2.0)  # the digits' recipe
 
 
 def test_generate_streams_frames_then_the_final_grid(client):

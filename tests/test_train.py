@@ -98,7 +98,7 @@ def test_the_config_groups_its_options_and_converts_to_flat_and_back():
     assert (cfg.source.data, cfg.diffusion.model, cfg.optim.lr, cfg.runtime.device) == ("digits", "tiny", 1e-3, "cpu")
     assert TrainConfig.flat(**cfg.options()) == cfg
     assert cfg.updated(steps=5).optim.steps == 5 and cfg.optim.steps == 60  # frozen: a copy
-    assert len(cfg.options()) == 39 and all(len(fields) <= 12 for fields in (
+    assert len(cfg.options()) == 43 and all(len(fields) <= 12 for fields in (
         vars(cfg.source), vars(cfg.diffusion), vars(cfg.optim), vars(cfg.runtime)))
     assert TrainConfig.choices()["precision"] == ("auto", "fp32", "bf16", "fp16")
 
@@ -239,3 +239,75 @@ def test_the_log_ends_on_the_last_step_a_deadline_allowed(tmp_path, fake_clock):
     result = Trainer.create(_budget_cfg(grids=1), tmp_path / "r", clock=fake_clock).train(progress=False)
     steps = read_log(tmp_path / "r")[0]
     assert steps[1] - steps[0] > 1 and steps[-1] == result.steps
+
+
+def test_flips_mirror_about_half_of_each_batch_the_same_way_every_time():
+    from undiffuse.training.learner import draw_batch
+    from undiffuse.training.setup import new_setup
+
+    plain = new_setup(_cfg(batch_size=64))
+    mirrored = new_setup(_cfg(batch_size=64, flip=True))
+    for step in (0, 7):
+        a, b, again = draw_batch(plain, step), draw_batch(mirrored, step), draw_batch(mirrored, step)
+        assert all(torch.equal(x, y) for x, y in zip(b, again) if x is not None)  # a pure function of the step
+        assert all(torch.equal(x, y) for x, y in zip(a[1:], b[1:]) if x is not None)  # labels, t, noise: the same
+        same = (a[0] == b[0]).flatten(1).all(1)
+        flipped = (a[0].flip(-1) == b[0]).flatten(1).all(1)
+        assert (same | flipped).all() and 16 < (~same).sum() < 48
+
+
+def test_the_recipe_mirrors_colour_sets_not_glyphs_and_guides_colour_harder_unless_asked_otherwise():
+    from undiffuse.training.recipe import GUIDANCE, SAMPLE_STEPS
+    from undiffuse.training.setup import new_setup
+
+    colour, digits = new_setup(_cfg(data="emoji")).cfg, new_setup(_cfg()).cfg
+    assert colour.source.flip is True and digits.source.flip is False  # a mirrored 2 is no 2
+    assert (colour.diffusion.guidance, digits.diffusion.guidance) == (GUIDANCE[3], GUIDANCE[1])
+    assert (colour.runtime.sample_steps, digits.runtime.sample_steps) == (SAMPLE_STEPS[3], None)
+    assert GUIDANCE[3] > GUIDANCE[1]
+    asked = new_setup(_cfg(data="emoji", flip=False, guidance=1.5)).cfg
+    assert (asked.source.flip, asked.diffusion.guidance) == (False, 1.5)
+    assert new_setup(_cfg(flip=True)).cfg.source.flip is True
+
+
+def test_the_recipe_gives_colour_images_on_a_cpu_a_patch_stem_and_v_prediction_and_nothing_else():
+    from undiffuse.training.recipe import patch_for
+    from undiffuse.training.setup import new_setup
+
+    colour = new_setup(_cfg(data="emoji", image_size=32))
+    assert colour.cfg.diffusion.patch == 2 and colour.unet_config("tiny").patch == 2
+    assert colour.cfg.diffusion.prediction == "v"  # behind a patch stem
+    unpatched = new_setup(_cfg(data="emoji", image_size=32, patch=1))
+    assert unpatched.unet_config("tiny").patch == 1 and unpatched.cfg.diffusion.prediction == "eps"  # asked: kept
+    assert new_setup(_cfg(data="emoji", image_size=32, prediction="x0")).cfg.diffusion.prediction == "x0"
+    digits = new_setup(_cfg(data="digits", image_size=32)).cfg.diffusion
+    assert (digits.patch, digits.prediction) == (1, "eps")  # glyphs
+    assert new_setup(_cfg(data="emoji", image_size=16)).cfg.diffusion.patch == 1  # too small to halve
+    assert new_setup(_cfg(data="emoji", image_size=32, block_style="adm")).cfg.diffusion.patch == 1  # exportable
+    assert patch_for(32, 3, "cuda", "film") == 1 and patch_for(64, 3, "cpu", "film") == 2
+    assert patch_for(32, 3, "cpu", "film", "upscale") == 1
+
+
+def test_a_run_samples_at_its_recorded_guidance_and_older_runs_at_the_default(tmp_path):
+    import json
+
+    from undiffuse.cli.flags import conditioning
+    from undiffuse.generate import DEFAULT_GUIDANCE, generate, load_run
+    from types import SimpleNamespace
+
+    Trainer.create(_cfg(steps=2, guidance=3.5, sample_steps=4, image_size=8), tmp_path / "r").train(progress=False)
+    run = load_run(tmp_path / "r")
+    args = SimpleNamespace(guidance=None, label="each", context=None, run="r")
+    assert run.guidance == 3.5 and conditioning(args, run, 10, "each")["guidance"] == 3.5
+    walked = []
+    generate(run, 1, labels=[0], callback=lambda step, *rest: walked.append(step))
+    assert len(walked) == 4  # the run's own steps
+    walked.clear()
+    generate(run, 1, labels=[0], steps=3, callback=lambda step, *rest: walked.append(step))
+    assert len(walked) == 3
+    assert conditioning(SimpleNamespace(**{**vars(args), "guidance": 1.0}), run, 10, "each")["guidance"] == 1.0
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    del config["train"]["guidance"]
+    (tmp_path / "r" / "config.json").write_text(json.dumps(config))
+    assert load_run(tmp_path / "r").guidance == DEFAULT_GUIDANCE
+    assert "guidance 3.5 and 4 DDIM steps" in (tmp_path / "r" / "README.md").read_text()

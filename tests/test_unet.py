@@ -123,3 +123,23 @@ def test_configs_without_block_style_load_as_film(tmp_path):
     (run / "config.json").write_text(json.dumps(config))  # as format 2 wrote it before the field
     assert read_run(run).unet.block_style == "film"
     assert torch.equal(generate(load_run(run), 2, labels=[1, 2], steps=2), before)
+
+
+@pytest.mark.parametrize("patch", [2, 4])
+def test_a_patch_stem_runs_the_levels_at_a_fraction_of_the_resolution_and_gives_the_image_back(patch):
+    from undiffuse.training.recipe import unet_config
+
+    cfg = unet_config("tiny", 64, 3, 5, patch=patch)
+    assert cfg.patch == patch and cfg.multiple == cfg.downsampling * patch
+    plain = unet_config("tiny", 64, 3, 5)
+    assert len(cfg.mults) < len(plain.mults)  # 64 / patch reaches 8 in fewer halvings
+    net = UNet(cfg)
+    torch.nn.init.normal_(net.conv_out.weight)
+    seen = []
+    net.conv_in.register_forward_hook(lambda m, args, out: seen.append(tuple(out.shape)))
+    x = torch.randn(2, 3, 60, 60)  # padded to a multiple, cropped back
+    out = net(x, torch.tensor([3, 900]), torch.eye(5)[:2])
+    assert out.shape == x.shape and seen[0][-1] == 64 // patch
+    # the stem is a rearrangement: each output pixel comes from its own tile's channels
+    tiles = torch.nn.functional.pixel_unshuffle(torch.arange(16.0).view(1, 1, 4, 4), patch)
+    assert torch.equal(torch.nn.functional.pixel_shuffle(tiles, patch), torch.arange(16.0).view(1, 1, 4, 4))

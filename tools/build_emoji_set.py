@@ -3,6 +3,12 @@
     npm pack emoji-datasource-google@16.0.0 && tar xzf emoji-datasource-google-16.0.0.tgz
     python tools/build_emoji_set.py package/            # writes src/undiffuse/assets/emoji/
 
+A second source, for checking that what works on the shipped set is no accident of it: Twitter's
+Twemoji (CC-BY 4.0), the same emoji drawn by other hands, written as an image folder:
+
+    npm pack emoji-datasource-twitter@16.0.0 && tar xzf emoji-datasource-twitter-16.0.0.tgz
+    python tools/build_emoji_set.py package/ --vendor twitter --folder twemoji32/
+
 The npm package emoji-datasource-google holds each emoji as a 64x64 RGBA PNG (img/google/64/) and
 emoji.json, which names each one ("red apple") and files it under a category ("Food & Drink") and a
 sub-category ("fruit"). Every emoji with a Google image is kept, but for the 'Component' category
@@ -45,14 +51,28 @@ distributed on an "AS IS" BASIS, WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, e
 implied. See the License for the specific language governing permissions and limitations under the
 License. Changes made: alpha composited onto a white background and resized to 32x32.
 """
+TWEMOJI_NOTICE = """The emoji images in this folder are Twitter's Twemoji (the jdecked/twemoji fork), taken from
+the npm package emoji-datasource-twitter 16.0.0 (img/twitter/64/), composited on white and resized
+by undiffuse's tools/build_emoji_set.py. Their names and categories come from that package's
+emoji.json (emoji-data, MIT License, Copyright (c) 2013 Cal Henderson).
+
+Twemoji graphics: Copyright 2019 Twitter, Inc and other contributors, licensed under CC-BY 4.0
+(https://creativecommons.org/licenses/by/4.0/). Changes made: alpha composited onto a white
+background and resized.
+"""
+NOTICES = {"google": ("LICENSE-NOTO.txt", NOTICE), "twitter": ("LICENSE-TWEMOJI.txt", TWEMOJI_NOTICE)}
 
 
-def entries(package: Path) -> list[dict]:
-    """The emoji with a Google image, in emoji.json's sort order, Component excluded."""
+def entries(package: Path, vendor: str = "google") -> list[dict]:
+    """The emoji with an image of this vendor, in emoji.json's sort order, Component excluded."""
     data = json.loads((package / "emoji.json").read_text(encoding="utf-8"))
-    kept = [e for e in data if e.get("has_img_google") and e["category"] not in SKIPPED_CATEGORIES
-            and (package / "img" / "google" / "64" / e["image"]).is_file()]
+    kept = [e for e in data if e.get(f"has_img_{vendor}") and e["category"] not in SKIPPED_CATEGORIES
+            and (images(package, vendor) / e["image"]).is_file()]
     return sorted(kept, key=lambda e: e["sort_order"])
+
+
+def images(package: Path, vendor: str) -> Path:
+    return package / "img" / vendor / "64"
 
 
 def on_white(path: Path, size: int) -> Image.Image:
@@ -68,36 +88,40 @@ def sheet(package: Path, kept: list[dict], size: int) -> Image.Image:
     rows = math.ceil(len(kept) / COLUMNS)
     out = Image.new("RGB", (COLUMNS * size, rows * size), (255, 255, 255))
     for i, e in enumerate(kept):
-        tile = on_white(package / "img" / "google" / "64" / e["image"], size)
+        tile = on_white(images(package, "google") / e["image"], size)
         out.paste(tile, ((i % COLUMNS) * size, (i // COLUMNS) * size))
     return out
 
 
-def write_folder(package: Path, kept: list[dict], size: int, folder: Path) -> None:
+def write_folder(package: Path, kept: list[dict], size: int, folder: Path, vendor: str = "google") -> None:
     """The set as an image folder: DIR/<category>/<index>.png and DIR/metadata.jsonl of the names."""
     rows = []
     for i, e in enumerate(kept):
         name = f"{e['category'].replace(' & ', '-and-').replace(' ', '-').lower()}/{i:04d}.png"
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
-        on_white(package / "img" / "google" / "64" / e["image"], size).save(folder / name)
+        on_white(images(package, vendor) / e["image"], size).save(folder / name)
         rows.append(json.dumps({"file_name": name, "text": e["name"].lower()}, ensure_ascii=False))
     (folder / "metadata.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
-    (folder / "LICENSE-NOTO.txt").write_text(NOTICE, encoding="utf-8")
+    licence, notice = NOTICES[vendor]
+    (folder / licence).write_text(notice, encoding="utf-8")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("package", type=Path, help="the unpacked npm package emoji-datasource-google")
+    parser.add_argument("package", type=Path, help="the unpacked npm package emoji-datasource-<vendor>")
+    parser.add_argument("--vendor", default="google", choices=NOTICES, help="whose drawings (twitter: --folder only)")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="sheet sizes, comma-separated")
     parser.add_argument("--folder", type=Path, default=None, help="write an image folder instead of sheets")
     args = parser.parse_args()
-    kept = entries(args.package)
+    kept = entries(args.package, args.vendor)
     sizes = [int(s) for s in args.sizes.split(",")]
     if args.folder is not None:
-        write_folder(args.package, kept, sizes[0], args.folder)
+        write_folder(args.package, kept, sizes[0], args.folder, args.vendor)
         print(f"{args.folder}: {len(kept)} images of {sizes[0]}x{sizes[0]} in category folders, metadata.jsonl")
         return
+    if args.vendor != "google":
+        parser.error("only the Noto emoji ship in the package: write other vendors' with --folder")
     args.out.mkdir(parents=True, exist_ok=True)
     for size in sizes:
         path = args.out / f"emoji{size}.webp"

@@ -67,6 +67,20 @@ class LoadedRun:
         return self._precision
 
     @property
+    def guidance(self) -> float:
+        """The guidance scale its samples default to: the one its training recorded (recipe.GUIDANCE,
+        or train --guidance), DEFAULT_GUIDANCE for runs recorded before that."""
+        value = self.config.get("train", {}).get("guidance")
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else DEFAULT_GUIDANCE
+
+    @property
+    def sample_steps(self) -> int | None:
+        """The default sampler's steps its samples default to, as its training recorded them
+        (recipe.SAMPLE_STEPS, or train --sample-steps); None: the sampler's own default."""
+        value = self.config.get("train", {}).get("sample_steps")
+        return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+    @property
     def captions(self) -> CaptionTable | None:
         """A text run's training captions, encoded (read once from captions.safetensors), or None."""
         if self._table is None and self.text is not None and self.folder is not None \
@@ -219,13 +233,16 @@ def generate(run: LoadedRun, n: int, *, prompts: list[str] | None = None, prompt
              negative_prompt: str | None = None, **options) -> Tensor:
     """sample_images with the run's own schedule, prediction, size and classes. A text run takes
     `prompt` (every image) or `prompts` (cycled over the n images; by default its training captions
-    in turn) and `negative_prompt`; guidance defaults to DEFAULT_GUIDANCE for prompts."""
+    in turn) and `negative_prompt`; guidance defaults to the run's own (`LoadedRun.guidance`) for prompts."""
     if run.task == "upscale" and "low" not in options:
         raise UsageError(f"this model upscales by {run.factor}: it needs a low-resolution image "
                          "(undiffuse upscale, undiffuse.edit.upscale), it does not generate from noise")
     options.update(text_options(run, n, prompts, prompt, negative_prompt))
     if "text" in options:
-        options.setdefault("guidance", DEFAULT_GUIDANCE)
+        options.setdefault("guidance", run.guidance)
+    if options.get("steps") is None and options.get("sampler", DEFAULT_SAMPLER) == DEFAULT_SAMPLER:
+        steps = run.sample_steps  # the run's own, else (None) the sampler's
+        options["steps"] = None if steps is None else min(steps, run.schedule.T)
     options.setdefault("precision", run.precision)
     return sample_images(run.net, run.schedule, run.prediction, n,
                          image_size=run.image_size, **options)

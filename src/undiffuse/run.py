@@ -31,15 +31,16 @@ from .errors import CheckpointError, UsageError
 from .parameterization import PREDICTIONS
 from .precision import DTYPES, FP32, Precision
 from .schedule import SCHEDULES, NoiseSchedule, make_schedule
-from .unet import BLOCK_STYLES, CONTEXT_MODES, UNetConfig
+from .unet import BLOCK_STYLES, CONTEXT_MODES, PATCHES, UNetConfig
 
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 # Training options the record holds as its own facts, so "train" leaves them out: the data read
 # (data_source), the base run (finetuned_from), the image shape, the schedule, the prediction and
-# how the class reaches the U-Net and its blocks (unet.context_mode, unet.block_style).
+# how the class reaches the U-Net and its blocks (unet.context_mode, unet.block_style), and its
+# patch stem (unet.patch).
 IN_RECORD = ("data", "base", "image_size", "channels", "schedule", "T", "zero_snr", "prediction", "context_mode",
-             "block_style")
+             "block_style", "patch")
 MAX_T = 100_000
 MAX_STEPS = 10**9  # a plan's steps and warm-up; training refuses more, so that every run it writes reads back
 LR_RANGE = (1e-12, 10.0)  # a plan's peak learning rate, likewise
@@ -259,7 +260,8 @@ def _unet(s: _Section) -> UNetConfig:
                   context_mode=s.choice("context_mode", CONTEXT_MODES),
                   block_style=s.choice("block_style", BLOCK_STYLES, default="film"),
                   text_dim=s.integer("text_dim", 0, 100_000, default=0),
-                  cond_channels=s.choice("cond_channels", (0, 1, 3), default=0))
+                  cond_channels=s.choice("cond_channels", (0, 1, 3), default=0),
+                  patch=s.choice("patch", PATCHES, default=1))
     s.only(values)
     try:
         return UNetConfig(**values)

@@ -37,6 +37,7 @@ from .conditions.text import TextBatch
 
 CONTEXT_MODES = ("scale", "add", "both")
 BLOCK_STYLES = ("film", "adm")
+PATCHES = (1, 2, 4)
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,10 @@ class UNetConfig:
     text_dim: int = 0
     # Super-resolution: channels of the upsampled low-res image concatenated to x_t, 0 = none.
     cond_channels: int = 0
+    # A patch stem: the image's patch x patch tiles become channels before the U-Net (pixel unshuffle)
+    # and are put back after it (pixel shuffle), so that its levels run at 1/patch of the resolution
+    # with patch^2 times the input channels; 1 = none (every run written before this field).
+    patch: int = 1
 
     def __post_init__(self):
         object.__setattr__(self, "mults", tuple(self.mults))
@@ -80,6 +85,8 @@ class UNetConfig:
             raise UsageError("unet text_dim must be >= 0")
         if self.cond_channels < 0:
             raise UsageError("unet cond_channels must be >= 0")
+        if self.patch not in PATCHES:
+            raise UsageError(f"unet patch must be one of {', '.join(map(str, PATCHES))}, got {self.patch}")
         if self.text_dim and self.context_dim:
             raise UsageError("a U-Net is conditioned on classes (context_dim) or on text (text_dim), not both")
         if any(c % self.groups for c in self.level_channels):
@@ -102,6 +109,12 @@ class UNetConfig:
     @property
     def downsampling(self) -> int:
         return 2 ** (len(self.mults) - 1)
+
+    @property
+    def multiple(self) -> int:
+        """The side of an image must be a multiple of this (it is padded to one): every level halves
+        it, after the patch stem divided it."""
+        return self.downsampling * self.patch
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -216,7 +229,7 @@ class UNet(nn.Module):
         self.prompt = PromptEmbedding(cfg.text_dim, emb_dim) if cfg.text_dim else None
         if cfg.cond_channels:  # the augmentation level of the low-res image, as the step is embedded
             self.aug_mlp = nn.Sequential(nn.Linear(cfg.base, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-        self.conv_in = nn.Conv2d(cfg.channels + cfg.cond_channels, chans[0], 3, padding=1)
+        self.conv_in = nn.Conv2d((cfg.channels + cfg.cond_channels) * cfg.patch ** 2, chans[0], 3, padding=1)
 
         # Encoder: remember the channels of every feature map kept for a skip connection.
         skips, c = [chans[0]], chans[0]
@@ -248,7 +261,7 @@ class UNet(nn.Module):
             )
 
         self.norm_out = nn.GroupNorm(cfg.groups, c)
-        self.conv_out = nn.Conv2d(c, cfg.channels, 3, padding=1)
+        self.conv_out = nn.Conv2d(c, cfg.channels * cfg.patch ** 2, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
@@ -259,7 +272,8 @@ class UNet(nn.Module):
         low: a super-resolution network's upsampled low-res images and their augmentation levels."""
         h_in, w_in = x.shape[-2:]
         x, aug = self._with_low(x, low)
-        x = _pad_to_multiple(x, self.cfg.downsampling)
+        x = _pad_to_multiple(x, self.cfg.multiple)
+        x = F.pixel_unshuffle(x, self.cfg.patch) if self.cfg.patch > 1 else x
         t = t.expand(x.shape[0]) if t.ndim == 0 else t
         t_emb = self.time_mlp(sinusoidal_embedding(t, self.cfg.base))
         if aug is not None:
@@ -287,6 +301,7 @@ class UNet(nn.Module):
                 h = self._block(block, attn, cross, torch.cat([h, skips.pop()], dim=1), t_emb, c_emb, prompt)
             h = up(h)
         out = self.conv_out(F.silu(self.norm_out(h)))
+        out = F.pixel_shuffle(out, self.cfg.patch) if self.cfg.patch > 1 else out
         return out[..., :h_in, :w_in]
 
     def _with_low(self, x: Tensor, low: LowRes | None) -> tuple[Tensor, Tensor | None]:

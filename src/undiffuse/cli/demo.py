@@ -49,20 +49,20 @@ def run(args) -> int:
 
 
 def draw_pictures(trainer, run: Path) -> None:
-    from ..generate import DEFAULT_GUIDANCE, generate, load_run
+    from ..generate import generate, load_run
     from ..viz import FrameRecorder, forward_strip, image_grid, save_gif
 
     loaded = load_run(run, device=trainer.device)
     k = loaded.num_classes
     say("sampling the grid and the animation ...")
     labels = [c for c in range(k) for _ in range(10)]
-    grid = generate(loaded, len(labels), labels=labels, seed=0, guidance=DEFAULT_GUIDANCE)
+    grid = generate(loaded, len(labels), labels=labels, seed=0, guidance=loaded.guidance)
     image_grid(grid, nrow=10).save(run / "samples.png")
     say(f"samples, one row per class ({', '.join(loaded.class_names)}): {run / 'samples.png'}")
 
     recorder = FrameRecorder(GIF_STEPS)
     generate(loaded, 2 * k, labels=list(range(k)) * 2, sampler="ddim", steps=GIF_STEPS, eta=1.0, seed=1,
-             guidance=DEFAULT_GUIDANCE, callback=recorder)
+             guidance=loaded.guidance, callback=recorder)
     save_gif(recorder.frames, run / "reverse.gif", nrow=k)
     say(f"reverse process, noise to images: {run / 'reverse.gif'}")
 

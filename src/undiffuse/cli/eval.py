@@ -29,7 +29,7 @@ def add(sub) -> None:
                    help="score these images instead: float32 N x C x H x W in [0, 1], as `sample --out F.npy` writes")
     p.add_argument("--sampler", default=None, choices=list(REGISTRY), help="default: the sample command's")
     p.add_argument("--steps", type=int, default=None, help="network evaluations (default: the sampler's)")
-    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale w (default 2)")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale w (default: the run's)")
     add_seed(p, "sample")
     p.add_argument("--against", default=None, metavar="SPEC", help="real images (default: the run's training data)")
     p.add_argument("--features", default=None, choices=FEATURES,
@@ -168,18 +168,21 @@ def _output(args) -> Path:
 def _samples(args):
     """Generate --n samples; conditional runs cycle through their classes."""
     from ..eval.evaluate import generate_in_batches
-    from ..generate import DEFAULT_GUIDANCE, DEFAULT_SAMPLER
+    from ..generate import DEFAULT_SAMPLER
 
     args.sampler = args.sampler or DEFAULT_SAMPLER
     options = sampler_options(args)
     run = load_run(args)
     if not run.num_classes and args.guidance is not None:
         raise UsageError(f"{args.run} is an unconditional model: it takes no --guidance")
-    guidance = DEFAULT_GUIDANCE if args.guidance is None else args.guidance
+    guidance = run.guidance if args.guidance is None else args.guidance
     start = time.perf_counter()
     images = generate_in_batches(run, args.n, batch_size=args.batch_size, seed=args.seed, progress=not args.quiet,
                                  compile=args.compile, guidance=guidance, **options)
-    source = {"sampler": options["sampler"], "steps": options["steps"],
+    steps = options["steps"]
+    if steps is None and options["sampler"] == DEFAULT_SAMPLER:
+        steps = run.sample_steps  # what generate walks: the run's own (None: the sampler's default)
+    source = {"sampler": options["sampler"], "steps": steps,
               "guidance": guidance if run.num_classes else None, "seed": args.seed,
               "sampling_precision": run.precision.name,
               "samples_per_second": args.n / (time.perf_counter() - start)}

@@ -70,7 +70,8 @@ def add_conditioning(p, label_help: str) -> None:
     p.add_argument("--negative-prompt", default=None,
                    help="a text run: what to steer away from; it replaces the unconditional branch of guidance")
     p.add_argument("--guidance", type=float, default=None,
-                   help="classifier-free guidance scale w (1: conditional, 0: unconditional; default 2)")
+                   help="classifier-free guidance scale w (1: conditional, 0: unconditional; default: the run's, "
+                        "in its config.json: 2 for digits, 3 for colour)")
     p.add_argument("--no-clip", action="store_true",
                    help="do not clip each step's clean-image estimate to the data range")
 
@@ -138,7 +139,6 @@ def conditioning(args, run, n: int, default_label: str) -> dict:
     """labels / contexts / guidance of n images from --label/--context/--guidance (conditions.conditioning),
     or a text run's prompt / negative_prompt / guidance from --prompt/--negative-prompt/--guidance."""
     from ..conditions import conditioning as rules
-    from ..generate import DEFAULT_GUIDANCE
 
     check_guidance(args.guidance)
     prompt, negative = getattr(args, "prompt", None), getattr(args, "negative_prompt", None)
@@ -148,7 +148,7 @@ def conditioning(args, run, n: int, default_label: str) -> dict:
         if prompt is None and negative is None and default_label == "none":  # an edit without a prompt
             return {} if args.guidance is None else {"prompt": "", "guidance": args.guidance}
         return {"prompt": prompt, "negative_prompt": negative,
-                "guidance": DEFAULT_GUIDANCE if args.guidance is None else args.guidance}
+                "guidance": run.guidance if args.guidance is None else args.guidance}
     if prompt is not None or negative is not None:
         flag = "--prompt" if prompt is not None else "--negative-prompt"
         if run.num_classes:
@@ -157,7 +157,7 @@ def conditioning(args, run, n: int, default_label: str) -> dict:
     if not run.num_classes and (args.label not in EVERY_OR_NONE or args.context or args.guidance is not None):
         raise UsageError(f"{args.run} is an unconditional model: it takes no --label, --context or --guidance")
     return rules(run.class_names, n, label=args.label, context=args.context, guidance=args.guidance,
-                 default_label=default_label, default_guidance=DEFAULT_GUIDANCE)
+                 default_label=default_label, default_guidance=run.guidance)
 
 
 def parse_ints(text: str, flag: str, form: str, count: int) -> list[int]:

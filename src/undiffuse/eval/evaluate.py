@@ -7,6 +7,7 @@ at the run's image size and channels.
 """
 from __future__ import annotations
 
+import importlib.util
 import time
 from pathlib import Path
 from typing import Callable
@@ -18,14 +19,20 @@ from torch import Tensor
 from ..data import DataError, load_data
 from ..errors import UsageError
 from ..generate import LoadedRun, can_compile, generate, with_compiled_network
+from .efficientnet import PACKAGE as EFFNET_PACKAGE
 
 MAX_REAL = 50_000  # a random subset of larger real sets: the statistics settle long before
 
 
 def default_features(spec: str) -> str:
-    """The digit network for the bundled digit sets, the emoji network for the emoji, Inception-v3 for
-    anything else."""
-    return "digits" if spec in ("mnist", "digits") else "emoji" if spec == "emoji" else "inception"
+    """The digit network for the bundled digit sets, the emoji network for the emoji; for anything
+    else EfficientNet-Lite0's ImageNet features where its package is installed (offline), else
+    Inception-v3 (FID's own, whose weights are a download)."""
+    if spec in ("mnist", "digits"):
+        return "digits"
+    if spec == "emoji":
+        return "emoji"
+    return "effnet-lite0" if importlib.util.find_spec(EFFNET_PACKAGE) else "inception"
 
 
 def real_images(spec: str, image_size: int, channels: int, limit: int = MAX_REAL, seed: int = 0) -> Tensor:

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from ..errors import DataError
 
-FEATURES = ("digits", "emoji", "inception")
+FEATURES = ("digits", "emoji", "effnet-lite0", "inception")
 Array = Tensor | np.ndarray
 
 
@@ -140,6 +140,7 @@ def feature_extractor(name: str = "digits", weights: str | Path | None = None, d
 
     "digits": DigitNet's 128 penultimate features (weights: the shipped file unless given);
     "emoji": EmojiNet's 256 penultimate features, likewise;
+    "effnet-lite0": EfficientNet-Lite0's 1280 pooled ImageNet features (efficientnet.py; the `colour` extra);
     "inception": Inception-v3's 2048 pool features as in FID (weights: a path or the torch hub cache).
     """
     if name == "digits":
@@ -152,6 +153,11 @@ def feature_extractor(name: str = "digits", weights: str | Path | None = None, d
 
         net, prepare = load_emoji_net(weights, device), as_emoji_input
         embed = net.embed
+    elif name == "effnet-lite0":
+        from .efficientnet import as_efficientnet_input, load_efficientnet
+
+        net, prepare = load_efficientnet(weights, device), as_efficientnet_input
+        embed = net.features
     elif name == "inception":
         from .inception import as_inception_input, load_inception
 

@@ -27,7 +27,7 @@ from importlib import resources
 from .. import edit
 from ..conditions.lowres import DEFAULT_AUG
 from ..errors import RequestError
-from ..generate import DEFAULT_GUIDANCE, DEFAULT_SAMPLER
+from ..generate import DEFAULT_SAMPLER
 from ..samplers import DEFAULT_STEPS, SAMPLERS
 from .jobs import JobQueue
 from .requests import (FRAMES, MAX_GUIDANCE, MAX_N, MAX_PROMPT, MAX_SIDE, MAX_STEPS, MAX_UPLOAD_BYTES, MAX_WORK,
@@ -57,7 +57,8 @@ def describe(run, name: str) -> dict:
     return {
         "name": name, "image_size": run.image_size, "channels": run.channels, "class_names": list(run.class_names),
         "T": run.schedule.T, "samplers": list(SAMPLERS), "default_sampler": DEFAULT_SAMPLER,
-        "default_steps": {**DEFAULT_STEPS, "ddpm": run.schedule.T}, "default_guidance": DEFAULT_GUIDANCE,
+        "default_steps": {**DEFAULT_STEPS, DEFAULT_SAMPLER: min(run.sample_steps or DEFAULT_STEPS[DEFAULT_SAMPLER], run.schedule.T),
+                          "ddpm": run.schedule.T}, "default_guidance": run.guidance,
         "task": run.task, "factor": run.factor, "default_aug": DEFAULT_AUG,
         "edit": edits if run.task == "generate" else None, "frames": FRAMES,
         "text": ({"encoder": run.text.encoder, "max_tokens": run.text.max_tokens, "max_prompt": MAX_PROMPT}

@@ -28,7 +28,7 @@ from ..conditions import conditioning
 from ..conditions.lowres import DEFAULT_AUG
 from ..data.decode import decode_picture, image_tensor
 from ..errors import DataError, RequestError, UsageError
-from ..generate import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, LoadedRun
+from ..generate import DEFAULT_SAMPLER, LoadedRun
 from ..samplers import REGISTRY, steps_walked
 
 
@@ -189,14 +189,14 @@ def _conditioning(run: LoadedRun, body: dict, default_n: int) -> tuple[dict, int
         if label not in (None, "each", "none") or context is not None:
             raise RequestError("this is a text model: it takes a prompt, not a label or a context")
         options = {"prompt": prompt, "negative_prompt": negative,
-                   "guidance": DEFAULT_GUIDANCE if guidance is None else guidance}
+                   "guidance": run.guidance if guidance is None else guidance}
         return options, n, max(1, math.ceil(math.sqrt(n)))
     if prompt is not None or negative is not None:
         raise RequestError("this model is class-conditional: it takes a label, not a prompt" if run.num_classes
                            else "this model is unconditional: it takes no prompt")
     try:
         options = conditioning(run.class_names, n, label=None if context and label == "each" else label, context=context,
-                               guidance=guidance, default_label="each", default_guidance=DEFAULT_GUIDANCE)
+                               guidance=guidance, default_label="each", default_guidance=run.guidance)
     except UsageError as e:
         raise RequestError(str(e)) from None
     cycles = run.num_classes and context is None and label in (None, "each", "all")

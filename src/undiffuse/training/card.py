@@ -70,7 +70,8 @@ def _model(record: RunRecord) -> str:
         f"block(s) per level; self-attention at level(s) {attention} ({u.head_channels} channels a head); "
         f"GroupNorm of {u.groups} groups; dropout {u.dropout:g}"
         + (f"; the class reaches the blocks by {u.context_mode}" if u.context_dim else "")
-        + (f"; {u.block_style} blocks" if hasattr(u, "block_style") else ""),
+        + (f"; {u.block_style} blocks" if hasattr(u, "block_style") else "")
+        + (f"; a {u.patch}x{u.patch} patch stem" if getattr(u, "patch", 1) > 1 else ""),
         f"- noise schedule: {s.name} over T = {s.T} steps{' rescaled to zero terminal SNR' if s.zero_snr else ''}; "
         f"the network predicts {record.prediction}",
     ])
@@ -97,10 +98,17 @@ def _training(run: Path, record: RunRecord) -> str:
     lines = ["## Training", "", f"- steps: {done}",
              f"- time: {minutes:.1f} minutes" if math.isfinite(minutes) else "- time: not logged",
              f"- batch: {train.get('batch_size')} images a step, peak learning rate {p.lr:.3g} (AdamW, "
-             f"{p.warmup} warm-up steps, a cosine down to a tenth), EMA decay {p.ema_decay:.4f}",
+             f"{p.warmup} warm-up steps, a cosine down to a tenth), EMA decay {p.ema_decay:.4f}"
+             + ("; each image mirrored half of the time" if train.get("flip") else ""),
              f"- schedule {record.schedule.name}, prediction {record.prediction}, "
              + (f"min-SNR-{train['min_snr']:g} weighting" if train.get("min_snr") else "plain MSE"),
              f"- precision {record.precision.name} ({record.precision.reason}), seed {train.get('seed', 0)}"]
+    guided = train.get("guidance") is not None and (record.class_names or record.text is not None)
+    if guided or train.get("sample_steps"):
+        how = [f"classifier-free guidance {train['guidance']:g}"] if guided else []
+        how += [f"{train['sample_steps']} DDIM steps"] if train.get("sample_steps") else []
+        lines.append(f"- its samples default to {' and '.join(how)} (the recipe's for {record.channels}-channel "
+                     "images, or train --guidance / --sample-steps)")
     loss = _number(last.get("loss"))
     if math.isfinite(loss):
         lines.append(f"- last logged loss: {loss:.4f} (log.csv, loss.png)")
@@ -141,8 +149,8 @@ def _sampling(run: Path, record: RunRecord) -> str:
         commands = [f"undiffuse sample {folder} --per-class 8 --out samples.png",
                     f"undiffuse sample {folder} --label {shlex.quote(_text(record.class_names[0]))} --n 8 "
                     "--out one-class.png"]
-    labels = ", labels=[0] * 16, guidance=DEFAULT_GUIDANCE" if record.class_names else ""
-    python = ["from undiffuse.generate import DEFAULT_GUIDANCE, generate, load_run", "",
+    labels = ", labels=[0] * 16, guidance=run.guidance" if record.class_names else ""
+    python = ["from undiffuse.generate import generate, load_run", "",
               f"run = load_run({_text(run)!r})",
               f"images = generate(run, 16{labels}, seed=0)  # (16, C, H, W) in [-1, 1]"]
     return "\n".join(["## How to sample it", "", "```bash", *commands, "```", "", "```python", *python, "```"])

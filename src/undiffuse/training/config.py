@@ -26,7 +26,7 @@ from ..precision import PRECISIONS
 from ..conditions.lowres import TASKS, TRAIN_AUG
 from ..run import LR_RANGE, MAX_STEPS
 from ..schedule import SCHEDULES
-from ..unet import BLOCK_STYLES, CONTEXT_MODES
+from ..unet import BLOCK_STYLES, CONTEXT_MODES, PATCHES
 from .recipe import CONTEXT_MODE, MODEL_SIZES
 
 DEFAULT_MINUTES = 10.0
@@ -68,7 +68,6 @@ def _bound(value: float) -> str:
 POSITIVE, AT_LEAST_0, BELOW_1 = Range(0, open_low=True), Range(0), Range(0, 1, open_high=True)
 ModelSize = Annotated[str, Literal[("auto", *MODEL_SIZES)]]
 Schedule = Annotated[str, Literal[SCHEDULES]]
-Prediction = Annotated[str, Literal[PREDICTIONS]]
 ContextMode = Annotated[str, Literal[CONTEXT_MODES]]
 BlockStyle = Annotated[str, Literal[BLOCK_STYLES]]
 Precision = Annotated[str, Literal[PRECISIONS]]
@@ -130,6 +129,7 @@ class SourceOptions(_Checked):
     captions: str | None = None  # train on text prompts: templates (digits 0-9), attributes (named labels) or a caption file
     task: Task = "generate"  # generate images, or upscale (super-resolution, SR3) images downsampled by factor
     factor: Annotated[int | None, Range(2, 8)] = None  # upscale: full size over low-res size (default 4)
+    flip: bool | None = None  # mirror each training image left-right half of the time; None: colour sets yes, one-channel sets no (recipe.py)
 
     def check(self) -> None:
         if self.factor is not None and self.task != "upscale":
@@ -149,16 +149,18 @@ class DiffusionOptions(_Checked):
     model: ModelSize = "auto"  # tiny, small, medium, large, or auto: the largest the budget trains well
     context_mode: ContextMode = CONTEXT_MODE  # how the class reaches the U-Net: scale (FiLM), add (to the time embedding), both
     block_style: BlockStyle = "film"  # U-Net blocks: film, or adm (scale-shift norm of time + class; exports to diffusers)
+    patch: Annotated[int | None, Literal[PATCHES]] = None  # a patch stem: the U-Net runs on patch x patch tiles stacked as channels (1: none); None: the recipe's
     schedule: Schedule = "linear"  # noise schedule: linear, cosine or sigmoid
     zero_snr: bool = False  # rescale the schedule to zero terminal SNR (Lin et al. 2023); needs prediction v or x0
     T: Annotated[int, Range(2, 100_000)] = 1000  # diffusion steps
-    prediction: Prediction = "eps"  # what the network predicts: eps, x0 or v
+    prediction: Annotated[str | None, Literal[PREDICTIONS]] = None  # what the network predicts: eps, x0 or v; None: the recipe's (v behind a patch stem, else eps)
     min_snr: Annotated[float | None, AT_LEAST_0] = 5.0  # min-SNR-gamma loss weighting (Hang et al. 2023); 0 or None: plain MSE
     cond_drop: Annotated[float, BELOW_1] = 0.1  # probability of training on the null context (for guidance)
+    guidance: Annotated[float | None, Range(0, 20)] = None  # the guidance scale its samples default to (grids, sample, eval, demo, serve); None: the recipe's
     cond_aug: Annotated[float, Range(0, 2)] = TRAIN_AUG  # upscale: noise std of the low-res image drawn in [0, this]
 
     def check(self) -> None:
-        if self.zero_snr and self.prediction == "eps":
+        if self.zero_snr and self.prediction in (None, "eps"):
             raise UsageError("zero_snr needs prediction v or x0: with no signal left at the last step, "
                              "the noise says nothing about the image")
 
@@ -201,6 +203,7 @@ class RuntimeOptions(_Checked):
     checkpoint_minutes: Annotated[float, POSITIVE] = 2.0  # save at least this often
     keep_checkpoints: Annotated[int, POSITIVE] = 2  # checkpoints kept in RUN/checkpoints; resume falls back to an older one
     grids: Annotated[int, Range(0, MAX_GRIDS)] = 4  # sample grids written to RUN/samples (at most one a step)
+    sample_steps: Annotated[int | None, Range(1, 1000)] = None  # the default sampler's steps its samples default to (grids, sample, eval, demo, serve); None: the recipe's
     max_bad_steps: Annotated[int, POSITIVE] = 5  # non-finite losses in a row (each step skipped) before training stops
 
 

@@ -46,7 +46,7 @@ def inherit(cfg: TrainConfig, base: RunRecord) -> TrainConfig:
     return cfg.updated(model=model, image_size=base.image_size, channels=base.channels,
                        schedule=base.schedule.name, T=base.schedule.T, zero_snr=base.schedule.zero_snr,
                        prediction=base.prediction, context_mode=base.unet.context_mode,
-                       block_style=base.unet.block_style, task=base.task, factor=base.factor, captions=captions,
+                       block_style=base.unet.block_style, patch=base.unet.patch, task=base.task, factor=base.factor, captions=captions,
                        lr=cfg.optim.lr if cfg.optim.lr is not None else base.plan.lr / 4)
 
 

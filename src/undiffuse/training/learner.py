@@ -175,6 +175,9 @@ def draw_batch(setup: Setup, step: int) -> tuple:
         context = labels.float() if labels.ndim == 2 else one_hot(labels, k)
         null = drop_mask(len(labels), cfg.diffusion.cond_drop, generator, "cpu")
     t, noise = draw_noise(setup.schedule.T, images.shape, generator)
+    if cfg.source.flip:  # drawn last, so that runs without flips keep the draws they always had
+        mirror = torch.rand(len(images), generator=generator) < 0.5
+        images = torch.where(mirror[:, None, None, None], images.flip(-1), images)
     return images, context, null, t, noise
 
 

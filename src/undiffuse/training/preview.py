@@ -45,11 +45,23 @@ def write_grid(setup: Setup, ema: torch.nn.Module, run: Path, step: int, precisi
         text, n = captions.batch(rows), len(rows)
     images = sample_images(ema, setup.schedule, setup.cfg.diffusion.prediction, n, labels=labels,
                            image_size=setup.data.image_size, seed=0, text=text, low=grid_low(setup, n),
-                           guidance=DEFAULT_GUIDANCE if labels or text is not None else 1.0, precision=precision)
+                           guidance=_guidance(setup) if labels or text is not None else 1.0, precision=precision,
+                           steps=_steps(setup))
     path = run / "samples" / f"step{step:07d}.png"
     path.parent.mkdir(exist_ok=True)
     save_grid(images, path, nrow=n)
     return path
+
+
+def _guidance(setup: Setup) -> float:
+    """The run's own guidance (recipe.GUIDANCE), DEFAULT_GUIDANCE for a run resumed from before it was recorded."""
+    guidance = setup.cfg.diffusion.guidance
+    return DEFAULT_GUIDANCE if guidance is None else guidance
+
+
+def _steps(setup: Setup) -> int | None:
+    steps = setup.cfg.runtime.sample_steps
+    return None if steps is None else min(steps, setup.schedule.T)
 
 
 def grid_low(setup: Setup, n: int) -> LowRes | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+from ..denoiser import DEFAULT_GUIDANCE
 from ..errors import UsageError
 from ..run import Plan
 from ..unet import UNetConfig
@@ -35,12 +36,62 @@ def default_batch_size(device_type: str) -> int:
     return CPU_BATCH if device_type == "cpu" else CUDA_BATCH
 
 
+def flips(channels: int) -> bool:
+    """Whether a set's images are mirrored in training when the user did not say. Colour sets (photos,
+    sprites, emoji, cars) look as likely mirrored, and a small one gains a second view of each image;
+    one-channel sets are mostly glyphs (digits, letters) whose mirror images are not in the set."""
+    return channels == 3
+
+
+# How a run's samples are drawn unless asked otherwise: the guidance scale and the default sampler's
+# (DDIM's) steps, by the set's channels. Digits: guidance 2 with x0 clipping drew the digit asked 95%
+# of the time against 72% at 1 (denoiser.DEFAULT_GUIDANCE), and 10 DDIM steps scored the best FID per
+# network call on the budget models (samplers.DEFAULT_STEPS). Colour emoji after 10 minutes of one
+# busy core (benchmarks/colour_budget.py): FID 53 / 45 / 49 and fidelity 0.40 / 0.51 / 0.58 at
+# guidance 2 / 3 / 4 (a colour model that saw its classes less sharply needs more), and with the
+# patch stem at guidance 3, FID 37 at 10 DDIM steps, 30 at 25: colour detail needs the finer steps.
+GUIDANCE = {1: DEFAULT_GUIDANCE, 3: 3.0}
+SAMPLE_STEPS = {1: None, 3: 25}  # None: the sampler's own default
+
+
+def default_guidance(channels: int) -> float:
+    return GUIDANCE[channels]
+
+
+def default_sample_steps(channels: int) -> int | None:
+    return SAMPLE_STEPS[channels]
+
+
+def patch_for(image_size: int, channels: int, device_type: str, block_style: str, task: str = "generate") -> int:
+    """The patch stem a new run gets when the user did not say. A CPU budget is short, and a 2x2 stem
+    (pixel unshuffle) runs a colour 32x32 U-Net at 16x16 for a quarter of the cost per width: in 10
+    minutes of one busy core the emoji set's auto model went from tiny without it to small with it,
+    fidelity 0.40 -> 0.59 and FID 53 -> 43 at guidance 2 (benchmarks/colour_budget.py). Glyph sets
+    (one channel) draw well without it and are left as they were; adm blocks stay exportable to
+    diffusers, whose UNet2DModel has no such stem; super-resolution is all fine detail; on CUDA a
+    budget affords the full resolution."""
+    if device_type == "cpu" and channels == 3 and image_size >= 32 and block_style == "film" and task == "generate":
+        return 2
+    return 1
+
+
+def prediction_for(patch: int) -> str:
+    """What a new run's network predicts when the user did not say. eps, as DDPM, by default: it drew
+    the digits of every benchmark here. v behind a patch stem, where one coarse pixel must predict
+    four pixels of independent noise: on the emoji with a 2x2 stem, 10 minutes of one busy
+    core, guidance 3 and 10 DDIM steps, v scored FID 27 and fidelity 0.75 where eps scored 37 and
+    0.70 (benchmarks/colour_budget.py)."""
+    return "v" if patch > 1 else "eps"
+
+
 def unet_config(size: str, image_size: int, channels: int, context_dim: int,
                 context_mode: str = CONTEXT_MODE, block_style: str = "film", text_dim: int = 0,
-                cond_channels: int = 0) -> UNetConfig:
-    """Halve the resolution until it reaches 8 or less (28 -> 14 -> 7); attend at 8x8 and below."""
+                cond_channels: int = 0, patch: int = 1) -> UNetConfig:
+    """Halve the resolution until it reaches 8 or less (28 -> 14 -> 7); attend at 8x8 and below. A patch
+    stem divides the image by `patch` before the first level."""
     if size not in MODEL_SIZES:
         raise UsageError(f"unknown model size {size!r}; choose one of auto, {', '.join(MODEL_SIZES)}")
+    image_size = math.ceil(image_size / patch)
     resolutions = [image_size]
     while resolutions[-1] > 8 and resolutions[-1] % 2 == 0:
         resolutions.append(resolutions[-1] // 2)
@@ -50,7 +101,7 @@ def unet_config(size: str, image_size: int, channels: int, context_dim: int,
     attention = tuple(i for i, r in enumerate(resolutions) if r <= 8 and i > 0)
     return UNetConfig(channels=channels, mults=mults, attention=attention, context_dim=context_dim,
                       context_mode=context_mode, block_style=block_style, text_dim=text_dim,
-                      cond_channels=cond_channels, **MODEL_SIZES[size])
+                      cond_channels=cond_channels, patch=patch, **MODEL_SIZES[size])
 
 
 def plan(steps: int, batch_size: int, lr: float | None = None, warmup: int | None = None,

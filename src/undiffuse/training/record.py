@@ -39,7 +39,7 @@ def options_of(record: RunRecord, run: Path) -> TrainConfig:
     facts = dict(data=record.data_source, base=record.finetuned_from.run if record.finetuned_from else None,
                  image_size=record.image_size, channels=record.channels, schedule=s.name, T=s.T, zero_snr=s.zero_snr,
                  prediction=record.prediction, context_mode=record.unet.context_mode,
-                 block_style=record.unet.block_style)
+                 block_style=record.unet.block_style, patch=record.unet.patch)
     try:
         return TrainConfig.flat(**record.train, **facts)
     except UsageError as e:

@@ -22,7 +22,8 @@ from ..unet import UNetConfig
 from . import distributed as dist
 from .config import TrainConfig
 from .finetune import base_run, fit_to, inherit, only_class
-from .recipe import MODEL_SIZES, default_batch_size, unet_config
+from .recipe import (MODEL_SIZES, default_batch_size, default_guidance, default_sample_steps, flips, patch_for,
+                     prediction_for, unet_config)
 
 # torch.compile on a CPU trained 0.98-1.21x as fast as eager after 40-75 s of compiling
 # convolutions, and a CPU budget of minutes does not win the compile time back. Refused there.
@@ -62,7 +63,7 @@ class Setup:
             return self.network.unet
         d, data = self.cfg.diffusion, self.data
         return unet_config(size, data.image_size, data.channels, self.context_dim, d.context_mode, d.block_style,
-                           self.text_dim, data.channels if self.cfg.source.task == "upscale" else 0)
+                           self.text_dim, data.channels if self.cfg.source.task == "upscale" else 0, d.patch)
 
 
 def new_setup(cfg: TrainConfig, data: ImageData | None = None) -> Setup:
@@ -79,6 +80,7 @@ def new_setup(cfg: TrainConfig, data: ImageData | None = None) -> Setup:
     else:
         context_dim = data.num_classes if cfg.source.conditional and data.labels is not None else 0
         names = data.class_names if context_dim else ()
+    cfg = data_choices(cfg, data, device.type)
     finetuned_from = base_run(cfg.source.base) if base is not None else None
     if cfg.source.task == "upscale":  # super-resolution: unconditional in class, whatever labels the data has
         context_dim, names = 0, ()
@@ -88,6 +90,25 @@ def new_setup(cfg: TrainConfig, data: ImageData | None = None) -> Setup:
         context_dim, names = 0, ()  # text, not classes: the labels served only to caption the images
         text = encode_captions(cfg, data, device)
     return Setup(cfg, data, context_dim, names, finetuned_from, device, world, _schedule(cfg), **text, network=base)
+
+
+def data_choices(cfg: TrainConfig, data: ImageData, device_type: str) -> TrainConfig:
+    """The options the user left to the recipe that follow from the data and the device, decided once
+    and recorded with the run's options (config.json's train, and unet.patch), so a resume reads them back."""
+    choices = {}
+    if cfg.source.flip is None:
+        choices["flip"] = flips(data.channels)
+    if cfg.diffusion.guidance is None:  # unconditional runs ignore it
+        choices["guidance"] = default_guidance(data.channels)
+    if cfg.runtime.sample_steps is None and default_sample_steps(data.channels) is not None:
+        choices["sample_steps"] = default_sample_steps(data.channels)
+    patch = cfg.diffusion.patch
+    if patch is None:
+        patch = choices["patch"] = patch_for(data.image_size, data.channels, device_type, cfg.diffusion.block_style,
+                                             cfg.source.task)
+    if cfg.diffusion.prediction is None:
+        choices["prediction"] = prediction_for(patch)
+    return cfg.updated(**choices) if choices else cfg
 
 
 def resumed_setup(cfg: TrainConfig, record: RunRecord, data: ImageData | None = None,

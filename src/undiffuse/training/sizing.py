@@ -141,9 +141,10 @@ def step_bytes(setup: Setup, size: str) -> int:
 def activation_elements(unet: UNetConfig, image_size: int) -> int:
     """The elements per image that a forward pass of this U-Net keeps for its backward pass: each
     residual block's normalised, activated and convolved maps, each attention's q, k, v and weights."""
-    side = math.ceil(image_size / unet.downsampling) * unet.downsampling
+    padded = math.ceil(image_size / unet.multiple) * unet.multiple
+    side = padded // unet.patch  # the side of the first level, after a patch stem
     chans, blocks = unet.level_channels, unet.blocks
-    skips, c, total = [chans[0]], chans[0], 3 * (unet.channels + unet.cond_channels) * side * side
+    skips, c, total = [chans[0]], chans[0], 3 * (unet.channels + unet.cond_channels) * padded * padded
     for i, c_out in enumerate(chans):  # the encoder
         area = (side >> i) ** 2
         for k in range(blocks):

@@ -142,14 +142,15 @@ def main() -> None:
     text = "\n".join([
         f"Command: `python benchmarks/colour_budget.py --data {args.data} --minutes {args.minutes:g} --mode {args.mode}"
         + (f" --flags \"{args.flags}\"" if args.flags else "") + f" --name {args.name}" + "".join(
-            f" --{flag} {value}" for flag, value in (("guidance", args.guidance), ("sampler", args.sampler),
+            f" --{flag} {value}" for flag, value in (("judge", args.judge), ("guidance", args.guidance), ("sampler", args.sampler),
                                                     ("sample-steps", args.sample_steps), ("section", args.section))
             if value) + (" --no-train" if args.no_train else "") + "`. "
         f"Machine: {cpu_line()}. "
         + ("The run was judged again, not trained again. " if args.no_train else
            f"The training command took {wall / 60:.2f} minutes of wall clock. ") + "Fidelity: the share of samples the emoji "
-        f"judge reads as the category asked (the judge reads {result['judge_accuracy']:.3f} of held-out real emoji "
-        "right); the scores are in the judge's features, against half A of the real set.", "", *table, "",
+        f"judge reads as the category asked (the judge reads {result['judge_accuracy']:.3f} of "
+        + ("held-out real emoji" if args.judge is None else "this set's real images, which it never saw,")
+        + " right); the scores are in the judge's features, against half A of the real set.", "", *table, "",
         f"![samples, one row per category, guidance {scales[0]:g}](benchmarks/colour_{section}.png)"])
     print(text)
     if not args.no_write:

@@ -107,23 +107,21 @@ def judge_accuracy(weights: Path = EMOJI_WEIGHTS) -> float | None:
 
 def as_emoji_input(images: Tensor) -> Tensor:
     """(B, 1 or 3, H, W) in [-1, 1] -> (B, 3, 32, 32), resized with antialiasing."""
+    return _judge_input(images, 3, EMOJI_SIDE)
+
+
+def as_digit_input(images: Tensor) -> Tensor:
+    """(B, 1 or 3, H, W) in [-1, 1] -> (B, 1, 28, 28): the luminance (its weights sum to 1, so [-1, 1]
+    maps to [-1, 1]), resized with antialiasing."""
+    return _judge_input(images, 1, DIGIT_SIDE)
+
+
+def _judge_input(images: Tensor, channels: int, side: int) -> Tensor:
     from ..data.transforms import set_channels
 
     if images.ndim != 4 or images.shape[1] not in (1, 3):
         raise DataError(f"images must be (B, 1 or 3, H, W), got {tuple(images.shape)}")
-    x = set_channels(images.float(), 3)
-    if x.shape[-2:] != (EMOJI_SIDE, EMOJI_SIDE):
-        x = F.interpolate(x, size=(EMOJI_SIDE, EMOJI_SIDE), mode="bilinear", antialias=True, align_corners=False)
-    return x
-
-
-def as_digit_input(images: Tensor) -> Tensor:
-    """(B, 1 or 3, H, W) in [-1, 1] -> (B, 1, 28, 28): the luminance, resized with antialiasing."""
-    from ..data.transforms import set_channels  # luminance weights sum to 1, so [-1, 1] maps to [-1, 1]
-
-    if images.ndim != 4 or images.shape[1] not in (1, 3):
-        raise DataError(f"images must be (B, 1 or 3, H, W), got {tuple(images.shape)}")
-    x = set_channels(images.float(), 1)
-    if x.shape[-2:] != (DIGIT_SIDE, DIGIT_SIDE):
-        x = F.interpolate(x, size=(DIGIT_SIDE, DIGIT_SIDE), mode="bilinear", antialias=True, align_corners=False)
+    x = set_channels(images.float(), channels)
+    if x.shape[-2:] != (side, side):
+        x = F.interpolate(x, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
     return x

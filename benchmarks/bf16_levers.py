@@ -188,7 +188,7 @@ def main() -> None:
         "", "What undiffuse does with them: bf16 wherever `--precision auto`'s probe of the model times it at least "
         "1.1x faster (every row here); channels_last never in training (slower or even in every row here), and in "
         "sampling where the same probe times it at least 1.1x faster for the model at hand "
-        "(`generate.faster_layout`); compiled sampling in `eval` when the batches after the first would take longer "
+        "(`generation.faster_layout`); compiled sampling in `eval` when the batches after the first would take longer "
         "than `COMPILE_PAYS_AFTER` (240 s), since the compile time is repaid only after the seconds in the last "
         "column (a first compile on a fresh machine took about twice as long as with Inductor's cache warm); the "
         "model widths stay multiples of 16 for no reason of the matrix units: a width of 24 ran as efficiently as "

@@ -25,7 +25,7 @@ import torch
 from digit_judge import fidelity, judge
 from report import write_section
 from undiffuse.eval.evaluate import real_images
-from undiffuse.generate import DEFAULT_GUIDANCE, generate, load_run
+from undiffuse.generation import DEFAULT_GUIDANCE, generate, load_run
 from undiffuse.eval.metrics import feature_extractor, score_features
 
 DEFAULT_VARIANTS = ";".join([

@@ -8,7 +8,7 @@ shipped digit judge reads as the digit asked), FID and KID against the run's tra
 the judge's feature space, at the same seeds and labels in every cell. A run trained for minutes
 makes errors that a deterministic sampler carries to the end, while fresh noise (eta > 0) lets
 later steps correct them; this table says how much that matters, and the default sampler of a
-budget run follows it (generate.py).
+budget run follows it (generation.py).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import torch
 from digit_judge import fidelity, judge
 from report import write_section
 from undiffuse.eval.evaluate import real_images
-from undiffuse.generate import DEFAULT_GUIDANCE, generate, load_run
+from undiffuse.generation import DEFAULT_GUIDANCE, generate, load_run
 from undiffuse.eval.metrics import feature_extractor, score_features
 from undiffuse.samplers import network_calls
 

@@ -34,7 +34,7 @@ from undiffuse.data import load_data
 from undiffuse.eval.judges import JUDGES, fidelity, judge_for
 from undiffuse.eval.memorisation import memorisation, summary
 from undiffuse.eval.metrics import feature_extractor, score_features
-from undiffuse.generate import DEFAULT_GUIDANCE, generate, load_run
+from undiffuse.generation import DEFAULT_GUIDANCE, generate, load_run
 from undiffuse.viz import save_grid
 
 HERE = Path(__file__).resolve().parent
@@ -113,7 +113,7 @@ def main() -> None:
                         "(emoji: a folder of the 9 emoji categories, in the same order)")
     parser.add_argument("--guidance", default=None,
                         help="guidance scales to sample at, comma-separated (the grid: the first); default: the run's")
-    parser.add_argument("--sampler", default=None, help="default: the library's (generate.DEFAULT_SAMPLER)")
+    parser.add_argument("--sampler", default=None, help="default: the library's (generation.DEFAULT_SAMPLER)")
     parser.add_argument("--sample-steps", type=int, default=None, help="default: the sampler's")
     parser.add_argument("--section", default=None, help="the name of its BENCHMARKS.md section and grid "
                         "(default: --name), to judge one run in more ways than one")

@@ -107,7 +107,7 @@ def _undiffuse(size, side, channels, batch_size, planned_steps, precision):
     """Unconditional, like the peers, on random images (the Trainer draws its own batches from them).
     It trains and samples in the precision its users get: auto (each decided by its own probe), or bf16."""
     from undiffuse.data import ImageData
-    from undiffuse.generate import faster_layout, sample_images, sampling_precision
+    from undiffuse.generation import faster_layout, sample_images, sampling_precision
     from undiffuse.training import TrainConfig, Trainer
 
     data = ImageData(torch.rand(512, channels, side, side) * 2 - 1, None, (), "random")

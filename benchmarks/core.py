@@ -15,8 +15,8 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from undiffuse.conditions import one_hot
-from undiffuse.denoiser import denoiser
+from undiffuse.conditions import Classes, Condition, one_hot
+from undiffuse.guidance import denoiser
 from undiffuse.training.recipe import unet_config
 from undiffuse.samplers import get, sample
 from undiffuse.schedule import linear
@@ -27,7 +27,7 @@ from report import markdown_table, write_section
 
 
 def forward_flops(net: UNet, size: int, channels: int = 1) -> float:
-    x, t, c = torch.randn(1, channels, size, size), torch.tensor([500]), torch.eye(10)[:1]
+    x, t, c = torch.randn(1, channels, size, size), torch.tensor([500]), Condition(Classes.of(torch.eye(10)[:1]))
     with FlopCounterMode(display=False) as counter:
         net(x, t, c)
     return counter.get_total_flops()
@@ -36,7 +36,7 @@ def forward_flops(net: UNet, size: int, channels: int = 1) -> float:
 def train_images_per_second(net: UNet, size: int, batch: int, repeats: int = 8, channels: int = 1) -> float:
     schedule, opt = linear(), torch.optim.AdamW(net.parameters(), lr=1e-4)
     x = torch.randn(batch, channels, size, size)
-    c = one_hot(torch.randint(10, (batch,)), 10)
+    c = Condition(Classes.of(one_hot(torch.randint(10, (batch,)), 10)))
     g = torch.Generator().manual_seed(0)
     times = []
     for i in range(repeats + 2):
@@ -53,7 +53,7 @@ def train_images_per_second(net: UNet, size: int, batch: int, repeats: int = 8, 
 
 def sampling_seconds(net: UNet, size: int, n: int, sampler: str) -> float:
     schedule = linear()
-    eps_fn = denoiser(net.eval(), schedule, context=one_hot(torch.arange(n) % 10, 10), guidance=1.0)
+    eps_fn = denoiser(net.eval(), schedule, cond=Condition(Classes.of(one_hot(torch.arange(n) % 10, 10))), guidance=1.0)
     x = torch.randn(n, 1, size, size)
     start = time.perf_counter()
     with torch.inference_mode():

@@ -88,13 +88,14 @@ def inference(size: str, side: int, channels: int, rounds: int) -> tuple[float, 
     """(eager img/s, compiled img/s, compile seconds) of the forward pass that samplers call."""
     import torch._inductor.config as inductor
 
+    from undiffuse.conditions import Classes, Condition
     from undiffuse.training.recipe import unet_config
     from undiffuse.unet import UNet
 
     torch.manual_seed(0)
     net = UNet(unet_config(size, side, channels, 10)).eval().requires_grad_(False)
     x, t = torch.randn(200, channels, side, side), torch.randint(1000, (200,))
-    c = torch.nn.functional.one_hot(torch.arange(200) % 10, 10).float()
+    c = Condition(Classes.of(torch.nn.functional.one_hot(torch.arange(200) % 10, 10).float()))
     inductor.freezing = True
     torch._dynamo.reset()
     compiled = torch.compile(net, dynamic=False)

@@ -25,7 +25,7 @@ import torch
 
 from digit_judge import fidelity, judge
 from report import write_section
-from undiffuse.generate import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, generate, load_run
+from undiffuse.generation import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, generate, load_run
 from undiffuse.samplers import DEFAULT_STEPS
 
 UNDIFFUSE = [sys.executable, "-m", "undiffuse"]

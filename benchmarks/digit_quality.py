@@ -15,7 +15,7 @@ import torch
 
 from digit_judge import diversity, fidelity, judge
 from report import write_section
-from undiffuse.generate import DEFAULT_SAMPLER, generate, load_run
+from undiffuse.generation import DEFAULT_SAMPLER, generate, load_run
 from undiffuse.samplers import DEFAULT_STEPS
 
 

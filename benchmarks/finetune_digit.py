@@ -15,7 +15,7 @@ import torch
 
 from digit_judge import judge
 from report import write_section
-from undiffuse.generate import generate, load_run
+from undiffuse.generation import generate, load_run
 from undiffuse.training import TrainConfig, Trainer
 
 

@@ -54,7 +54,7 @@ def main() -> None:
     sets = degraded_sets(b, data.labels[order[2500:]])
     if args.run:
         from undiffuse.eval.evaluate import generate_in_batches
-        from undiffuse.generate import load_run
+        from undiffuse.generation import load_run
 
         run = load_run(args.run)
         fake = generate_in_batches(run, args.n, sampler="ddim", steps=args.steps, guidance=args.guidance)

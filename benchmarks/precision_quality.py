@@ -31,7 +31,7 @@ import torch
 
 from digit_judge import fidelity, judge
 from report import cpu_line, write_section
-from undiffuse.generate import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, generate, load_run
+from undiffuse.generation import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, generate, load_run
 from undiffuse.samplers import DEFAULT_STEPS
 
 UNDIFFUSE = [sys.executable, "-m", "undiffuse"]

@@ -30,7 +30,7 @@ PICTURE = HERE / "quality_at_budget.png"
 
 
 def train_undiffuse(out: Path, minutes: float, n: int, steps: int) -> dict:
-    from undiffuse.generate import DEFAULT_GUIDANCE, generate, load_run
+    from undiffuse.generation import DEFAULT_GUIDANCE, generate, load_run
     from undiffuse.training import TrainConfig, Trainer
 
     start = time.perf_counter()

@@ -21,7 +21,7 @@ import torch
 
 from report import write_section
 from undiffuse.data import load_data
-from undiffuse.generate import DEFAULT_GUIDANCE, generate, load_run
+from undiffuse.generation import DEFAULT_GUIDANCE, generate, load_run
 from undiffuse.samplers import network_calls
 
 SAMPLERS = ("ddim", "euler-a", "heun", "dpmpp-2m", "dpmpp-3m", "unipc")  # euler is ddim in other coordinates

@@ -24,7 +24,7 @@ from digit_judge import judge
 from report import markdown_table, write_section
 from undiffuse.data.captions import DIGIT_WORDS, digit_caption, digit_templates
 from undiffuse.eval.features import as_digit_input
-from undiffuse.generate import DEFAULT_GUIDANCE, generate, load_run
+from undiffuse.generation import DEFAULT_GUIDANCE, generate, load_run
 
 
 def train(runs: dict[str, list[str]], minutes: float, out: Path, cores: list[str]) -> None:

@@ -40,7 +40,8 @@ SETTINGS = {  # name: environment
 CHILD = """
 import json, sys, time, torch
 from undiffuse.data import ImageData
-from undiffuse.generate import LoadedRun, sample_images
+from undiffuse.conditions import Classes, Condition, one_hot
+from undiffuse.generation import LoadedRun, sample_images
 from undiffuse.training import TrainConfig
 from undiffuse.training.learner import Learner
 from undiffuse.training.setup import new_setup
@@ -61,8 +62,9 @@ train = (time.perf_counter() - start) / steps
 net = learner.model.eval()
 start = time.perf_counter()
 with torch.inference_mode():
-    sample_images(net, setup.schedule, "eps", 64, image_size=28, labels=[i % 10 for i in range(64)], sampler="ddim",
-                  steps=10, guidance=2.0, seed=0)
+    labels = torch.arange(64) % 10
+    sample_images(net, setup.schedule, "eps", 64, image_size=28, cond=Condition(Classes.of(one_hot(labels, 10))),
+                  sampler="ddim", steps=10, guidance=2.0, seed=0)
 print(json.dumps({"train": train, "sample": time.perf_counter() - start, "threads": torch.get_num_threads()}))
 """
 

@@ -36,13 +36,13 @@ def matmul_gflops(n: int = 2048, repeats: int = 10, dtype: torch.dtype = torch.f
 
 
 def sampling_images_per_second(net, channels: int, side: int, n: int, sampler: str, steps: int) -> float:
-    from undiffuse.conditions import one_hot
-    from undiffuse.denoiser import denoiser
+    from undiffuse.conditions import Classes, Condition, one_hot
+    from undiffuse.guidance import denoiser
     from undiffuse.samplers import sample
     from undiffuse.schedule import linear
 
     schedule = linear()
-    eps_fn = denoiser(net.eval(), schedule, context=one_hot(torch.arange(n) % 10, 10), guidance=1.0)
+    eps_fn = denoiser(net.eval(), schedule, cond=Condition(Classes.of(one_hot(torch.arange(n) % 10, 10))), guidance=1.0)
     x = torch.randn(n, channels, side, side)
     start = time.perf_counter()
     with torch.inference_mode():

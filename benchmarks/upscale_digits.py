@@ -31,7 +31,7 @@ from undiffuse.conditions.lowres import downsample, nearest, upsample
 from undiffuse.data import load_data
 from undiffuse.edit import upscale
 from undiffuse.eval.metrics import feature_extractor, frechet_distance
-from undiffuse.generate import load_run
+from undiffuse.generation import load_run
 from undiffuse.viz import save_grid
 
 HERE = Path(__file__).resolve().parent

@@ -6,13 +6,13 @@ With x_t = a x0 + s eps (a = sqrt(alpha_bar), s = sqrt(1 - alpha_bar)):
   and E[x0 | x_t, k] = mu_k + a C_k (a^2 C_k + s^2 I)^-1 (x_t - a mu_k); E[x0 | x_t] weighs these by
   the posterior of k. A single full-covariance Gaussian is the mixture of one.
 Images are (B, 1, 1, d): the d pixels of one image are the d dimensions. Samplers take a denoiser
-(x_t, t) -> (eps, x0); `denoiser.from_eps` makes one of these eps functions.
+(x_t, t) -> (eps, x0); `guidance.from_eps` makes one of these eps functions.
 """
 import math
 
 import torch
 
-from undiffuse.denoiser import from_eps
+from undiffuse.guidance import from_eps
 from undiffuse.schedule import NoiseSchedule, take
 
 

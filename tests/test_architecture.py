@@ -99,11 +99,25 @@ def test_import_undiffuse_stays_light():
     assert out.strip() == "[]"
 
 
-def test_the_lazy_names_of_the_package_resolve():
+def test_the_lazy_names_of_the_package_resolve_to_their_objects_whatever_was_imported_first():
+    """Each exported name is the object its module defines, even after every submodule was imported (a
+    submodule of the same name as an export would replace it on the package: `ud.generate` was once the
+    module `undiffuse.generate` after `ud.load_run`, and the README's example failed)."""
+    code = """
+import importlib, pkgutil, undiffuse
+for info in pkgutil.walk_packages(undiffuse.__path__, "undiffuse."):
+    if not info.name.startswith(("undiffuse.serve.app", "undiffuse.__main__")):
+        importlib.import_module(info.name)
+wrong = [n for n, m in undiffuse._EXPORTS.items()
+         if getattr(undiffuse, n) is not getattr(importlib.import_module("undiffuse." + m), n)]
+print(wrong)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
     import undiffuse
 
-    for name in undiffuse.__all__:
-        assert getattr(undiffuse, name) is not None
+    shadowed = [n for n in undiffuse.__all__ if (PACKAGE / n).is_dir() or (PACKAGE / f"{n}.py").is_file()]
+    assert not shadowed, f"submodules named like an exported name: {shadowed}"
 
 
 def test_modules_and_functions_stay_short():

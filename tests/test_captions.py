@@ -178,7 +178,7 @@ def test_a_caption_file_of_the_wrong_length(tmp_path):
     fails("holds 4 captions but the data has 3", load_captioned, str(tmp_path / "x.npy"), str(tmp_path / "c.jsonl"))
     (tmp_path / "bad.txt").write_bytes(b"a\nb\xff\nc\n")
     fails("bad.txt' line 2: not UTF-8", load_captioned, str(tmp_path / "x.npy"), str(tmp_path / "bad.txt"))
-    fails("no such file|No such file", load_captioned, str(tmp_path / "x.npy"), str(tmp_path / "missing.txt"))
+    fails("does not exist", load_captioned, str(tmp_path / "x.npy"), str(tmp_path / "missing.txt"))
 
 
 def test_lines_cannot_be_matched_when_images_were_skipped(tmp_path):
@@ -193,3 +193,74 @@ def test_data_without_captions(tmp_path):
     fails("has no captions", load_captioned, str(root))
     fails("has no captions", captions_for, ImageData(torch.zeros(1, 1, 8, 8), None, (), "test"))
     assert load_data(str(root)).files == ("a.png",)
+
+
+# --- a folder that captions its images trains on them -----------------------------------------------------
+
+@pytest.fixture
+def captioned_folder(tmp_path):
+    """Hugging Face's imagefolder layout: images and a metadata.jsonl whose lines are not in file order."""
+    root = tmp_path / "pets"
+    for i, (name, text) in enumerate([("cat.png", "a cat"), ("dog.png", "a dog"), ("sub/fox.png", "a fox")] * 6):
+        stem, suffix = name.rsplit(".", 1)
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("L", (8, 8), color=(i * 37) % 256).save(root / f"{stem}{i}.{suffix}")
+    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.png"))
+    text_of = {"cat": "a cat", "dog": "a dog", "fox": "a fox"}
+    rows = [{"file_name": f, "text": text_of[f.split("/")[-1][:3]]} for f in reversed(files)]
+    write_jsonl(root / "metadata.jsonl", rows)
+    return root
+
+
+def _train(root, out, *flags):
+    from undiffuse.cli import main
+
+    return main(["train", "--data", str(root), "--image-size", "8", "--steps", "1", "--batch-size", "4",
+                 "--model", "tiny", "--grids", "0", "--quiet", *flags, "--out", str(out)])
+
+
+def test_a_captioned_folder_trains_a_text_run_by_default_and_says_so(captioned_folder, tmp_path, capsys):
+    from undiffuse.run import read_run
+
+    assert _train(captioned_folder, tmp_path / "run") == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert "text prompts: 3 distinct captions (metadata; --captions none trains without them)" in first, first
+    record = read_run(tmp_path / "run")
+    assert record.text is not None and record.train["captions"] == "metadata" and not record.class_names
+    assert _train(captioned_folder, tmp_path / "run", "--resume", "--steps", "2") == 0  # reads them again
+    assert _train(captioned_folder, tmp_path / "plain", "--captions", "none") == 0
+    assert read_run(tmp_path / "plain").text is None
+    assert _train(captioned_folder, tmp_path / "dry", "--dry-run") == 0
+    assert "captions = 'metadata' *" in capsys.readouterr().out
+    assert not (tmp_path / "dry").exists()
+
+
+@pytest.mark.parametrize("named", [".", "metadata.jsonl"])
+def test_naming_the_folder_or_its_metadata_pairs_captions_by_file_name(captioned_folder, named):
+    data = load_data(str(captioned_folder))
+    by_name = captions_for(data, str(captioned_folder / named))
+    assert by_name == captions_for(data, "metadata")
+    assert all(text[2:] in name for text, name in zip(by_name, data.files))  # "a cat" for cat0.png, ...
+
+
+def test_another_folders_metadata_is_refused(captioned_folder, tmp_path):
+    other = image_folder(tmp_path / "other", ("a.png",))
+    write_jsonl(other / "metadata.jsonl", [{"file_name": "a.png", "text": "an apple"}])
+    fails("captions the images of its own folder", captions_for, load_data(str(captioned_folder)),
+          str(other / "metadata.jsonl"))
+
+
+def test_a_run_inside_its_data_folder_is_refused_before_anything_is_written(captioned_folder, capsys):
+    from cli_helpers import fails_cleanly
+
+    before = sorted(p.relative_to(captioned_folder) for p in captioned_folder.rglob("*"))
+    err = fails_cleanly(capsys, ["train", "--data", captioned_folder, "--steps", "1", "--model", "tiny",
+                                 "--out", captioned_folder / "run"])
+    assert "inside the data folder" in err
+    assert sorted(p.relative_to(captioned_folder) for p in captioned_folder.rglob("*")) == before
+
+
+def test_a_caption_that_is_not_text_is_refused_naming_its_line(tmp_path):
+    root = image_folder(tmp_path / "imgs", ("a.png", "b.png"))
+    write_jsonl(root / "metadata.jsonl", [{"file_name": "a.png", "text": "an apple"}, {"file_name": "b.png", "text": "\ud800"}])
+    fails("metadata.jsonl' line 2 is not valid text", load_captioned, str(root))

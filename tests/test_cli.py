@@ -62,9 +62,7 @@ def test_n_is_the_total_and_per_class_draws_a_row_per_class(trained, tmp_path):
 
 def test_per_class_is_refused_where_it_cannot_apply(trained, tmp_path, capsys):
     for extra in (["--label", "3"], ["--n", "4"]):
-        code = main(["sample", str(trained), "--per-class", "2", *extra, "--out", str(tmp_path / "x.png")])
-        err = capsys.readouterr().err
-        assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+        fails_cleanly(capsys, ["sample", trained, "--per-class", "2", *extra, "--out", tmp_path / "x.png"])
     assert not (tmp_path / "x.png").exists()
 
 

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from undiffuse.conditions import class_id, parse_context
-from undiffuse.denoiser import denoiser, from_eps, guided
+from undiffuse.conditions import Classes, Condition, class_id, parse_context
+from undiffuse.guidance import denoiser, from_eps, guided
 from undiffuse.schedule import linear
 
 NAMES = ("hero", "non-hero", "food", "spell", "side-facing")
@@ -18,19 +18,19 @@ def test_guidance_zero_and_one_are_the_unconditional_and_conditional_predictions
 def test_denoiser_guidance_runs_both_branches_through_the_network():
     calls = []
 
-    def net(x, t, context=None, null=None):
-        calls.append(None if context is None else (context.shape[0], None if null is None else null.tolist()))
-        base = torch.zeros_like(x)
-        if context is None:
-            return base
-        on = context.sum(1).view(-1, 1, 1, 1) * torch.ones_like(x)
-        return on if null is None else torch.where(null.view(-1, 1, 1, 1), base, on)
+    def net(x, t, cond=None):
+        classes = cond.classes
+        calls.append((classes.vectors.shape[0], classes.null.tolist()))
+        on = classes.vectors.sum(1).view(-1, 1, 1, 1) * torch.ones_like(x)
+        return torch.where(classes.null.view(-1, 1, 1, 1), torch.zeros_like(x), on)
 
     x, t, ctx = torch.randn(2, 1, 2, 2), torch.tensor([5, 5]), torch.eye(3)[:2] * 2
-    s = linear(10)
-    assert torch.equal(denoiser(net, s, context=ctx, guidance=1.0)(x, t)[0], 2 * torch.ones_like(x))
-    assert torch.equal(denoiser(net, s, context=ctx, guidance=0.0)(x, t)[0], torch.zeros_like(x))
-    eps, x0 = denoiser(net, s, context=ctx, guidance=3.0)(x, t)
+    s, cond = linear(10), Condition(Classes.of(ctx))
+    assert torch.equal(denoiser(net, s, cond=cond, guidance=1.0)(x, t)[0], 2 * torch.ones_like(x))
+    assert calls[-1] == (2, [False, False])
+    assert torch.equal(denoiser(net, s, cond=cond, guidance=0.0)(x, t)[0], torch.zeros_like(x))
+    assert calls[-1] == (2, [True, True])  # guidance 0: one pass on the null class
+    eps, x0 = denoiser(net, s, cond=cond, guidance=3.0)(x, t)
     assert torch.allclose(eps, 6 * torch.ones_like(x))
     assert torch.allclose(x0, s.x0_from_eps(x, t, eps), atol=1e-5)  # the guided x0 belongs to the guided eps
     assert calls[-1] == (4, [False, False, True, True])  # one batched pass for both branches
@@ -42,7 +42,7 @@ def test_denoiser_returns_eps_and_x0_passing_the_predicted_one_through(predictio
     s = linear(10)
     x, t = torch.randn(3, 1, 2, 2), torch.tensor([1, 1, 1])  # alpha_bar 0.76: well conditioned in float32
     out = torch.randn(3, 1, 2, 2)
-    eps, x0 = denoiser(lambda x_t, t_, context=None: out, s, prediction=prediction)(x, t)
+    eps, x0 = denoiser(lambda x_t, t_, cond=None: out, s, prediction=prediction)(x, t)
     if prediction == "eps":
         assert eps is out and torch.allclose(x0, s.x0_from_eps(x, t, out))
     elif prediction == "x0":
@@ -50,6 +50,20 @@ def test_denoiser_returns_eps_and_x0_passing_the_predicted_one_through(predictio
     else:
         assert torch.allclose(s.v_target(x0, t, eps), out, atol=1e-5)
     assert torch.allclose(x, s.q_sample(x0, t, eps), atol=1e-5)  # a consistent pair: x_t = a x0 + s eps
+
+
+def test_a_condition_that_steers_nothing_runs_one_pass_whatever_the_guidance():
+    calls = []
+
+    def net(x, t, cond=None):
+        calls.append(len(x))
+        return torch.zeros_like(x)
+
+    x, t, s = torch.randn(2, 1, 2, 2), torch.tensor([5, 5]), linear(10)
+    nothing = Condition(Classes(torch.eye(3)[:2], torch.tensor([True, True])))
+    for cond in (None, nothing):
+        denoiser(net, s, cond=cond, guidance=3.0)(x, t)
+    assert calls == [2, 2]
 
 
 def test_from_eps_adapts_a_bare_noise_prediction():

@@ -38,7 +38,7 @@ def test_ten_minute_demo_draws_recognisable_digits(tmp_path):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
     from digit_judge import fidelity, judge
 
-    from undiffuse.generate import generate, load_run
+    from undiffuse.generation import generate, load_run
 
     run = tmp_path / "demo"
     assert main(["demo", "--out", str(run), "--quiet"]) == 0

@@ -15,9 +15,9 @@ import diffusers  # noqa: E402  (a test dependency)
 
 from undiffuse import checkpoint as ckpt  # noqa: E402
 from undiffuse.cli import main  # noqa: E402
-from undiffuse.conditions import one_hot  # noqa: E402
-from undiffuse.denoiser import denoiser  # noqa: E402
-from undiffuse.generate import generate, load_run  # noqa: E402
+from undiffuse.conditions import Classes, Condition, one_hot  # noqa: E402
+from undiffuse.guidance import denoiser  # noqa: E402
+from undiffuse.generation import generate, load_run  # noqa: E402
 from undiffuse.interop.folders import export_run, import_folder  # noqa: E402
 from undiffuse.run import Plan, RunRecord, ScheduleSpec, read_run, write_run  # noqa: E402
 from undiffuse.unet import UNet, UNetConfig  # noqa: E402
@@ -79,14 +79,15 @@ def test_a_conditional_export_gives_diffusers_the_same_eps_and_guidance(tmp_path
     assert (scheduler.config.prediction_type, scheduler.config.timestep_spacing) == ("v_prediction", "trailing")
     assert torch.allclose(scheduler.betas.double(), ours.schedule.betas, rtol=1e-6)
     x, t, labels = _inputs(k=3)
-    cond = ours.net(x, t, one_hot(labels, 3))
+    cond = ours.net(x, t, Condition(Classes.of(one_hot(labels, 3))))
     null = ours.net(x, t, None)
     assert (cond - unet(x, t, class_labels=labels).sample).abs().max() < TOL
     assert (null - unet(x, t, class_labels=torch.full_like(labels, 3)).sample).abs().max() < TOL
     # guidance in diffusers: the null class id K as the unconditional branch
     eps_c, eps_n = (unet(x, t, class_labels=ids).sample for ids in (labels, torch.full_like(labels, 3)))
-    guided_ours, _ = denoiser(ours.net, ours.schedule, prediction="v", context=one_hot(labels, 3), guidance=2.0)(x, t)
-    guided_theirs, _ = denoiser(lambda x, t, c=None, null=None: eps_n + 2.0 * (eps_c - eps_n), ours.schedule, prediction="v")(x, t)
+    guided_ours, _ = denoiser(ours.net, ours.schedule, prediction="v", cond=Condition(Classes.of(one_hot(labels, 3))),
+                              guidance=2.0)(x, t)
+    guided_theirs, _ = denoiser(lambda x, t, cond=None: eps_n + 2.0 * (eps_c - eps_n), ours.schedule, prediction="v")(x, t)
     assert (guided_ours - guided_theirs).abs().max() < 3 * TOL
 
 
@@ -141,7 +142,7 @@ def test_an_imported_unet2dmodel_gives_undiffuse_the_same_eps(tmp_path):
     run = load_run(tmp_path / "run")
     g = torch.Generator().manual_seed(3)
     x, t, labels = torch.randn(4, 3, 16, 16, generator=g), torch.tensor([0, 10, 500, 999]), torch.tensor([0, 1, 3, 2])
-    assert (run.net(x, t, one_hot(labels, 4)) - unet(x, t, class_labels=labels).sample).abs().max() < TOL
+    assert (run.net(x, t, Condition(Classes.of(one_hot(labels, 4)))) - unet(x, t, class_labels=labels).sample).abs().max() < TOL
     assert (run.net(x, t, None) - unet(x, t, class_labels=torch.full_like(labels, 4)).sample).abs().max() < TOL
     images = generate(run, 2, labels=[1, 2], steps=3, guidance=2.0)
     assert images.shape == (2, 3, 16, 16) and torch.isfinite(images).all()
@@ -188,10 +189,24 @@ def test_export_then_import_samples_the_same_images(adm_run, tmp_path):
 
 # --- refusals: one line, exit 2 ---------------------------------------------------------------------
 
-def test_a_film_run_is_refused_with_the_option_named(trained, tmp_path, capsys):
-    err = fails_cleanly(capsys, ["export", trained, "--to", "diffusers", tmp_path / "out"])
+def test_a_film_run_is_refused_with_the_option_named(tmp_path, capsys):
+    film = tmp_path / "film"
+    assert main(["train", *TRAIN, "--steps", "1", "--block-style", "film", "--out", str(film)]) == 0
+    err = fails_cleanly(capsys, ["export", film, "--to", "diffusers", tmp_path / "out"])
     assert "film" in err and "--block-style adm" in err
     assert not (tmp_path / "out").exists()
+
+
+@torch.no_grad()
+def test_a_run_trained_with_the_defaults_exports_and_loads_in_diffusers(trained, tmp_path):
+    """conftest's `trained` names no block style: the default run leaves in one command."""
+    assert read_run(trained).unet.block_style == "adm"
+    assert main(["export", str(trained), "--to", "diffusers", str(tmp_path / "out")]) == 0
+    unet = diffusers.UNet2DModel.from_pretrained(tmp_path / "out", subfolder="unet").eval()
+    ours = load_run(trained)
+    x, t, labels = _inputs(k=10, size=16)
+    theirs = unet(x, t, class_labels=labels).sample
+    assert (ours.net(x, t, Condition(Classes.of(one_hot(labels, 10)))) - theirs).abs().max() < TOL
 
 
 def test_a_run_trained_on_context_vectors_is_refused(tmp_path, capsys):

@@ -8,7 +8,7 @@ from PIL import Image
 from undiffuse import edit
 from undiffuse.cli import main
 from undiffuse.data import load_image
-from undiffuse.generate import LoadedRun, generate
+from undiffuse.generation import LoadedRun, generate
 from undiffuse.samplers import ddim, timesteps
 from undiffuse.schedule import linear
 from undiffuse.unet import UNet, UNetConfig

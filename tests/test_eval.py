@@ -10,7 +10,7 @@ import torch
 from undiffuse.cli import main
 from undiffuse.data import load_data
 from undiffuse.eval.evaluate import balanced_labels, generate_in_batches
-from undiffuse.generate import DEFAULT_SAMPLER, generate, load_run
+from undiffuse.generation import DEFAULT_SAMPLER, generate, load_run
 
 from cli_helpers import fails_cleanly
 

@@ -83,10 +83,12 @@ def test_mixed_pil_modes_train_together(tmp_path, capsys):
         "rgba.png": Image.fromarray(rng.integers(0, 256, (12, 12, 4), dtype=np.uint8)),
         "i16.png": Image.fromarray(gray.astype(np.uint16) * 257),
     }
+    data = tmp_path / "data"
+    data.mkdir()
     for name, image in images.items():
-        image.save(tmp_path / name)
-    assert {Image.open(tmp_path / n).mode for n in images} >= {"L", "LA", "P", "RGB", "RGBA"}
-    assert main(["train", "--data", str(tmp_path), *TINY, "--out", str(tmp_path / "run")]) == 0
+        image.save(data / name)
+    assert {Image.open(data / n).mode for n in images} >= {"L", "LA", "P", "RGB", "RGBA"}
+    assert main(["train", "--data", str(data), *TINY, "--out", str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out
     assert "6 images 3x16x16" in out and "unreadable" not in out
 

@@ -7,6 +7,8 @@ import pytest
 
 from undiffuse.cli import main
 
+from cli_helpers import fails_cleanly
+
 
 def digest(folder):
     """Every file of a run, by content; other tests may add eval*.json beside them, and eval rewrites
@@ -27,9 +29,7 @@ def test_no_output_replaces_a_file_of_a_run(argv, trained, tmp_path, capsys):
 
     Image.new("L", (16, 16), 128).save(tmp_path / "img.png")
     before = digest(trained)
-    code = main([a.format(run=trained, img=tmp_path / "img.png") for a in argv])
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    fails_cleanly(capsys, [a.format(run=trained, img=tmp_path / "img.png") for a in argv])
     assert digest(trained) == before
 
 

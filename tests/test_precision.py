@@ -11,7 +11,7 @@ from undiffuse import checkpoint as ckpt
 from undiffuse import precision as prec
 from undiffuse.cli import main
 from undiffuse.errors import UsageError
-from undiffuse.generate import generate, load_run, sampling_precision
+from undiffuse.generation import generate, load_run, sampling_precision
 from undiffuse.precision import FP32, Precision, choose, measure, units_in_cpuinfo
 from undiffuse.training import TrainConfig, Trainer
 from undiffuse.training import sizing
@@ -296,7 +296,7 @@ def test_sample_takes_precision_and_warns_of_fp16_on_a_cpu_with_the_measurement(
 
 
 def test_where_auto_timed_the_precision_the_faster_memory_layout_is_kept(run, auto, monkeypatch):
-    import undiffuse.generate as gen
+    import undiffuse.generation as gen
 
     monkeypatch.setattr(prec, "cpu_bf16_units", lambda: ("amx_bf16",))
     monkeypatch.setattr(prec, "measure", lambda workload, names: _timer(1.0, 0.5)(workload, names))

@@ -8,15 +8,14 @@ import numpy as np
 import pytest
 
 from undiffuse import memory
-from undiffuse.cli import main
 from undiffuse.data import load_data
 from undiffuse.errors import DataError, UsageError
 
+from cli_helpers import fails_cleanly
+
 
 def refused(capsys, argv, words):
-    code = main([str(a) for a in argv])
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    err = fails_cleanly(capsys, argv)
     assert words in err and len(err) < 300, err
 
 

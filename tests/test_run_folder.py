@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 
 from undiffuse import checkpoint as ckpt
 from undiffuse.cli import main
-from undiffuse.noise import MAX_SEED
+from undiffuse.limits import MAX_SEED
 from undiffuse.training import read_log
 
 from cli_helpers import fails_cleanly

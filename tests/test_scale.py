@@ -104,10 +104,12 @@ def test_channels_last_gives_the_same_run(tmp_path):
 
 
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
+    from undiffuse.conditions import Classes, Condition
+
     torch.manual_seed(0)
     net = UNet(unet_config("tiny", 16, 1, 10))
     x, t = torch.randn(4, 1, 16, 16), torch.randint(1000, (4,))
-    context = torch.eye(10)[:4]
+    context = Condition(Classes.of(torch.eye(10)[:4]))
     results = []
     for checkpointing in (False, True):
         net.grad_checkpointing = checkpointing

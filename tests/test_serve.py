@@ -19,7 +19,7 @@ from starlette.testclient import TestClient  # noqa: E402
 from undiffuse import edit  # noqa: E402
 from undiffuse.errors import RequestError  # noqa: E402
 from undiffuse.serve import jobs, requests  # noqa: E402
-from undiffuse.generate import LoadedRun, load_run  # noqa: E402
+from undiffuse.generation import LoadedRun, load_run  # noqa: E402
 from undiffuse.schedule import linear  # noqa: E402
 from undiffuse.serve import make_app  # noqa: E402
 from undiffuse.unet import UNet, UNetConfig  # noqa: E402

@@ -11,7 +11,7 @@ from starlette.testclient import TestClient  # noqa: E402
 
 from undiffuse.cli import main  # noqa: E402
 from undiffuse.errors import RequestError  # noqa: E402
-from undiffuse.generate import load_run  # noqa: E402
+from undiffuse.generation import load_run  # noqa: E402
 from undiffuse.serve import LOCAL_HOSTS, make_app  # noqa: E402
 from undiffuse.serve import requests  # noqa: E402
 

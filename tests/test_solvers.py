@@ -158,7 +158,7 @@ def test_karras_timesteps_are_distinct_steps_near_karras_levels():
 def test_zero_terminal_snr_schedules_sample_from_pure_noise(prediction):
     """With no signal left at T-1, the first step must still produce the data: exercise every sampler
     with the exact denoiser given as the network would give it (v or x0, converted by
-    parameterization.to_eps_x0, as denoiser.denoiser converts a network's output)."""
+    parameterization.to_eps_x0, as guidance.denoiser converts a network's output)."""
     from undiffuse.parameterization import to_eps_x0
 
     s = make_schedule("linear", 1000, zero_snr=True)

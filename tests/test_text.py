@@ -100,10 +100,27 @@ def test_the_empty_prompt_is_row_0_and_marked_null(encoder):
 
 @needs_extra
 def test_table_embeddings_can_feed_a_trained_network(encoder):
+    """The table is made under inference mode, yet training backpropagates through layers that read it:
+    its tensors must be ordinary ones, and the prompt must reach the cross-attention's gradient."""
+    from undiffuse.conditions import Condition
+    from undiffuse.conditions.prompt import CrossAttention, Prompt
+    from undiffuse.unet import UNet, UNetConfig
+
     index, table = encoder.encode_unique(["a 7", "a 3"])
-    layer = torch.nn.Linear(384, 4)
-    layer(table.batch(index).tokens).sum().backward()  # no inference tensors: autograd may save them
-    assert layer.weight.grad is not None
+    batch = table.batch(index)
+    assert not any(t.is_inference() for t in batch)
+    torch.manual_seed(0)
+    net = UNet(UNetConfig(channels=1, base=16, mults=(1, 2), blocks=1, attention=(1,), text_dim=384))
+    with torch.no_grad():  # the zero-initialised outputs made live, so gradients flow back to the prompt
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([10, 500])
+    net(x, t, Condition(prompt=Prompt(batch))).square().mean().backward()
+    grads = [m.kv.weight.grad for m in net.modules() if isinstance(m, CrossAttention)]
+    assert grads and all(g is not None and bool(g.abs().sum() > 0) for g in grads)
+    net.zero_grad()
+    swapped = Prompt(table.batch(index.flip(0)))  # the other caption in each row: another loss
+    assert not torch.allclose(net(x, t, Condition(prompt=swapped)), net(x, t, Condition(prompt=Prompt(batch))))
 
 
 @needs_extra

@@ -6,9 +6,10 @@ import importlib.util
 import pytest
 import torch
 
-from undiffuse.conditions.prompt import NULL_TOKENS, cat_text, nulled
+from undiffuse.conditions import Condition
+from undiffuse.conditions.prompt import NULL_TOKENS, Prompt, cat_text, nulled
 from undiffuse.conditions.text import MODEL_PACKAGE, TextBatch
-from undiffuse.denoiser import denoiser
+from undiffuse.guidance import denoiser
 from undiffuse.errors import UsageError
 from undiffuse.schedule import make_schedule
 from undiffuse.unet import UNet, UNetConfig
@@ -36,13 +37,17 @@ def _text(n: int, length: int = 5, null=None, seed: int = 1) -> TextBatch:
     return TextBatch(tokens, mask, torch.randn(n, DIM, generator=g), null)
 
 
+def _said(text: TextBatch, negative: TextBatch | None = None) -> Condition:
+    return Condition(prompt=Prompt(text, negative))
+
+
 def test_the_empty_prompt_is_the_unconditional_branch_bitwise():
     net, x, t = _net(), torch.randn(3, 1, 8, 8), torch.tensor([5, 50, 95])
     with torch.no_grad():
         unconditional = net(x, t)
-        assert torch.equal(net(x, t, text=nulled(_text(3))), unconditional)
-        assert torch.equal(net(x, t, text=nulled(_text(3, length=11, seed=4))), unconditional)
-        mixed = net(x, t, text=_text(3, null=[False, True, False]))
+        assert torch.equal(net(x, t, _said(nulled(_text(3)))), unconditional)
+        assert torch.equal(net(x, t, _said(nulled(_text(3, length=11, seed=4)))), unconditional)
+        mixed = net(x, t, _said(_text(3, null=[False, True, False])))
     assert torch.allclose(mixed[1], unconditional[1], atol=1e-6)  # a null row among prompts: the null too
     assert not torch.allclose(mixed[0], unconditional[0], atol=1e-3)
 
@@ -52,13 +57,13 @@ def test_the_prompt_reaches_the_output_through_the_tokens_and_the_pooled_embeddi
     a = _text(2)
     same_pooled = a._replace(tokens=a.tokens[[1, 0]], mask=a.mask[[1, 0]], pooled=a.pooled[[0, 0]])
     with torch.no_grad():
-        out = net(x, t, text=a._replace(pooled=a.pooled[[0, 0]]))
-        swapped = net(x, t, text=same_pooled)
+        out = net(x, t, _said(a._replace(pooled=a.pooled[[0, 0]])))
+        swapped = net(x, t, _said(same_pooled))
     assert not torch.allclose(out[0], out[1], atol=1e-4)  # the tokens alone tell the rows apart
     assert torch.allclose(swapped[0], out[1], atol=1e-5)  # padding masked: only the real tokens count
     # the pooled embedding alone, too
     with torch.no_grad():
-        pooled_only = net(x, t, text=a._replace(tokens=a.tokens[[0, 0]], mask=a.mask[[0, 0]]))
+        pooled_only = net(x, t, _said(a._replace(tokens=a.tokens[[0, 0]], mask=a.mask[[0, 0]])))
     assert not torch.allclose(pooled_only[0], pooled_only[1], atol=1e-4)
 
 
@@ -68,7 +73,7 @@ def test_padding_tokens_beyond_the_mask_do_not_matter():
     longer = a._replace(tokens=torch.cat([a.tokens, 7 * torch.ones(2, 3, DIM)], 1), mask=torch.cat(
         [a.mask, torch.zeros(2, 3, dtype=torch.bool)], 1))
     with torch.no_grad():
-        assert torch.allclose(net(x, t, text=a), net(x, t, text=longer), atol=1e-6)
+        assert torch.allclose(net(x, t, _said(a)), net(x, t, _said(longer)), atol=1e-6)
 
 
 def test_text_networks_keep_old_weight_names_and_refuse_classes_too():
@@ -87,14 +92,14 @@ def test_the_adm_style_takes_text_too_and_gradient_checkpointing_agrees():
     torch.manual_seed(0)
     net = UNet(UNetConfig(channels=1, base=16, mults=(1, 2), blocks=1, attention=(1,), text_dim=DIM, block_style="adm"))
     x, t, text = torch.randn(2, 1, 8, 8), torch.tensor([3, 70]), _text(2)
-    assert net(x, t, text=text).shape == x.shape
+    assert net(x, t, _said(text)).shape == x.shape
     net = _net().train()
-    loss = net(x, t, text=text).square().mean()
+    loss = net(x, t, _said(text)).square().mean()
     loss.backward()
     grads = [p.grad.clone() for p in net.parameters()]
     net.zero_grad()
     net.grad_checkpointing = True
-    net(x, t, text=text).square().mean().backward()
+    net(x, t, _said(text)).square().mean().backward()
     assert all(torch.allclose(a, p.grad, atol=1e-6) for a, p in zip(grads, net.parameters()))
     assert net.prompt.null_pooled.grad is not None
 
@@ -103,13 +108,13 @@ def test_guidance_and_negative_prompts_change_the_prediction():
     net, x, t = _net(), torch.randn(2, 1, 8, 8), torch.tensor(60)
     pos, neg = _text(2), _text(2, seed=9)
     with torch.no_grad():
-        cond = denoiser(net, SCHEDULE, text=pos, guidance=1.0)(x, t)[0]
+        cond = denoiser(net, SCHEDULE, cond=_said(pos), guidance=1.0)(x, t)[0]
         uncond = net(x, t.expand(2))
-        w3 = denoiser(net, SCHEDULE, text=pos, guidance=3.0)(x, t)[0]
-        with_neg = denoiser(net, SCHEDULE, text=pos, negative=neg, guidance=3.0)(x, t)[0]
-        eps_neg = denoiser(net, SCHEDULE, text=neg, guidance=1.0)(x, t)[0]
-        assert torch.equal(denoiser(net, SCHEDULE, text=pos, guidance=0.0)(x, t)[0], uncond)
-        assert torch.equal(denoiser(net, SCHEDULE, text=nulled(pos), guidance=3.0)(x, t)[0], uncond)
+        w3 = denoiser(net, SCHEDULE, cond=_said(pos), guidance=3.0)(x, t)[0]
+        with_neg = denoiser(net, SCHEDULE, cond=_said(pos, neg), guidance=3.0)(x, t)[0]
+        eps_neg = denoiser(net, SCHEDULE, cond=_said(neg), guidance=1.0)(x, t)[0]
+        assert torch.equal(denoiser(net, SCHEDULE, cond=_said(pos), guidance=0.0)(x, t)[0], uncond)
+        assert torch.equal(denoiser(net, SCHEDULE, cond=_said(nulled(pos)), guidance=3.0)(x, t)[0], uncond)
     assert torch.allclose(w3, uncond + 3 * (cond - uncond), atol=1e-5)
     assert torch.allclose(with_neg, eps_neg + 3 * (cond - eps_neg), atol=1e-5)
     assert not torch.allclose(with_neg, w3, atol=1e-4)
@@ -150,7 +155,7 @@ def text_run(tmp_path_factory, encoder):
 
 @needs_extra
 def test_the_cached_table_equals_the_encoders_output(text_run, encoder):
-    from undiffuse.generate import load_run
+    from undiffuse.generation import load_run
 
     run = load_run(text_run)
     assert run.captions.texts == ("", "one", "zero")
@@ -166,7 +171,7 @@ def test_the_cached_table_equals_the_encoders_output(text_run, encoder):
 
 @needs_extra
 def test_generate_with_prompts_the_empty_prompt_and_a_negative_prompt(text_run):
-    from undiffuse.generate import generate, load_run
+    from undiffuse.generation import generate, load_run
 
     run = load_run(text_run)
     kw = dict(steps=3, seed=1)
@@ -180,7 +185,7 @@ def test_generate_with_prompts_the_empty_prompt_and_a_negative_prompt(text_run):
     assert torch.equal(cycled[1], zero[1]) and torch.equal(cycled, generate(run, 2, prompts=["one", "zero"], **kw))
     with pytest.raises(UsageError, match="not both"):
         generate(run, 2, prompt="a", prompts=["b"])
-    with pytest.raises(UsageError, match="takes --prompt"):
+    with pytest.raises(UsageError, match="it takes a prompt, not a label"):
         from undiffuse.cli.flags import conditioning
         from types import SimpleNamespace
         conditioning(SimpleNamespace(run="R", label="3", context=None, guidance=None, prompt=None,
@@ -214,7 +219,7 @@ def test_a_label_for_a_text_model_is_one_line(text_run, capsys):
     from cli_helpers import fails_cleanly
 
     err = fails_cleanly(capsys, ["sample", text_run, "--label", "3", "--steps", "2"])
-    assert "text model: it takes --prompt, not --label" in err
+    assert "text model: it takes a prompt, not a label" in err
     assert "text model" in fails_cleanly(capsys, ["sample", text_run, "--context", "0.5*1+0.5*2"])
 
 
@@ -222,15 +227,15 @@ def test_a_prompt_for_a_class_or_unconditional_model_is_one_line(trained, tmp_pa
     from cli_helpers import fails_cleanly
 
     err = fails_cleanly(capsys, ["sample", trained, "--prompt", "a seven", "--out", tmp_path / "x.png"])
-    assert "class-conditional model: it takes --label, not --prompt" in err
+    assert "class-conditional model: it takes a label, not a prompt" in err
     err = fails_cleanly(capsys, ["img2img", trained, "--image", tmp_path / "none.png", "--strength", "0.5",
                                  "--negative-prompt", "a seven", "--out", tmp_path / "y.png"])
-    assert "no such file" in err or "not --negative-prompt" in err
+    assert "no such file" in err or "not a prompt" in err
 
 
 def test_an_old_class_conditional_run_still_samples(trained, tmp_path):
     from undiffuse.cli import main
-    from undiffuse.generate import generate, load_run
+    from undiffuse.generation import generate, load_run
 
     run = load_run(trained)
     assert run.text is None and run.captions is None and run.num_classes == 10
@@ -257,9 +262,9 @@ def test_a_prompt_for_an_unconditional_model_is_refused_by_the_same_rules():
 
     args = SimpleNamespace(run="R", label=None, context=None, guidance=None, prompt="a seven", negative_prompt=None)
     plain = SimpleNamespace(num_classes=0, class_names=(), text=None)
-    with pytest.raises(UsageError, match="R is an unconditional model: it takes no --prompt"):
+    with pytest.raises(UsageError, match="unconditional model: it takes no prompt"):
         conditioning(args, plain, 2, "each")
-    with pytest.raises(RequestError, match="unconditional: it takes no prompt"):
+    with pytest.raises(RequestError, match="unconditional model: it takes no prompt"):
         _conditioning(plain, {"prompt": "a seven"}, 4)
     classes = SimpleNamespace(num_classes=2, class_names=("a", "b"), text=None)
     with pytest.raises(RequestError, match="takes a label, not a prompt"):
@@ -270,7 +275,7 @@ def test_a_prompt_for_an_unconditional_model_is_refused_by_the_same_rules():
 
 @needs_extra
 def test_the_server_describes_a_text_run_and_takes_prompts(text_run):
-    from undiffuse.generate import load_run
+    from undiffuse.generation import load_run
     from undiffuse.serve.app import describe
     from undiffuse.serve.requests import RequestError, parse_generate
 
@@ -278,7 +283,10 @@ def test_the_server_describes_a_text_run_and_takes_prompts(text_run):
     info = describe(run, "t")
     assert info["text"]["encoder"] == "all-MiniLM-L6-v2" and info["class_names"] == []
     job = parse_generate(run, {"prompt": "one", "negative_prompt": "zero", "guidance": 3, "steps": 2})
-    assert job.options["prompt"] == "one" and job.options["negative_prompt"] == "zero" and job.n == 8
+    cond = job.options["cond"]
+    assert job.options["guidance"] == 3 and job.n == 8
+    assert torch.equal(cond.prompt.text.pooled, run.encode(["one"] * 8).pooled)
+    assert torch.equal(cond.prompt.negative.pooled, run.encode(["zero"] * 8).pooled)
     with pytest.raises(RequestError, match="text model"):
         parse_generate(run, {"label": "3"})
     page = (__import__("importlib").resources.files("undiffuse") / "assets" / "serve.html").read_text()
@@ -317,7 +325,7 @@ def captioned_run(tmp_path_factory, zero_one, encoder):
 
 @needs_extra
 def test_a_run_trained_on_two_captions_tells_them_apart(captioned_run, zero_one):
-    from undiffuse.generate import generate, load_run
+    from undiffuse.generation import generate, load_run
 
     _, images, labels = zero_one
     means = torch.stack([images[labels == k].mean(0) for k in (0, 1)])  # (2, 1, 8, 8)
@@ -370,8 +378,9 @@ def test_training_encodes_each_caption_once_and_drops_to_the_null_row(zero_one, 
     assert sorted(t for c in calls for t in c) == ["", "one", "zero"]  # once each, at the start
     setup = trainer.setup
     assert setup.caption_index.tolist() == [2 if k == 0 else 1 for k in labels.tolist()]
-    _, rows, null, _, _ = draw_batch(setup, 5)
-    assert null is None and 0 < (rows == 0).sum() < len(rows)  # dropout: the null row, about half the time
+    _, cond, _, _ = draw_batch(setup, 5)
+    null = cond.prompt.text.null
+    assert cond.classes is None and 0 < null.sum() < len(null)  # dropout: the empty prompt, about half the time
     resumed = Trainer.resume(tmp_path / "run", changes={"steps": 4})
     assert len(calls) == 1  # resuming reads the stored table: no encoder
     assert torch.equal(resumed.setup.caption_index, setup.caption_index)
@@ -384,7 +393,7 @@ def test_a_text_run_fine_tunes_with_its_prompts(captioned_run, zero_one, tmp_pat
     steps started from its base's weights, through the text path (encoder, table, cross-attention)."""
     from cli_helpers import fails_cleanly
     from undiffuse.cli import main
-    from undiffuse.generate import generate, load_run
+    from undiffuse.generation import generate, load_run
     from undiffuse.run import read_run
 
     folder, images, labels = zero_one
@@ -432,7 +441,21 @@ def test_train_with_captions_then_sample_a_prompt_from_the_command_line(tmp_path
     assert main(["sample", str(run), "--prompt", "a handwritten seven", "--negative-prompt", "the digit one",
                  "--guidance", "3", "--n", "2", "--steps", "2", "--out", str(tmp_path / "s.npy")]) == 0
     assert np.load(tmp_path / "s.npy").shape == (2, 1, 8, 8)
-    assert "takes --prompt, not --label" in fails_cleanly(capsys, ["sample", run, "--label", "7"])
+    assert "takes a prompt, not a label" in fails_cleanly(capsys, ["sample", run, "--label", "7"])
     err = fails_cleanly(capsys, ["train", "--data", "digits", "--captions", "templates", "--context-names", "a,b",
                                  "--out", tmp_path / "both"])
     assert "classes or on text, not both" in err
+
+
+@needs_extra
+def test_a_prompt_that_is_not_text_is_one_line(text_run, tmp_path):
+    """A byte the terminal cannot decode reaches Python as a lone surrogate, which the tokenizer cannot take."""
+    import subprocess
+    import sys
+
+    from cli_helpers import refusal
+
+    done = subprocess.run([sys.executable, "-m", "undiffuse", "sample", str(text_run), "--prompt", b"a \xff seven",
+                           "--steps", "2", "--out", str(tmp_path / "s.png")], capture_output=True)
+    assert "the prompt is not valid text" in refusal(done.returncode, done.stderr.decode("utf-8", "replace"))
+    assert not (tmp_path / "s.png").exists()

@@ -4,7 +4,7 @@ import torch
 
 from undiffuse import checkpoint as ckpt
 from undiffuse.errors import UsageError
-from undiffuse.generate import generate, load_run
+from undiffuse.generation import generate, load_run
 from undiffuse.training.learner import Learner, draw_batch
 from undiffuse.training.recipe import ema_decay_at, lr_at, plan
 from undiffuse.training import TrainConfig, Trainer, diffusion_loss, read_log
@@ -50,9 +50,8 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
 
 def test_the_loop_takes_the_loss_that_users_call(tmp_path):
     trainer = Trainer.create(_cfg(steps=2, grids=0, prediction="v"), tmp_path / "r")
-    x0, context, null, t, noise = draw_batch(trainer.setup, 0)
-    expected = diffusion_loss(trainer.model, trainer.schedule, x0, t, noise, context, null, prediction="v",
-                              min_snr=5.0)
+    x0, cond, t, noise = draw_batch(trainer.setup, 0)
+    expected = diffusion_loss(trainer.model, trainer.schedule, x0, t, noise, cond, prediction="v", min_snr=5.0)
     assert trainer.train_step() == pytest.approx(expected.item(), rel=1e-6)
 
 
@@ -249,8 +248,10 @@ def test_flips_mirror_about_half_of_each_batch_the_same_way_every_time():
     mirrored = new_setup(_cfg(batch_size=64, flip=True))
     for step in (0, 7):
         a, b, again = draw_batch(plain, step), draw_batch(mirrored, step), draw_batch(mirrored, step)
-        assert all(torch.equal(x, y) for x, y in zip(b, again) if x is not None)  # a pure function of the step
-        assert all(torch.equal(x, y) for x, y in zip(a[1:], b[1:]) if x is not None)  # labels, t, noise: the same
+        tensors = [lambda d: d[0], lambda d: d[1].classes.vectors, lambda d: d[1].classes.null, lambda d: d[2],
+                   lambda d: d[3]]
+        assert all(torch.equal(f(b), f(again)) for f in tensors)  # a pure function of the step
+        assert all(torch.equal(f(a), f(b)) for f in tensors[1:])  # labels, dropout, t, noise: the same
         same = (a[0] == b[0]).flatten(1).all(1)
         flipped = (a[0].flip(-1) == b[0]).flatten(1).all(1)
         assert (same | flipped).all() and 16 < (~same).sum() < 48
@@ -292,20 +293,20 @@ def test_a_run_samples_at_its_recorded_guidance_and_older_runs_at_the_default(tm
     import json
 
     from undiffuse.cli.flags import conditioning
-    from undiffuse.generate import DEFAULT_GUIDANCE, generate, load_run
+    from undiffuse.generation import DEFAULT_GUIDANCE, generate, load_run
     from types import SimpleNamespace
 
     Trainer.create(_cfg(steps=2, guidance=3.5, sample_steps=4, image_size=8), tmp_path / "r").train(progress=False)
     run = load_run(tmp_path / "r")
     args = SimpleNamespace(guidance=None, label="each", context=None, run="r")
-    assert run.guidance == 3.5 and conditioning(args, run, 10, "each")["guidance"] == 3.5
+    assert run.guidance == 3.5 and conditioning(args, run, 10, "each").guidance == 3.5
     walked = []
     generate(run, 1, labels=[0], callback=lambda step, *rest: walked.append(step))
     assert len(walked) == 4  # the run's own steps
     walked.clear()
     generate(run, 1, labels=[0], steps=3, callback=lambda step, *rest: walked.append(step))
     assert len(walked) == 3
-    assert conditioning(SimpleNamespace(**{**vars(args), "guidance": 1.0}), run, 10, "each")["guidance"] == 1.0
+    assert conditioning(SimpleNamespace(**{**vars(args), "guidance": 1.0}), run, 10, "each").guidance == 1.0
     config = json.loads((tmp_path / "r" / "config.json").read_text())
     del config["train"]["guidance"]
     (tmp_path / "r" / "config.json").write_text(json.dumps(config))

@@ -39,7 +39,7 @@ def _rows(run):
 def test_an_update_splits_its_per_image_losses_by_the_quarter_of_t(tmp_path):
     cfg = TrainConfig.flat(data="digits", image_size=16, steps=4, batch_size=16, model="tiny", grids=0, seed=5)
     trainer = Trainer.create(cfg, tmp_path / "r")
-    _, _, _, t, _ = draw_batch(trainer.setup, 0)
+    _, _, t, _ = draw_batch(trainer.setup, 0)
     loss = trainer.train_step()
     sums, counts = trainer.learner.quarters[:QUARTERS], trainer.learner.quarters[QUARTERS:]
     assert counts.tolist() == torch.bincount(t * 4 // trainer.schedule.T, minlength=4).double().tolist()

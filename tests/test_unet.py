@@ -1,8 +1,13 @@
 import pytest
 import torch
 
+from undiffuse.conditions import Classes, Condition
 from undiffuse.training.recipe import unet_config
 from undiffuse.unet import UNet, UNetConfig, count_parameters, sinusoidal_embedding
+
+
+def _classes(vectors: torch.Tensor) -> Condition:
+    return Condition(Classes.of(vectors))
 
 
 def _randomised(cfg: UNetConfig) -> UNet:
@@ -27,7 +32,7 @@ def test_recipe_configs_build_for_common_sizes(size):
     cfg = unet_config("tiny", size, 3, 10)
     net = UNet(cfg)
     x = torch.randn(1, 3, size, size)
-    assert net(x, torch.tensor([5]), torch.eye(10)[:1]).shape == x.shape
+    assert net(x, torch.tensor([5]), _classes(torch.eye(10)[:1])).shape == x.shape
     assert cfg.attention  # attention at the low resolutions
     assert count_parameters(net) > 0
 
@@ -37,9 +42,9 @@ def test_context_changes_the_output_and_null_rows_are_unconditional():
     x, t = torch.randn(2, 1, 16, 16).repeat(1, 1, 1, 1), torch.tensor([500, 500])
     x = x[:1].repeat(2, 1, 1, 1)
     with torch.no_grad():
-        out = net(x, t, torch.eye(10)[[3, 7]])
+        out = net(x, t, _classes(torch.eye(10)[[3, 7]]))
         assert not torch.allclose(out[0], out[1], atol=1e-4)  # digit 3 and digit 7 differ
-        null = net(x, t, torch.eye(10)[[3, 7]], torch.tensor([True, True]))
+        null = net(x, t, Condition(Classes(torch.eye(10)[[3, 7]], torch.tensor([True, True]))))
         assert torch.allclose(null[0], null[1], atol=1e-6)  # both null: the context is ignored
         assert torch.allclose(null, net(x, t, None), atol=1e-6)
 
@@ -85,9 +90,9 @@ def test_adm_class_changes_the_output_and_null_rows_are_unconditional():
                                  block_style="adm"))
     x, t = torch.randn(1, 1, 16, 16).repeat(2, 1, 1, 1), torch.tensor([500, 500])
     with torch.no_grad():
-        out = net(x, t, torch.eye(10)[[3, 7]])
+        out = net(x, t, _classes(torch.eye(10)[[3, 7]]))
         assert not torch.allclose(out[0], out[1], atol=1e-4)
-        null = net(x, t, torch.eye(10)[[3, 7]], torch.tensor([True, True]))
+        null = net(x, t, Condition(Classes(torch.eye(10)[[3, 7]], torch.tensor([True, True]))))
         assert torch.allclose(null, net(x, t, None), atol=1e-6)
 
 
@@ -106,7 +111,7 @@ def test_configs_without_block_style_load_as_film(tmp_path):
     import shutil
     from pathlib import Path
 
-    from undiffuse.generate import generate, load_run
+    from undiffuse.generation import generate, load_run
     from undiffuse.run import read_run
     from undiffuse.training import TrainConfig, Trainer
 
@@ -115,7 +120,8 @@ def test_configs_without_block_style_load_as_film(tmp_path):
     shutil.copy(Path(__file__).parent / "data" / "format1_config.json", old / "config.json")
     assert read_run(old).unet.block_style == "film"  # format 1
     run = tmp_path / "run"
-    Trainer.create(TrainConfig.flat(data="digits", image_size=16, steps=2, batch_size=8, model="tiny", grids=0),
+    Trainer.create(TrainConfig.flat(data="digits", image_size=16, steps=2, batch_size=8, model="tiny", grids=0,
+                                    block_style="film"),
                    run).train(progress=False)
     before = generate(load_run(run), 2, labels=[1, 2], steps=2)
     config = json.loads((run / "config.json").read_text())
@@ -138,7 +144,7 @@ def test_a_patch_stem_runs_the_levels_at_a_fraction_of_the_resolution_and_gives_
     seen = []
     net.conv_in.register_forward_hook(lambda m, args, out: seen.append(tuple(out.shape)))
     x = torch.randn(2, 3, 60, 60)  # padded to a multiple, cropped back
-    out = net(x, torch.tensor([3, 900]), torch.eye(5)[:2])
+    out = net(x, torch.tensor([3, 900]), _classes(torch.eye(5)[:2]))
     assert out.shape == x.shape and seen[0][-1] == 64 // patch
     # the stem is a rearrangement: each output pixel comes from its own tile's channels
     tiles = torch.nn.functional.pixel_unshuffle(torch.arange(16.0).view(1, 1, 4, 4), patch)

@@ -8,11 +8,12 @@ import torch
 from PIL import Image
 
 from undiffuse.cli import main
+from undiffuse.conditions import Condition
 from undiffuse.conditions.lowres import LowRes, downsample, upsample
 from undiffuse.data import load_data
 from undiffuse.edit import upscale
 from undiffuse.errors import UsageError
-from undiffuse.generate import generate, load_run
+from undiffuse.generation import generate, load_run
 from undiffuse.run import read_run
 from undiffuse.unet import UNet, UNetConfig
 
@@ -42,16 +43,16 @@ def test_the_unet_takes_the_low_res_image_as_extra_channels_and_its_level():
                 p.normal_(std=0.1)
     assert net.conv_in.in_channels == 2 and net.conv_out.out_channels == 1
     x, t = torch.randn(2, 1, 16, 16), torch.tensor([10, 500])
-    a = net(x, t, low=LowRes(torch.randn(2, 1, 16, 16), torch.zeros(2)))
-    b = net(x, t, low=LowRes(torch.randn(2, 1, 16, 16), torch.zeros(2)))
+    a = net(x, t, Condition(low=LowRes(torch.randn(2, 1, 16, 16), torch.zeros(2))))
+    b = net(x, t, Condition(low=LowRes(torch.randn(2, 1, 16, 16), torch.zeros(2))))
     assert a.shape == (2, 1, 16, 16) and not torch.allclose(a, b)
-    c = net(x, t, low=LowRes(b.new_zeros(2, 1, 16, 16), torch.zeros(2)))
-    d = net(x, t, low=LowRes(b.new_zeros(2, 1, 16, 16), torch.full((2,), 0.3)))
+    c = net(x, t, Condition(low=LowRes(b.new_zeros(2, 1, 16, 16), torch.zeros(2))))
+    d = net(x, t, Condition(low=LowRes(b.new_zeros(2, 1, 16, 16), torch.full((2,), 0.3))))
     assert not torch.allclose(c, d)  # the network is told the augmentation level
     with pytest.raises(UsageError, match="needs a low-resolution image"):
         net(x, t)
     with pytest.raises(UsageError, match="takes no low-resolution image"):
-        UNet(UNetConfig(base=16, mults=(1, 2), attention=()))(x, t, low=LowRes(x, torch.zeros(2)))
+        UNet(UNetConfig(base=16, mults=(1, 2), attention=()))(x, t, Condition(low=LowRes(x, torch.zeros(2))))
 
 
 def test_the_run_records_its_task_factor_and_augmentation(sr_run):

@@ -33,6 +33,7 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 
 from .errors import CheckpointError
+from .files import read_limited
 
 CONFIG, MODEL, EMA, STATE = "config.json", "model.safetensors", "ema.safetensors", "train_state.safetensors"
 CHECKPOINTS = "checkpoints"
@@ -42,6 +43,23 @@ HEADER_LIMIT = 100_000_000  # bytes of JSON header, safetensors' own limit
 DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
                "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
 Shapes = Mapping[str, tuple[int, ...]]  # tensor name -> shape
+
+
+MAX_JSON_BYTES = 16 * 2**20  # a run's or a model's config.json: a few kB; far more is not one
+
+
+def read_json_object(path: Path) -> dict:
+    """The JSON object of a config file (config.json, a diffusers config), any problem a CheckpointError
+    naming the file: too large, unreadable, not JSON (a nesting bomb, an integer too long to read), not
+    an object."""
+    data = read_limited(path, MAX_JSON_BYTES, "config file", CheckpointError)
+    try:
+        values = json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise CheckpointError(f"{path} is not valid JSON ({type(e).__name__}: {str(e)[:200]})") from None
+    if not isinstance(values, dict):
+        raise CheckpointError(f"{path} must hold a JSON object, not {type(values).__name__}")
+    return values
 
 
 def atomic_write(path: Path, write) -> None:

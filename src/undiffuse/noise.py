@@ -8,10 +8,6 @@ import torch
 from torch import Tensor
 
 Generator = torch.Generator | Sequence[torch.Generator] | None
-# The largest seed a user may give (the training and sampling flags, config.json): 32 bits, as numpy
-# and most tools take. What is derived from it stays far inside what torch.Generator.manual_seed takes
-# (below 2**64): image i of a batch is seeded seed + i, training step s's draws seed * 1_000_003 + s + 1.
-MAX_SEED = 2**32 - 1
 
 
 def randn(shape: Sequence[int], generator: Generator = None, device="cpu", dtype=torch.float32) -> Tensor:

@@ -17,6 +17,13 @@ from .schedule import NoiseSchedule
 PREDICTIONS = ("eps", "x0", "v")
 
 
+def predictable(prediction: str | None, zero_snr: bool) -> bool:
+    """Whether a network predicting `prediction` can be trained and sampled on the schedule: a
+    zero-terminal-SNR schedule leaves no signal at its last step, where the noise says nothing about
+    the image, so it needs v or x0 prediction (Lin et al. 2023)."""
+    return not (zero_snr and prediction in (None, "eps"))
+
+
 def check_prediction(prediction: str) -> str:
     if prediction not in PREDICTIONS:
         raise UsageError(f"unknown prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}")

@@ -26,9 +26,9 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .checkpoint import CONFIG, atomic_write
+from .checkpoint import CONFIG, atomic_write, read_json_object
 from .errors import CheckpointError, UsageError
-from .parameterization import PREDICTIONS
+from .parameterization import PREDICTIONS, predictable
 from .precision import DTYPES, FP32, Precision
 from .schedule import SCHEDULES, NoiseSchedule, make_schedule
 from .unet import BLOCK_STYLES, CONTEXT_MODES, PATCHES, UNetConfig
@@ -138,13 +138,7 @@ def _load_json(folder: Path) -> dict:
     path = folder / CONFIG
     if not path.is_file():
         raise CheckpointError(f"'{folder}' is not an undiffuse run folder (no {CONFIG})")
-    try:
-        values = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-        raise CheckpointError(f"{path} is not valid JSON ({e})") from None
-    if not isinstance(values, dict):
-        raise CheckpointError(f"{path} must hold a JSON object, not {type(values).__name__}")
-    return values
+    return read_json_object(path)
 
 
 def _from_format_1(values: dict) -> dict:
@@ -225,7 +219,7 @@ def _record(top: _Section) -> RunRecord:
                   train=_options(top), finetuned_from=_base(top), text=_text(top))
     values["precision"] = _precision(top, values["train"])
     top.only(["format_version", *values])
-    if schedule.zero_snr and values["prediction"] == "eps":
+    if not predictable(values["prediction"], schedule.zero_snr):
         top.fail("prediction", "v or x0 for a zero-SNR schedule", "eps")
     if unet.channels != values["channels"]:
         top.fail("unet.channels", f"the image channels, {values['channels']}", unet.channels)

@@ -1,4 +1,4 @@
-"""The noise predictor: a U-Net over (x_t, t, context).
+"""The noise predictor: a U-Net over (x_t, t, condition).
 
 Residual blocks (GroupNorm, SiLU, 3x3 conv) at each resolution, halved by strided convs and doubled
 back by nearest upsampling, with skip connections between the two paths; self-attention at the
@@ -30,9 +30,9 @@ from torch.utils.checkpoint import checkpoint
 from .errors import UsageError
 
 from .conditions import ContextEmbedding
+from .conditions.condition import Condition
 from .conditions.prompt import CrossAttention, PromptContext, PromptEmbedding
 from .conditions.lowres import LowRes
-from .conditions.text import TextBatch
 
 
 CONTEXT_MODES = ("scale", "add", "both")
@@ -214,7 +214,7 @@ class Level(nn.Module):
 
 
 class UNet(nn.Module):
-    """eps_theta(x_t, t, context). x: (B, C, H, W); t: (B,) integer steps; context: (B, K) or None."""
+    """eps_theta(x_t, t, condition) (or the x0 or v it was trained to predict)."""
 
     def __init__(self, cfg: UNetConfig):
         super().__init__()
@@ -265,22 +265,25 @@ class UNet(nn.Module):
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
-    def forward(self, x: Tensor, t: Tensor, context: Tensor | None = None, null: Tensor | None = None,
-                text: TextBatch | None = None, low: LowRes | None = None) -> Tensor:
-        """null: (B,) bool, rows whose context is replaced by the learned null context (guidance).
-        text: a text network's prompts (its own `null` flags the rows that take the learned null).
-        low: a super-resolution network's upsampled low-res images and their augmentation levels."""
+    def forward(self, x: Tensor, t: Tensor, cond: Condition | None = None) -> Tensor:
+        """x: (B, C, H, W) noisy images; t: (B,) or () integer steps; cond: what to draw, B rows
+        (conditions/condition.py), None: unconditional. Its classes and prompt rows flagged null take
+        the learned nulls; a super-resolution network needs its `low` part."""
+        cond = cond or Condition()
         h_in, w_in = x.shape[-2:]
-        x, aug = self._with_low(x, low)
+        x, aug = self._with_low(x, cond.low)
         x = _pad_to_multiple(x, self.cfg.multiple)
         x = F.pixel_unshuffle(x, self.cfg.patch) if self.cfg.patch > 1 else x
         t = t.expand(x.shape[0]) if t.ndim == 0 else t
         t_emb = self.time_mlp(sinusoidal_embedding(t, self.cfg.base))
         if aug is not None:
             t_emb = t_emb + self.aug_mlp(sinusoidal_embedding(aug.expand(x.shape[0]) * 1000, self.cfg.base))
-        c_emb = self.context(context, null, batch=x.shape[0]) if self.context is not None else None
+        classes = cond.classes
+        c_emb = None if self.context is None else \
+            self.context(*((classes.vectors, classes.null) if classes else (None, None)), batch=x.shape[0])
         if c_emb is not None and self.cfg.added:
             t_emb = t_emb + c_emb  # the class shifts every block from the first step of training
+        text = cond.prompt.text if cond.prompt is not None else None
         prompt = self.prompt(text, batch=x.shape[0]) if self.prompt is not None else None
         if prompt is not None:
             t_emb = t_emb + prompt.pooled

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 from ..errors import UsageError
+from .flags import add_seed
 from .noise import FORWARD_STEPS, parse_steps
 from .output import say
 from .progress import describe_trainer, spent, train_and_report
@@ -23,7 +24,7 @@ def add(sub) -> None:
     p.add_argument("--data", default="mnist", choices=DEMO_SETS, help="the bundled set (default mnist)")
     p.add_argument("--minutes", type=float, default=10.0, help="training budget (default 10)")
     p.add_argument("--out", default=None, metavar="RUN", help="run folder (default: the first free runs/demo[-N])")
-    p.add_argument("--seed", type=int, default=0)
+    add_seed(p, help="seeds the weights, the batches and the noise")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=run)
 
@@ -49,20 +50,20 @@ def run(args) -> int:
 
 
 def draw_pictures(trainer, run: Path) -> None:
-    from ..generate import generate, load_run
+    from ..generation import generate, load_run
     from ..viz import FrameRecorder, forward_strip, image_grid, save_gif
 
     loaded = load_run(run, device=trainer.device)
     k = loaded.num_classes
     say("sampling the grid and the animation ...")
     labels = [c for c in range(k) for _ in range(10)]
-    grid = generate(loaded, len(labels), labels=labels, seed=0, guidance=loaded.guidance)
+    grid = generate(loaded, len(labels), labels=labels, seed=0)
     image_grid(grid, nrow=10).save(run / "samples.png")
     say(f"samples, one row per class ({', '.join(loaded.class_names)}): {run / 'samples.png'}")
 
     recorder = FrameRecorder(GIF_STEPS)
     generate(loaded, 2 * k, labels=list(range(k)) * 2, sampler="ddim", steps=GIF_STEPS, eta=1.0, seed=1,
-             guidance=loaded.guidance, callback=recorder)
+             callback=recorder)
     save_gif(recorder.frames, run / "reverse.gif", nrow=k)
     say(f"reverse process, noise to images: {run / 'reverse.gif'}")
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UsageError
+from ..limits import EDITS
 from .flags import add_conditioning, add_seed, check_guidance, check_steps
 from .output import output_path, say, write_animation, write_images
 
-MAX_N = 64
 LABEL_HELP = "class name or id for a conditional run (default: unconditional)"
 
 
@@ -27,7 +27,7 @@ def add_common(p, out_help: str, gif: bool = True) -> None:
 
 
 def add_n(p, default: int, what: str = "results, each with its own seed") -> None:
-    p.add_argument("--n", type=int, default=default, help=f"{what} (default {default}, at most {MAX_N})")
+    p.add_argument("--n", type=int, default=default, help=f"{what} (default {default}, at most {EDITS.hi:g})")
 
 
 def add_inpaint_flags(p) -> None:
@@ -51,8 +51,9 @@ def check(args, suffixes=(".png", ".npy"), n_min: int = 1) -> tuple[Path, Path |
     out = output_path(args.out, suffixes)
     gif = getattr(args, "gif", None)
     gif = output_path(gif, (".gif",), "--gif") if gif else None
-    if not n_min <= args.n <= MAX_N:
-        raise UsageError(f"--n must lie in [{n_min}, {MAX_N}], got {args.n}")
+    EDITS.check(args.n, "--n")
+    if args.n < n_min:
+        raise UsageError(f"--n must be at least {n_min}, got {args.n}")
     check_steps(args.steps)
     check_guidance(args.guidance)
     if args.context and args.label is not None:
@@ -64,8 +65,9 @@ def check(args, suffixes=(".png", ".npy"), n_min: int = 1) -> tuple[Path, Path |
     return out, gif
 
 
-def inpaint_options(args, run) -> dict:
-    """The keyword arguments of edit.inpaint/outpaint from the flags, checked."""
+def inpaint_options(args, run) -> tuple[dict, list[int] | None]:
+    """The keyword arguments of edit.inpaint/outpaint from the flags, checked, and the class of each
+    result where one was asked (for FILE.labels.npy)."""
     from ..edit import DEFAULT_JUMP, DEFAULT_RESAMPLE
     from .flags import conditioning
 
@@ -79,9 +81,10 @@ def inpaint_options(args, run) -> dict:
         raise UsageError(f"--jump must lie in [1, 1000] and --resample in [1, 100], got {jump} and {resample}")
     if args.eta is not None and not 0 <= args.eta <= 1:
         raise UsageError(f"--eta must lie in [0, 1], got {args.eta}")
+    asked = conditioning(args, run, args.n, default_label="none")
     return {"method": args.method, "steps": args.steps, "jump": jump, "resample": resample,
             "eta": 1.0 if args.eta is None else args.eta, "seed": args.seed, "clip_denoised": not args.no_clip,
-            **conditioning(args, run, args.n, default_label="none")}
+            **asked.options()}, asked.labels
 
 
 def recorder(gif: Path | None, total_steps: int):

@@ -6,10 +6,10 @@ import time
 from pathlib import Path
 
 from ..errors import DataError, UsageError
+from ..limits import EVAL_IMAGES, GUIDANCE
 from .flags import add_device, add_seed, check_guidance, load_run, sampler_options
 from .output import output_path, say, write_picture
 
-MAX_N = 100_000
 
 
 def add(sub) -> None:
@@ -29,7 +29,8 @@ def add(sub) -> None:
                    help="score these images instead: float32 N x C x H x W in [0, 1], as `sample --out F.npy` writes")
     p.add_argument("--sampler", default=None, choices=list(REGISTRY), help="default: the sample command's")
     p.add_argument("--steps", type=int, default=None, help="network evaluations (default: the sampler's)")
-    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale w (default: the run's)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help=f"classifier-free guidance scale w in {GUIDANCE.range} (default: the run's)")
     add_seed(p, "sample")
     p.add_argument("--against", default=None, metavar="SPEC", help="real images (default: the run's training data)")
     p.add_argument("--features", default=None, choices=FEATURES,
@@ -122,8 +123,8 @@ def _check(args) -> None:
                 if v is not None]
     if args.samples and sampling:
         raise UsageError(f"--samples scores a file; drop {', '.join(sampling)}")
-    if not args.samples and not 10 <= args.n <= MAX_N:
-        raise UsageError(f"--n must lie in [10, {MAX_N}], got {args.n}")
+    if not args.samples:
+        EVAL_IMAGES.check(args.n, "--n")
     check_guidance(args.guidance)
 
 
@@ -168,22 +169,23 @@ def _output(args) -> Path:
 def _samples(args):
     """Generate --n samples; conditional runs cycle through their classes."""
     from ..eval.evaluate import generate_in_batches
-    from ..generate import DEFAULT_SAMPLER
+    from ..generation import DEFAULT_SAMPLER
 
     args.sampler = args.sampler or DEFAULT_SAMPLER
     options = sampler_options(args)
     run = load_run(args)
-    if not run.num_classes and args.guidance is not None:
-        raise UsageError(f"{args.run} is an unconditional model: it takes no --guidance")
-    guidance = run.guidance if args.guidance is None else args.guidance
+    if run.task == "upscale":
+        raise UsageError(f"{args.run} upscales by {run.factor}: it does not generate from noise, so eval has "
+                         "nothing to draw; score upscaled images with --samples FILE.npy")
     start = time.perf_counter()
     images = generate_in_batches(run, args.n, batch_size=args.batch_size, seed=args.seed, progress=not args.quiet,
-                                 compile=args.compile, guidance=guidance, **options)
+                                 compile=args.compile, guidance=args.guidance, **options)
+    guidance = run.guidance if args.guidance is None else args.guidance
     steps = options["steps"]
     if steps is None and options["sampler"] == DEFAULT_SAMPLER:
         steps = run.sample_steps  # what generate walks: the run's own (None: the sampler's default)
     source = {"sampler": options["sampler"], "steps": steps,
-              "guidance": guidance if run.num_classes else None, "seed": args.seed,
+              "guidance": guidance if run.num_classes or run.text is not None else None, "seed": args.seed,
               "sampling_precision": run.precision.name,
               "samples_per_second": args.n / (time.perf_counter() - start)}
     return images, {**source, **_fidelity(run, images, args.device)}

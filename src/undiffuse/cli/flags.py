@@ -10,10 +10,9 @@ from dataclasses import MISSING, fields
 from typing import get_type_hints
 
 from ..errors import UsageError
+from ..limits import GUIDANCE, SEED, STEPS
 
-MAX_STEPS = 100_000
-MAX_GUIDANCE = 1e3
-EVERY_OR_NONE = (None, "none", "each", "all")  # the --label values that an unconditional model accepts
+MAX_TOML_BYTES = 2**20  # a training config is a few hundred bytes
 
 
 class Parser(argparse.ArgumentParser):
@@ -41,7 +40,7 @@ def add_device(p) -> None:
 
 def add_sampling(p, *, deterministic_only: bool = False, spacing: bool = True) -> None:
     """--sampler, --steps, and the options some samplers take (checked by sampler_options)."""
-    from ..generate import DEFAULT_SAMPLER
+    from ..generation import DEFAULT_SAMPLER
     from ..samplers import REGISTRY, SPACINGS
 
     names = [n for n, s in REGISTRY.items() if not (deterministic_only and s.stochastic)]
@@ -70,26 +69,23 @@ def add_conditioning(p, label_help: str) -> None:
     p.add_argument("--negative-prompt", default=None,
                    help="a text run: what to steer away from; it replaces the unconditional branch of guidance")
     p.add_argument("--guidance", type=float, default=None,
-                   help="classifier-free guidance scale w (1: conditional, 0: unconditional; default: the run's, "
-                        "in its config.json: 2 for digits, 3 for colour)")
+                   help=f"classifier-free guidance scale w in {GUIDANCE.range} (1: conditional, 0: unconditional; "
+                        "default: the run's, in its config.json: 2 for digits, 3 for colour)")
     p.add_argument("--no-clip", action="store_true",
                    help="do not clip each step's clean-image estimate to the data range")
 
 
-def add_seed(p, what: str = "image") -> None:
-    """--seed, an integer in [0, noise.MAX_SEED] (the one range every seed flag and option shares)."""
-    from ..noise import MAX_SEED
-
+def add_seed(p, what: str = "image", help: str | None = None) -> None:
+    """--seed, an integer within limits.SEED (the one range every seed flag and option shares)."""
     def seed(text: str) -> int:
         try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"seed must be an integer in [0, {MAX_SEED}], got {text!r}") from None
-        if not 0 <= value <= MAX_SEED:
-            raise argparse.ArgumentTypeError(f"seed must lie in [0, {MAX_SEED}], got {value}")
-        return value
+            return SEED.check(int(text))
+        except ValueError as e:  # not an integer, or out of range
+            raise argparse.ArgumentTypeError(str(e) if isinstance(e, UsageError) else
+                                             f"seed must be a whole number in {SEED.range}, got {text!r}") from None
 
-    p.add_argument("--seed", type=seed, default=0, help=f"{what} i uses seed + i, in [0, {MAX_SEED}] (default 0)")
+    p.add_argument("--seed", type=seed, default=0,
+                   help=f"{help or f'{what} i uses seed + i'}, in {SEED.range} (default 0)")
 
 
 # --- checks ------------------------------------------------------------------------------------------
@@ -126,38 +122,24 @@ def _takers(option: str) -> str:
 
 
 def check_steps(steps: int | None) -> None:
-    if steps is not None and not 1 <= steps <= MAX_STEPS:
-        raise UsageError(f"--steps must lie in [1, {MAX_STEPS}], got {steps}")
+    if steps is not None:
+        STEPS.check(steps, "--steps")
 
 
 def check_guidance(guidance: float | None) -> None:
-    if guidance is not None and not -MAX_GUIDANCE < guidance < MAX_GUIDANCE:
-        raise UsageError(f"--guidance must lie in (-{MAX_GUIDANCE:g}, {MAX_GUIDANCE:g}), got {guidance}")
+    if guidance is not None:
+        GUIDANCE.check(guidance, "--guidance")
 
 
-def conditioning(args, run, n: int, default_label: str) -> dict:
-    """labels / contexts / guidance of n images from --label/--context/--guidance (conditions.conditioning),
-    or a text run's prompt / negative_prompt / guidance from --prompt/--negative-prompt/--guidance."""
-    from ..conditions import conditioning as rules
+def conditioning(args, run, n: int, default_label: str, labels: list[int] | None = None):
+    """What n images are told to draw, from --label/--context/--prompt/--negative-prompt/--guidance, by
+    the rules every door shares (conditioning.resolve): a Resolved."""
+    from ..conditioning import resolve
 
     check_guidance(args.guidance)
-    prompt, negative = getattr(args, "prompt", None), getattr(args, "negative_prompt", None)
-    if getattr(run, "text", None) is not None:
-        if args.label not in EVERY_OR_NONE or args.context is not None:
-            raise UsageError(f"{args.run} is a text model: it takes --prompt, not --label or --context")
-        if prompt is None and negative is None and default_label == "none":  # an edit without a prompt
-            return {} if args.guidance is None else {"prompt": "", "guidance": args.guidance}
-        return {"prompt": prompt, "negative_prompt": negative,
-                "guidance": run.guidance if args.guidance is None else args.guidance}
-    if prompt is not None or negative is not None:
-        flag = "--prompt" if prompt is not None else "--negative-prompt"
-        if run.num_classes:
-            raise UsageError(f"{args.run} is a class-conditional model: it takes --label, not {flag}")
-        raise UsageError(f"{args.run} is an unconditional model: it takes no {flag}")
-    if not run.num_classes and (args.label not in EVERY_OR_NONE or args.context or args.guidance is not None):
-        raise UsageError(f"{args.run} is an unconditional model: it takes no --label, --context or --guidance")
-    return rules(run.class_names, n, label=args.label, context=args.context, guidance=args.guidance,
-                 default_label=default_label, default_guidance=run.guidance)
+    return resolve(run, n, guidance=args.guidance, default=default_label, label=args.label, labels=labels,
+                   context=args.context, prompt=getattr(args, "prompt", None),
+                   negative_prompt=getattr(args, "negative_prompt", None))
 
 
 def parse_ints(text: str, flag: str, form: str, count: int) -> list[int]:
@@ -174,7 +156,7 @@ def load_run(args):
     """The run named on the command line, on --device, with --weights, its --precision decided (a
     choice slower than fp32 here is said on stderr)."""
     from ..device import pick_device
-    from ..generate import load_run as load
+    from ..generation import load_run as load
 
     run = load(args.run, weights=getattr(args, "weights", "ema"), device=pick_device(args.device),
                precision=args.precision)
@@ -239,15 +221,13 @@ def read_toml(path: str, names) -> dict:
     """The options of a TOML file (dashes or underscores), refusing keys that are not in `names`."""
     import tomllib
 
+    from ..files import read_limited
+
+    data = read_limited(path, MAX_TOML_BYTES, "config file")
     try:
-        with open(path, "rb") as f:
-            values = tomllib.load(f)
-    except FileNotFoundError:
-        raise UsageError(f"config file '{path}' does not exist") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise UsageError(f"config file '{path}' is not valid TOML ({e})") from None
-    except OSError as e:
-        raise UsageError(f"config file '{path}' cannot be read ({e.strerror})") from None
+        values = tomllib.loads(data.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise UsageError(f"config file '{path}' is not valid TOML ({str(e)[:200]})") from None
     values = {k.replace("-", "_"): v for k, v in values.items()}
     unknown = sorted(set(values) - set(names))
     if unknown:

@@ -28,7 +28,7 @@ def run(args) -> int:
 
     out, gif = editing.check(args)
     loaded = load_run(args)
-    options = editing.inpaint_options(args, loaded)
+    options, labels = editing.inpaint_options(args, loaded)
     image = editing.load_image(args, loaded)
     mask = load_mask(args.mask, loaded.image_size, like=args.image)
     if not mask.any():
@@ -38,5 +38,5 @@ def run(args) -> int:
     results = inpaint(loaded, image, mask, n=args.n, callback=frames, **options)
     mask_tile = (mask.float() * 2 - 1).expand(loaded.channels, -1, -1)
     tiles = torch.cat([image[None], mask_tile[None], results])
-    editing.write(results, tiles, out, options.get("labels"), gif, frames and frames.frames, "inpaintings")
+    editing.write(results, tiles, out, labels, gif, frames and frames.frames, "inpaintings")
     return 0

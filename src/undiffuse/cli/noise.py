@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UsageError
+from .flags import add_seed
 from .output import IMAGE_SUFFIXES, output_path, say, write_picture
 
 FORWARD_STEPS = "0,50,100,200,300,500,700,999"
@@ -22,7 +23,7 @@ def add(sub) -> None:
     p.add_argument("--schedule", default="linear", choices=SCHEDULES, help="default: linear")
     p.add_argument("--T", type=int, default=1000, help="diffusion steps (default 1000)")
     p.add_argument("--image-size", type=int, default=None, help="resize to this side")
-    p.add_argument("--seed", type=int, default=0)
+    add_seed(p, help="seeds the noise eps")
     p.set_defaults(handler=run)
 
 

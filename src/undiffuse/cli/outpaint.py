@@ -34,13 +34,13 @@ def run(args) -> int:
     if max(pad) > 3 * loaded.image_size:
         raise UsageError(f"--pad adds at most {3 * loaded.image_size} pixels a side to this model's "
                          f"{loaded.image_size}x{loaded.image_size} images, got '{args.pad}'")
-    options = editing.inpaint_options(args, loaded)
+    options, labels = editing.inpaint_options(args, loaded)
     image = editing.load_image(args, loaded)
     moves = inpaint_moves(loaded.schedule.T, options["method"], options["steps"], options["jump"], options["resample"])
     frames = editing.recorder(gif, network_calls(moves))
     results = outpaint(loaded, image, pad, n=args.n, callback=frames, **options)
     left, top, right, bottom = pad
     canvas = F.pad(image[None], (left, right, top, bottom), value=0.0)
-    editing.write(results, torch.cat([canvas, results]), out, options.get("labels"), gif, frames and frames.frames,
+    editing.write(results, torch.cat([canvas, results]), out, labels, gif, frames and frames.frames,
                   "outpaintings")
     return 0

@@ -24,7 +24,7 @@ def describe_trainer(trainer) -> None:
     if not trainer.world.is_main:
         return
     plan = trainer.plan
-    say(data_line(trainer.data, trainer.context_dim))
+    say(data_line(trainer.setup))
     where = f"{trainer.world.size} processes on {trainer.device.type}" if trainer.world.active else trainer.device
     steps = f"about {plan.steps} steps (the deadline decides)" if trainer.deadline else f"{plan.steps} steps"
     say(f"model: {trainer.size}, {count_parameters(trainer.model) / 1e6:.2f}M parameters on {where}; "
@@ -51,8 +51,14 @@ def warn_few_images(trainer) -> None:
               f"`undiffuse eval {shlex.quote(str(trainer.run))}` reports near copies", file=sys.stderr)
 
 
-def data_line(data, context_dim: int) -> str:
-    kind = f"{data.num_classes} classes" if context_dim else "unconditional"
+def data_line(setup) -> str:
+    """The data and what conditions the run: classes, text prompts (where their captions come from), nothing."""
+    data, table = setup.data, setup.captions
+    kind = f"{data.num_classes} classes" if setup.context_dim else "unconditional"
+    if table is not None:
+        origin = setup.cfg.source.captions or "the base run's rule"
+        kind = (f"text prompts: {len(table) - 1:,} distinct captions ({origin}"
+                f"{'; --captions none trains without them' if origin == 'metadata' else ''})")
     skipped = f", {data.skipped} unreadable files skipped" if data.skipped else ""
     return (f"data: {data.source}: {len(data.images)} images {data.channels}x{data.image_size}x{data.image_size}, "
             f"{kind}{skipped}")
@@ -74,7 +80,7 @@ def describe_dry_run(given, setup, size: str | None, plan, precision) -> None:
     say("dry run: nothing is written. Options (* filled in by the recipe, the data, the device or the base run):")
     for name, value in resolved.options().items():
         say(f"  {name} = {value!r}{' *' if value != given.options()[name] else ''}")
-    say(data_line(setup.data, setup.context_dim))
+    say(data_line(setup))
     say(f"device: {setup.device}" + (f", {setup.world.size} processes" if setup.world.active else ""))
     say(_model_line(setup, size))
     say(precision_line(precision) if precision is not None else

@@ -9,11 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UsageError
+from ..limits import IMAGES
 from ..memory import require
 from .flags import add_conditioning, add_run, add_sampling, add_seed, conditioning, load_run, sampler_options
 from .output import output_path, say, write_animation, write_images
 
-MAX_N = 100_000
 MAX_GIF = 250  # images an animation shows
 MAX_GRID = 10_000  # images a PNG grid shows
 DEFAULT_PER_CLASS, DEFAULT_N = 8, 64
@@ -41,15 +41,15 @@ def add(sub) -> None:
 
 
 def run(args) -> int:
-    from ..generate import generate
+    from ..generation import generate
     from ..samplers import steps_walked
     from ..viz import FrameRecorder
 
     out = output_path(args.out or Path(args.run) / "samples.png", (".png", ".npy"))
     gif = output_path(args.gif, (".gif",), "--gif") if args.gif else None
     for flag, value in (("--n", args.n), ("--per-class", args.per_class)):
-        if value is not None and not 1 <= value <= MAX_N:
-            raise UsageError(f"{flag} must lie in [1, {MAX_N}], got {value}")
+        if value is not None:
+            IMAGES.check(value, flag)
     options = sampler_options(args)
     loaded = load_run(args)
     n, nrow, per_class = _layout(args, loaded)
@@ -59,12 +59,11 @@ def run(args) -> int:
         raise UsageError(f"a PNG grid shows at most {MAX_GRID:,} images; this asks for {n:,}: write FILE.npy")
     side, c = loaded.image_size, loaded.channels
     require(f"{n:,} images of {c}x{side}x{side}", 2 * 4 * n * c * side * side)  # the images, then the output
-    options.update(conditioning(args, loaded, n, default_label="each"))
-    if per_class:  # a row per class, in class order
-        options["labels"] = [k for k in range(loaded.num_classes) for _ in range(per_class)]
+    in_class_order = [k for k in range(loaded.num_classes) for _ in range(per_class)] if per_class else None
+    asked = conditioning(args, loaded, n, "each", labels=in_class_order)  # per_class: a row per class
     recorder = FrameRecorder(steps_walked(options["sampler"], options["steps"], loaded.schedule.T)) if gif else None
-    images = generate(loaded, n, seed=args.seed, callback=recorder, **options)
-    write_images(images, out, nrow, options.get("labels"))
+    images = generate(loaded, n, seed=args.seed, callback=recorder, **options, **asked.options())
+    write_images(images, out, nrow, asked.labels)
     say(f"{n} samples ({loaded.precision.name}): {out}")
     if gif:
         say(f"reverse process: {write_animation(recorder.frames, gif, nrow=nrow)}")

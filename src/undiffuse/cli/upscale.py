@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ..errors import UsageError
+from ..limits import EDITS
 from . import editing
 from .flags import add_run, add_sampling, add_seed, load_run, sampler_options
 from .output import output_path
@@ -52,8 +53,7 @@ def run(args) -> int:
 def _check(args):
     out = output_path(args.out, (".png", ".npy"))
     gif = output_path(args.gif, (".gif",), "--gif") if args.gif else None
-    if not 1 <= args.n <= editing.MAX_N:
-        raise UsageError(f"--n must lie in [1, {editing.MAX_N}], got {args.n}")
+    EDITS.check(args.n, "--n")
     if not 0 <= args.aug <= 2:
         raise UsageError(f"--aug must lie in [0, 2], got {args.aug}")
     from pathlib import Path

@@ -1,12 +1,13 @@
 """Contexts from what a user types or a data set holds: class ids, names, mixtures, vectors.
 
-The same rules serve the command line, the web page and the library: `class_id` reads a class by
-name or index, `parse_context` a mixture or a vector, and `context_batch` turns either into the
-(n, K) contexts of n images.
+`class_id` reads a class by name or index, `parse_context` a mixture or a vector, and `context_batch`
+checks (n, K) context vectors given as numbers; conditioning.resolve applies them for the command line, the web
+page and the library alike. `Classes` is the class part of a Condition (condition.py).
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -14,6 +15,31 @@ from torch import Tensor
 from ..errors import UsageError
 
 MAX_WEIGHT = 100.0  # of one class in a context: far beyond any useful mixture, short of overflow
+
+
+@dataclass(frozen=True, eq=False)
+class Classes:
+    """The class part of a Condition (condition.py): a context vector per image, and the rows that take
+    the learned null embedding instead (unconditional; guidance dropout in training)."""
+    vectors: Tensor  # (B, K) float: one-hot class ids, multi-hot attributes, or mixtures of either
+    null: Tensor  # (B,) bool
+
+    @classmethod
+    def of(cls, vectors: Tensor) -> "Classes":
+        return cls(vectors, torch.zeros(len(vectors), dtype=torch.bool, device=vectors.device))
+
+    def rows(self, index, device=None) -> "Classes":
+        return Classes(self.vectors[index].to(device), self.null[index].to(device))
+
+    def cat(self, other: "Classes") -> "Classes":
+        return Classes(torch.cat([self.vectors, other.vectors]), torch.cat([self.null, other.null]))
+
+    def against(self) -> "Classes":
+        return Classes(self.vectors, torch.ones_like(self.null))
+
+    @property
+    def steers(self) -> bool:
+        return not bool(self.null.all())
 
 
 def one_hot(labels: Tensor, num_classes: int) -> Tensor:
@@ -80,39 +106,12 @@ def _short(text: str, limit: int = 40) -> str:
     return shown if len(shown) <= limit else shown[:limit - 4] + "...'"
 
 
-def context_batch(context_dim: int, n: int, labels: list[int] | None = None,
-                  contexts: Tensor | None = None) -> Tensor | None:
-    """The (n, K) contexts of n images from class ids or context vectors; None: unconditional."""
-    if labels is not None:
-        if len(labels) != n:
-            raise UsageError(f"{len(labels)} labels for {n} images")
-        if not context_dim:
-            raise UsageError("this model is unconditional: it takes no labels")
-        contexts = one_hot(torch.tensor(labels), context_dim)
-    if contexts is not None and contexts.shape != (n, context_dim):
-        raise UsageError(f"contexts of shape {tuple(contexts.shape)} for {n} images of a {context_dim}-context model")
-    return contexts if context_dim else None
-
-
-def conditioning(class_names, n: int, *, label: str | None = None, context: str | None = None,
-                 guidance: float | None = None, default_label: str = "each",
-                 default_guidance: float = 2.0) -> dict:
-    """The labels or contexts and the guidance of n images, by the rules the command line, the web page
-    and the library share: label is a class name or id, "each" or "all" (every class in turn) or "none"
-    (unconditional); context is a mixture or a vector (parse_context); the two exclude each other; an
-    unconditional model takes none of the three. Returns keyword arguments of generate and the edits."""
-    if not class_names:
-        if label not in (None, "none", "each", "all") or context is not None or guidance is not None:
-            raise UsageError("this model is unconditional: it takes no label, context or guidance")
-        return {}
-    if context is not None and label is not None:
-        raise UsageError("give a label or a context, not both")
-    guidance = default_guidance if guidance is None else guidance
-    if context is not None:
-        return {"contexts": parse_context(str(context), class_names).expand(n, -1), "guidance": guidance}
-    label = default_label if label is None else str(label)
-    if label == "none":
-        return {}
-    if label in ("each", "all") and label not in [str(c) for c in class_names]:
-        return {"labels": [i % len(class_names) for i in range(n)], "guidance": guidance}
-    return {"labels": [class_id(label, class_names)] * n, "guidance": guidance}
+def context_batch(contexts, n: int, names) -> Tensor:
+    """Context vectors given as numbers, one row per image, checked: (n, K) finite, within MAX_WEIGHT."""
+    vectors = torch.as_tensor(contexts, dtype=torch.float32)
+    if vectors.shape != (n, len(names)):
+        raise UsageError(f"contexts of shape {tuple(vectors.shape)} for {n} images of a model of {len(names)} "
+                         f"classes ({_listed(list(map(str, names)))})")
+    if not bool(torch.isfinite(vectors).all()) or vectors.abs().max() > MAX_WEIGHT:
+        raise UsageError(f"contexts must be finite weights in [-{MAX_WEIGHT:g}, {MAX_WEIGHT:g}]")
+    return vectors

@@ -22,11 +22,19 @@ class LowRes:
     image: Tensor
     level: Tensor
 
-    def rows(self, start: int, stop: int, device) -> "LowRes":
-        return LowRes(self.image[start:stop].to(device), self.level[start:stop].to(device))
-
-    def take(self, index: Tensor, device) -> "LowRes":
+    def rows(self, index, device=None) -> "LowRes":
+        """The rows `index` (a slice or row numbers): a part of a Condition (condition.py)."""
         return LowRes(self.image[index].to(device), self.level[index].to(device))
+
+    def cat(self, other: "LowRes") -> "LowRes":
+        return LowRes(torch.cat([self.image, other.image]), torch.cat([self.level, other.level]))
+
+    def against(self) -> "LowRes":
+        return self  # guidance leaves the image to upscale as it is, in both branches
+
+    @property
+    def steers(self) -> bool:
+        return False
 
 
 def downsample(x: Tensor, factor: int) -> Tensor:

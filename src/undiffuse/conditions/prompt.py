@@ -8,6 +8,7 @@ is the unconditional branch exactly, bit for bit.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -17,6 +18,29 @@ from torch import Tensor, nn
 from .text import TextBatch
 
 NULL_TOKENS = 2  # learned token states that stand in for a null prompt
+
+
+@dataclass(frozen=True, eq=False)
+class Prompt:
+    """The text part of a Condition (condition.py): a prompt per image, and optionally a negative prompt
+    per image, which takes the place of the empty prompt as the branch guidance pushes away from."""
+    text: TextBatch
+    negative: TextBatch | None = None
+
+    def rows(self, index, device=None) -> "Prompt":
+        def take(t: TextBatch | None) -> TextBatch | None:
+            return None if t is None else TextBatch(*(v[index].to(device) for v in t))
+        return Prompt(take(self.text), take(self.negative))
+
+    def cat(self, other: "Prompt") -> "Prompt":
+        return Prompt(cat_text(self.text, other.text))  # a batch of both branches: its negatives are in it
+
+    def against(self) -> "Prompt":
+        return Prompt(self.negative if self.negative is not None else nulled(self.text))
+
+    @property
+    def steers(self) -> bool:
+        return self.negative is not None or not bool(self.text.null.all())
 
 
 class PromptContext(NamedTuple):
@@ -84,10 +108,6 @@ def cat_text(a: TextBatch, b: TextBatch) -> TextBatch:
     (ta, ma), (tb, mb) = pad(a), pad(b)
     return TextBatch(torch.cat([ta, tb]), torch.cat([ma, mb]), torch.cat([a.pooled, b.pooled]),
                      torch.cat([a.null, b.null]))
-
-
-def slice_text(text: TextBatch, start: int, stop: int, device=None) -> TextBatch:
-    return TextBatch(*(t[start:stop].to(device) if device is not None else t[start:stop] for t in text))
 
 
 def nulled(text: TextBatch) -> TextBatch:

@@ -38,6 +38,19 @@ CONTEXT_TOKENS = 32  # token states kept per caption for cross-attention ([CLS] 
 BATCH = 64  # captions per forward pass in encode_unique
 
 
+def check_text(text, what: str = "the prompt") -> str:
+    """text, if it is a string that UTF-8 can encode; a lone surrogate (a byte the terminal could not
+    decode, `--prompt $'\\xff'`, or a JSON escape such as "\\ud800") is refused, naming where it is."""
+    if not isinstance(text, str):
+        raise UsageError(f"{what} must be text, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise UsageError(f"{what} is not valid text: character {e.start} is {text[e.start]!r}, a byte that is not "
+                         "UTF-8 (or a lone surrogate)") from None
+    return text
+
+
 class TextEmbedding(NamedTuple):
     tokens: Tensor  # float32 (B, L, 384): the last hidden states, [CLS] first, zeros after the mask
     mask: Tensor  # bool (B, L): True at real tokens
@@ -102,7 +115,7 @@ class TextEncoder:
 
     def tokenize(self, texts: Sequence[str]) -> tuple[Tensor, Tensor]:
         """(ids (B, L) int64, mask (B, L) bool), padded to the longest, cut at max_length."""
-        encodings = self.tokenizer.encode_batch([str(t) for t in texts])
+        encodings = self.tokenizer.encode_batch([check_text(t, "a text to encode") for t in texts])
         ids = torch.tensor([e.ids for e in encodings], dtype=torch.int64, device=self.device)
         mask = torch.tensor([e.attention_mask for e in encodings], dtype=torch.bool, device=self.device)
         return ids, mask
@@ -241,12 +254,14 @@ def save_table(path: str | Path, table: CaptionTable) -> None:
 
 def load_table(path: str | Path) -> CaptionTable:
     """A table save_table wrote; anything else is a DataError naming the file."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
     try:
         with safe_open(str(path), framework="pt") as f:
             texts = tuple(json.loads((f.metadata() or {})["texts"]))
             tokens, mask, pooled, null = (f.get_tensor(k) for k in ("tokens", "mask", "pooled", "null"))
-    except Exception as e:  # a truncated or foreign file: one line that names it
+    # a truncated or foreign file (SafetensorError, OSError), or metadata that is not ours (no "texts",
+    # not JSON, not a list of texts): one line that names it
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as e:
         raise DataError(f"caption table '{path}' cannot be read ({type(e).__name__}: {e})") from None
     u = len(texts)
     if (not u or texts[0] != "" or tokens.shape[:1] != (u,) or mask.shape != tokens.shape[:2] or pooled.shape[0] != u

@@ -1,10 +1,11 @@
 """Captions for training images: one text per image, aligned with the images `load_data` returns.
 
 Where they come from (`captions=`, the `--captions` of the command line):
-- a folder's own metadata (the default for a folder): the Hugging Face imagefolder convention, a
-  `metadata.jsonl` (one {"file_name": ..., "text": ...} a line) or a `metadata.csv` (columns
-  file_name and text) at the folder's root, file_name relative to it; images the loader skipped as
-  unreadable drop out with their captions;
+- "metadata", a folder's own captions (what a folder that has them trains on by default, so that it
+  trains a text run; "none" opts out): the Hugging Face imagefolder convention, a `metadata.jsonl`
+  (one {"file_name": ..., "text": ...} a line) or a `metadata.csv` (columns file_name and text) at the
+  folder's root, file_name relative to it; naming the folder or its metadata file does the same;
+  images the loader skipped as unreadable drop out with their captions;
 - a file beside the images (a .npy, or a folder that skipped nothing): a .jsonl of {"text": ...}, one
   line per image, or any other text file with one caption a line;
 - "templates": the bundled digits (`mnist`, `digits`, or any data labelled 0-9) captioned from their
@@ -22,6 +23,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple, Sequence
@@ -29,14 +31,18 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import Tensor
 
-from ..errors import DataError
+from ..conditions.text import check_text
+from ..errors import DataError, UsageError
+from ..files import read_limited
 from . import ImageData, load_data, name_contexts
 from .decode import IMAGE_EXTENSIONS
 
 METADATA = ("metadata.jsonl", "metadata.csv")
-KEYWORDS = ("templates", "attributes", "names")
-CAPTIONS_HELP = ("captions are 'templates' (digits 0-9), 'attributes' (named labels), 'names' (emoji), a .jsonl of "
-                 '{"text": ...} or a text file of one caption a line, or a folder\'s metadata.jsonl/csv')
+MAX_CAPTION_BYTES = 512 * 2**20  # a million captions of 500 characters
+KEYWORDS = ("templates", "attributes", "names", "metadata", "none")
+CAPTIONS_HELP = ("captions are 'metadata' (a folder's metadata.jsonl/csv: the default where there is one), 'templates' "
+                 "(digits 0-9), 'attributes' (named labels), 'names' (emoji), 'none', a .jsonl of "
+                 '{"text": ...} or a text file of one caption a line')
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 TRAIN_TEMPLATES = ("a handwritten {d}", "the digit {w}", "number {w}", "a {d}", "{w}, handwritten",
                    "the number {d}", "a handwritten digit {w}", "digit {d}")
@@ -94,9 +100,26 @@ def load_captioned(spec: str, captions: str | None = None, *, seed: int = 0, all
     return CaptionedData(data, captions_for(data, captions, seed=seed, allow_empty=allow_empty))
 
 
+def wants_captions(captions: str | None) -> bool:
+    """Whether a run's `captions` option makes it a text run."""
+    return captions not in (None, "none")
+
+
+def own_captions(data: ImageData) -> str | None:
+    """"metadata" for a folder that captions its images (metadata.jsonl or .csv at its root), else None."""
+    return "metadata" if data.files and _metadata_file(Path(data.source).expanduser()) is not None else None
+
+
 def captions_for(data: ImageData, captions: str | None = None, *, seed: int = 0,
                  allow_empty: bool = False) -> list[str]:
     """The caption of each image of `data`, from `captions` or, for a folder, its metadata file."""
+    if captions == "none":
+        raise DataError("captions 'none': this run has no captions")
+    if captions is not None and captions not in KEYWORDS:
+        named = Path(captions).expanduser()
+        if named.is_dir() or named.name in METADATA:  # the folder's own captions, by file name
+            _check_metadata_of(data, named if named.is_dir() else named.parent, captions)
+            captions = "metadata"
     if captions == "templates":
         return digit_captions(_digit_labels(data), seed)
     if captions == "attributes":
@@ -105,7 +128,7 @@ def captions_for(data: ImageData, captions: str | None = None, *, seed: int = 0,
         if not data.captions:
             raise DataError(f"captions 'names' need a set that names its images (emoji); data '{data.source}' has none")
         return list(data.captions)
-    if captions is not None:
+    if captions not in (None, "metadata"):
         return _caption_file(data, Path(captions).expanduser(), allow_empty)
     root = Path(data.source).expanduser()
     if data.files and _metadata_file(root) is not None:
@@ -144,6 +167,13 @@ def folder_captions(root: Path, files: Sequence[str], allow_empty: bool = False)
     return [by_file[f][1] for f in files]
 
 
+def _check_metadata_of(data: ImageData, folder: Path, named: str) -> None:
+    root = Path(data.source).expanduser()
+    if not data.files or not root.is_dir() or not folder.is_dir() or not os.path.samefile(folder, root):
+        raise DataError(f"captions '{named}': a metadata.jsonl/csv captions the images of its own folder by file "
+                        f"name; the data is '{data.source}'")
+
+
 def _caption_file(data: ImageData, path: Path, allow_empty: bool) -> list[str]:
     if data.skipped:
         raise DataError(f"captions '{path}': {data.skipped} unreadable image(s) of '{data.source}' were skipped, "
@@ -179,10 +209,7 @@ def _metadata_file(root: Path) -> Path | None:
 
 
 def _decoded(path: Path) -> str:
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise DataError(f"captions '{path}': {e.strerror or e}") from None
+    data = read_limited(path, MAX_CAPTION_BYTES, "caption file", DataError)
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -218,6 +245,10 @@ def _text(path: Path, number: int, row: dict, allow_empty: bool) -> str:
 
 
 def _checked_text(path: Path, number: int, text: str, allow_empty: bool) -> str:
+    try:
+        check_text(text, f"'{path}' line {number}")
+    except UsageError as e:
+        raise DataError(str(e)) from None
     if not text.strip() and not allow_empty:
         raise DataError(f"'{path}' line {number}: empty text; give every image a caption "
                         "(allow_empty=True takes it as the empty prompt)")

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
+from ..files import check_regular
 from ..memory import require
 from .transforms import fit_square, Loaded
 
@@ -151,8 +152,7 @@ def load_array(path: Path, size: int | None) -> Loaded:
 def read_npy(path: str | Path, role: str) -> np.ndarray:
     """A .npy array, never unpickled (a .npy may carry code), its header checked against the file's
     size and the memory it needs before the data is read."""
-    if not Path(path).is_file():
-        raise DataError(f"{role} '{path}': no such file")
+    check_regular(path, role, DataError)
     try:
         shape, dtype = _npy_header(Path(path))
         require(f"{role} '{path}' of shape {shape}", max(4, dtype.itemsize) * math.prod(shape) * 2)

@@ -4,36 +4,38 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..conditions import context_batch
-from ..denoiser import denoiser
+from ..conditioning import ASKS, condition_for
+from ..conditions import Condition, rows_of
 from ..errors import UsageError
-from ..generate import text_options
+from ..guidance import denoiser
 from ..noise import generators
 
 
-def guided_setup(run, n, labels, contexts, guidance, seed, prompt=None, negative_prompt=None):
-    """The guided denoiser of n images and their generators, as sample_images builds them. A text run
-    takes `prompt` (without one, the edit is unconditional) and `negative_prompt`."""
-    precision = run.precision  # first: deciding it may give the run a faster network (generate.faster_layout)
+def guided_setup(run, n: int, seed: int, cond: Condition | None, guidance: float | None, ask: dict):
+    """The guided denoiser of n images and their generators, as sample_images builds them: `cond` as
+    given, or what `ask` asks for (conditioning.resolve; an edit asked nothing is unconditional)."""
+    precision = run.precision  # first: deciding it may give the run a faster network (generation.faster_layout)
     device = next(run.net.parameters()).device
-    context = context_batch(run.net.cfg.context_dim, n, labels, contexts)
-    text = {}
-    if prompt is not None or negative_prompt is not None:
-        text = text_options(run, n, prompt="" if prompt is None else prompt, negative_prompt=negative_prompt)
+    cond, guidance = condition_for(run, n, cond, guidance, "none", **ask)
     denoise = denoiser(run.net, run.schedule.to(device), prediction=run.prediction,
-                       context=None if context is None else context.to(device), guidance=guidance,
-                       precision=precision, **text)
+                       cond=rows_of(cond, slice(None), device), guidance=guidance, precision=precision)
     return denoise, generators(n, seed)
 
 
-def image_batch(run, image, n, labels, contexts) -> tuple[Tensor, int]:
-    """image as (n, C, H, W) float on the run's device; n from the argument, labels, contexts or batch."""
+def split_asks(options: dict) -> tuple[dict, dict]:
+    """(what to draw, the rest) of an edit's keyword arguments."""
+    return {k: v for k, v in options.items() if k in ASKS}, {k: v for k, v in options.items() if k not in ASKS}
+
+
+def image_batch(run, image, n, ask: dict) -> tuple[Tensor, int]:
+    """image as (n, C, H, W) float on the run's device; n from the argument, the labels or contexts
+    asked for, or the batch."""
     if image.ndim == 3:
         image = image[None]
     if image.ndim != 4 or image.shape[1] != run.channels:
         raise UsageError(f"image of shape {tuple(image.shape)}: this model takes (C, H, W) or (N, C, H, W) "
                          f"with C = {run.channels}")
-    n = n or (len(labels) if labels is not None else len(contexts) if contexts is not None else len(image))
+    n = n or next((len(ask[k]) for k in ("labels", "contexts") if ask.get(k) is not None), len(image))
     if len(image) not in (1, n):
         raise UsageError(f"{len(image)} images for {n} results")
     device = next(run.net.parameters()).device

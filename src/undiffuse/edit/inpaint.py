@@ -18,15 +18,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..denoiser import Denoise
+from ..guidance import Denoise
 from ..errors import UsageError
-from ..generate import LoadedRun
+from ..conditions import Condition
+from ..generation import LoadedRun
 from ..grids import timesteps
 from ..noise import Generator, randn
 from ..samplers import ddim_stepper, walk
 from ..samplers.common import Callback, levels, pairs
 from ..schedule import NoiseSchedule
-from .common import image_batch, guided_setup
+from .common import guided_setup, image_batch
 
 
 METHODS = ("repaint", "replace")
@@ -129,18 +130,18 @@ def _merge(schedule, x, known, mask, t, generator):
 
 def inpaint(run: LoadedRun, image: Tensor, mask: Tensor, *, method: str = "repaint", steps: int | None = None,
             jump: int = DEFAULT_JUMP, resample: int = DEFAULT_RESAMPLE, eta: float = 1.0, n: int | None = None,
-            labels: list[int] | None = None, contexts: Tensor | None = None, guidance: float = 1.0,
-            seed: int = 0, clip_denoised: bool = True, callback: Callback = None, prompt: str | None = None,
-            negative_prompt: str | None = None) -> Tensor:
+            cond: Condition | None = None, guidance: float | None = None, seed: int = 0, clip_denoised: bool = True,
+            callback: Callback = None, **ask) -> Tensor:
     """Regenerate the pixels where mask is 1 so that they agree with the rest. image: (C, H, W) or
     (N, C, H, W) in [-1, 1]; mask: (H, W), (1, H, W) or (N, 1, H, W), bool or float. n results (default:
     the batch, or one per label), result i seeded seed + i. method "repaint" (jump, resample) or
-    "replace" (eta: 1 ancestral, 0 deterministic); a text run takes `prompt` and `negative_prompt`. Returns (n, C, H, W) in [-1, 1]."""
+    "replace" (eta: 1 ancestral, 0 deterministic). What to draw: `cond`, or `ask` as generation.generate
+    takes it (nothing: unconditional). Returns (n, C, H, W) in [-1, 1]."""
     moves = inpaint_moves(run.schedule.T, method, steps, jump, resample)
     eta = 1.0 if method == "repaint" else eta  # RePaint's steps are ancestral
-    image, n = image_batch(run, image, n, labels, contexts)
+    image, n = image_batch(run, image, n, ask)
     mask = _mask_batch(mask, image)
-    denoise, gens = guided_setup(run, n, labels, contexts, guidance, seed, prompt, negative_prompt)
+    denoise, gens = guided_setup(run, n, seed, cond, guidance, ask)
     x = randn(image.shape, gens, image.device)
     with torch.inference_mode():
         out = inpaint_walk(denoise, run.schedule.to(image.device), x, image, mask, moves, eta=eta,

@@ -8,7 +8,8 @@ import torch
 from torch import Tensor
 
 from ..errors import UsageError
-from ..generate import LoadedRun
+from ..conditions import Condition
+from ..generation import LoadedRun
 from ..noise import generators, randn
 from ..samplers import get, sample
 from ..samplers.common import Callback
@@ -32,11 +33,12 @@ def slerp(a: Tensor, b: Tensor, w: float | Tensor) -> Tensor:
 
 
 def interpolate(run: LoadedRun, seeds: Sequence[int] = (0, 1), n: int = 8, *, sampler: str = "ddim",
-                steps: int | None = None, labels: list[int] | None = None, contexts: Tensor | None = None,
-                guidance: float = 1.0, clip_denoised: bool = True, callback: Callback = None) -> Tensor:
+                steps: int | None = None, cond: Condition | None = None, guidance: float | None = None,
+                clip_denoised: bool = True, callback: Callback = None, **ask) -> Tensor:
     """n images along the great circle from seed a's starting noise to seed b's, each through the same
-    deterministic sampler: the first and last are `sample`'s images for those seeds. labels/contexts:
-    one per image (a class may also change along the strip). Returns (n, C, H, W) in [-1, 1]."""
+    deterministic sampler: the first and last are `sample`'s images for those seeds. What to draw:
+    `cond` or `ask` as generation.generate takes it (labels or contexts: one per image, so a class may
+    change along the strip; a prompt; nothing: unconditional). Returns (n, C, H, W) in [-1, 1]."""
     if len(seeds) != 2 or n < 2:
         raise UsageError(f"interpolate takes two seeds and n >= 2, got {list(seeds)} and n = {n}")
     if get(sampler).stochastic:
@@ -46,7 +48,7 @@ def interpolate(run: LoadedRun, seeds: Sequence[int] = (0, 1), n: int = 8, *, sa
     a, b = (randn(shape, generators(1, s), device) for s in seeds)  # exactly sample_images' noise for seed s
     w = torch.linspace(0, 1, n, dtype=torch.float64)
     x = slerp(a.expand(n, *shape[1:]), b.expand(n, *shape[1:]), w)
-    denoise, _ = guided_setup(run, n, labels, contexts, guidance, 0)
+    denoise, _ = guided_setup(run, n, 0, cond, guidance, ask)
     with torch.inference_mode():
         out = sample(sampler, denoise, run.schedule.to(device), x, steps=steps, clip_denoised=clip_denoised,
                      callback=callback)

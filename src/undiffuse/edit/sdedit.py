@@ -5,14 +5,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..denoiser import Denoise
+from ..guidance import Denoise
 from ..errors import UsageError
-from ..generate import LoadedRun
+from ..conditions import Condition
+from ..generation import LoadedRun
 from ..noise import Generator, randn
 from ..samplers import get
 from ..samplers.common import Callback
 from ..schedule import NoiseSchedule
-from .common import image_batch, guided_setup
+from .common import guided_setup, image_batch, split_asks
 
 
 def sdedit_plan(T: int, strength: float, sampler: str = "ddim", steps: int | None = None) -> tuple[int, int]:
@@ -44,16 +45,18 @@ def sdedit(denoise: Denoise, schedule: NoiseSchedule, image: Tensor, strength: f
 
 
 def img2img(run: LoadedRun, image: Tensor, *, strength: float, sampler: str = "ddim", steps: int | None = None,
-            n: int | None = None, labels: list[int] | None = None, contexts: Tensor | None = None,
-            guidance: float = 1.0, seed: int = 0, clip_denoised: bool = True, callback: Callback = None,
-            prompt: str | None = None, negative_prompt: str | None = None, **options) -> Tensor:
+            n: int | None = None, cond: Condition | None = None, guidance: float | None = None, seed: int = 0,
+            clip_denoised: bool = True, callback: Callback = None, **options) -> Tensor:
     """SDEdit: noise the image to step round(strength * T) - 1 and denoise it with `sampler` in at most
     `steps` steps (the sampler's default number), conditioned like `sample`; strength 0 gives the image
-    back, 1 ignores it (the same images as `sample` with that seed); a text run takes `prompt` and
-    `negative_prompt`. Returns (n, C, H, W) in [-1, 1]."""
+    back, 1 ignores it (the same images as `sample` with that seed). What to draw: `cond`, or asked in
+    `options` as generation.generate takes it (label, labels, context, contexts, prompt, prompts,
+    negative_prompt; nothing: unconditional); the other options go to the sampler. Returns (n, C, H, W)
+    in [-1, 1]."""
     sdedit_plan(run.schedule.T, strength, sampler, steps)  # validates strength and sampler before any work
-    image, n = image_batch(run, image, n, labels, contexts)
-    denoise, gens = guided_setup(run, n, labels, contexts, guidance, seed, prompt, negative_prompt)
+    ask, options = split_asks(options)
+    image, n = image_batch(run, image, n, ask)
+    denoise, gens = guided_setup(run, n, seed, cond, guidance, ask)
     with torch.inference_mode():
         out = sdedit(denoise, run.schedule.to(image.device), image, strength, sampler=sampler, steps=steps,
                      generator=gens, clip_denoised=clip_denoised, callback=callback, **options)

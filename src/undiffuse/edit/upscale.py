@@ -7,11 +7,12 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from ..conditions import Condition
 from ..conditions.lowres import DEFAULT_AUG, LowRes, condition, downsample, nearest, upsample
 from ..data.decode import picture_to_unit
 from ..data.transforms import set_channels, to_model_range
 from ..errors import DataError, UsageError
-from ..generate import DEFAULT_SAMPLER, LoadedRun, sample_images
+from ..generation import DEFAULT_SAMPLER, LoadedRun, sample_images
 from ..samplers import Callback
 
 AUG_NOISE_SEED = 2**40  # the augmentation noise of result i is seeded AUG_NOISE_SEED + seed + i
@@ -30,7 +31,8 @@ def upscale(run: LoadedRun, low_res: Tensor, n: int | None = None, *, sampler: s
         low = low.repeat_interleave(n, dim=0)
     cond = low_condition(low, run.factor, aug, seed)
     options.setdefault("precision", run.precision)
-    return sample_images(run.net, run.schedule, run.prediction, len(low), image_size=run.image_size, low=cond,
+    return sample_images(run.net, run.schedule, run.prediction, len(low), image_size=run.image_size,
+                         cond=Condition(low=cond),
                          sampler=sampler, steps=steps, seed=seed, callback=callback, **options)
 
 

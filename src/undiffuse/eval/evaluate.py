@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..data import DataError, load_data
 from ..errors import UsageError
-from ..generate import LoadedRun, can_compile, generate, with_compiled_network
+from ..generation import LoadedRun, can_compile, generate, with_compiled_network
 from .efficientnet import PACKAGE as EFFNET_PACKAGE
 
 MAX_REAL = 50_000  # a random subset of larger real sets: the statistics settle long before

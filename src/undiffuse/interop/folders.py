@@ -26,10 +26,11 @@ from pathlib import Path
 import torch
 
 from .. import checkpoint as ckpt
-from ..conditions import one_hot
+from ..conditions import Classes, Condition, one_hot
 from ..errors import CheckpointError, UsageError
-from ..generate import load_run
+from ..generation import load_run
 from ..lock import run_lock
+from ..parameterization import predictable
 from ..run import Plan, RunRecord, read_run, write_run
 from ..unet import UNet
 from .diffusers import (from_diffusers_state, prediction_of, scheduler_config, schedule_of,
@@ -100,8 +101,8 @@ def _note(run: Path, weights: str, record: RunRecord) -> dict:
 def _check_class_ids(record: RunRecord) -> None:
     """A class embedding takes one id per image: refuse a run trained on multi-hot or mixed contexts."""
     labels = record.train.get("labels")
-    if not record.class_names or not isinstance(labels, str):
-        return
+    if not record.class_names or not isinstance(labels, str) or not Path(labels).is_file():
+        return  # gone (or not a file: a FIFO would block): the table is exact for one-hot classes
     try:
         import numpy as np
 
@@ -124,7 +125,7 @@ def max_eps_difference(net: UNet, unet, T: int, n: int = 8, seed: int = 0) -> fl
     k = cfg.context_dim
     if k:
         labels = torch.cat([torch.randint(0, k, (n - 1,), generator=g), torch.tensor([k])])
-        ours = net(x, t, one_hot(labels.clamp(max=k - 1), k), labels == k)
+        ours = net(x, t, Condition(Classes(one_hot(labels.clamp(max=k - 1), k), labels == k)))
         theirs = unet(x, t, class_labels=labels).sample
     else:
         ours, theirs = net(x, t), unet(x, t).sample
@@ -183,13 +184,7 @@ def _write_run_folder(folder: Path, record: RunRecord, net: UNet) -> None:
 def _read_json(path: Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"'{path.parent}' is not a diffusers model folder (no {path.name})")
-    try:
-        values = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path} is not readable JSON ({e})") from None
-    if not isinstance(values, dict):
-        raise CheckpointError(f"{path} must hold a JSON object")
-    return values
+    return ckpt.read_json_object(path)
 
 
 def _require_safetensors(unet_dir: Path) -> None:
@@ -222,7 +217,7 @@ def _schedule(folder: Path, diffusers):
         raise CheckpointError(f"{path}: {e}") from None
     schedule = schedule_of(scheduler.betas, str(path))
     prediction = prediction_of(scheduler.config.prediction_type, str(path))
-    if schedule.zero_snr and prediction == "eps":
+    if not predictable(prediction, schedule.zero_snr):
         raise CheckpointError(f"{path}: a zero-terminal-SNR schedule needs prediction_type v_prediction or sample")
     return schedule, prediction
 

@@ -11,8 +11,8 @@
 Every sampler is a function
     run(denoise, schedule, x, timesteps, *, clip_denoised, generator, callback, **its options) -> x_0
 of
-    denoise(x_t, t) -> (eps, x0)   the noise and clean-image predictions (denoiser.denoiser builds it
-                                   from a network, denoiser.from_eps from a bare eps function),
+    denoise(x_t, t) -> (eps, x0)   the noise and clean-image predictions (guidance.denoiser builds it
+                                   from a network, guidance.from_eps from a bare eps function),
     schedule                       the NoiseSchedule the network was trained with,
     x                              the starting image at timesteps[0], (B, C, H, W),
     timesteps                      the descending integer steps to visit; the last one steps to the clean image.
@@ -32,7 +32,7 @@ from typing import Callable
 
 from torch import Tensor
 
-from ..denoiser import Denoise
+from ..guidance import Denoise
 from ..errors import UsageError
 from ..grids import SPACINGS, karras_sigmas, karras_timesteps, timesteps
 from ..noise import Generator, randn

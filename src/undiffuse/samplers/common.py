@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from ..denoiser import Denoise
+from ..guidance import Denoise
 from ..schedule import NoiseSchedule
 
 Callback = Callable[[dict], None] | None

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..denoiser import Denoise
+from ..guidance import Denoise
 from ..noise import Generator, randn
 from ..schedule import NoiseSchedule
 from .common import Callback, Step, predict, levels, pairs, walk

@@ -6,7 +6,7 @@ import math
 import torch
 from torch import Tensor
 
-from ..denoiser import Denoise
+from ..guidance import Denoise
 from ..noise import Generator
 from ..schedule import NoiseSchedule
 from .common import Callback, Step, levels, pairs, walk

@@ -27,7 +27,7 @@ from importlib import resources
 from .. import edit
 from ..conditions.lowres import DEFAULT_AUG
 from ..errors import RequestError
-from ..generate import DEFAULT_SAMPLER
+from ..generation import DEFAULT_SAMPLER
 from ..samplers import DEFAULT_STEPS, SAMPLERS
 from .jobs import JobQueue
 from .requests import (FRAMES, MAX_GUIDANCE, MAX_N, MAX_PROMPT, MAX_SIDE, MAX_STEPS, MAX_UPLOAD_BYTES, MAX_WORK,

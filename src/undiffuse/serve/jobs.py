@@ -7,6 +7,7 @@ import io
 import sys
 import threading
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from typing import AsyncIterator, Awaitable, Callable
 
@@ -15,7 +16,8 @@ from PIL import Image
 from torch import Tensor
 
 from .. import edit
-from ..generate import LoadedRun, generate
+from ..errors import UndiffuseError
+from ..generation import LoadedRun, generate
 from ..viz import MIN_CELL, image_grid, keep_frames
 from .requests import FRAMES, Job
 
@@ -145,9 +147,13 @@ class JobQueue:
             emit(final_event(images, job, time.perf_counter() - start))
         except Cancelled:
             pass
-        except Exception as e:  # noqa: BLE001 - the page shows it; the server keeps serving
-            print(f"undiffuse serve: {job.kind} failed: {type(e).__name__}: {e}", file=sys.stderr)
+        except UndiffuseError as e:  # what the request asked cannot be done: the page says why
             emit({"type": "error", "message": " ".join(str(e).split()) or type(e).__name__})
+        except Exception as e:  # noqa: BLE001 - a bug: its traceback goes to the log, and the server keeps serving
+            print(f"undiffuse serve: a {job.kind} job failed with a bug:", file=sys.stderr)
+            traceback.print_exc(file=sys.stderr)
+            emit({"type": "error", "message": f"internal error ({type(e).__name__}: {' '.join(str(e).split())[:200]}); "
+                                              "the server's log has its traceback"})
         finally:
             with self._lock:
                 self._queued.remove(ticket)

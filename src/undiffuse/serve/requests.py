@@ -24,38 +24,19 @@ from PIL import Image
 from torch import Tensor
 
 from .. import edit
-from ..conditions import conditioning
+from ..conditioning import resolve
 from ..conditions.lowres import DEFAULT_AUG
 from ..data.decode import decode_picture, image_tensor
 from ..errors import DataError, RequestError, UsageError
-from ..generate import DEFAULT_SAMPLER, LoadedRun
+from ..generation import DEFAULT_SAMPLER, LoadedRun
+from ..limits import GUIDANCE, PAGE_IMAGES, PAGE_STEPS, PAGE_WORK, SEED, Limit
 from ..samplers import REGISTRY, steps_walked
 
-
-MAX_N = 64  # images per request
-
-
-MAX_STEPS = 1000  # sampler steps per request
-
-
-MAX_GUIDANCE = 20.0
-
-
+MAX_N, MAX_STEPS, MAX_GUIDANCE, MAX_WORK = int(PAGE_IMAGES.hi), int(PAGE_STEPS.hi), GUIDANCE.hi, PAGE_WORK
 MAX_RESAMPLE = 20  # RePaint passes per jump
-
-
 MAX_UPLOAD_BYTES = 4 * 2**20  # one decoded image
-
-
 MAX_SIDE = 1024  # pixels, either side of an uploaded image
-
-
 FRAMES = 30  # intermediate pictures streamed per job
-# Network evaluations of one image, summed over a request's images: 64 images of DDPM's 1,000 steps,
-# the largest plain request, about a minute for the demo model on a laptop core.
-MAX_WORK = 64_000
-
-
 SHOW = ("x", "x0")  # what the frames picture: the noisy x_t, or the network's estimate of the clean image
 
 
@@ -178,29 +159,27 @@ def _sampler(run: LoadedRun, body: dict) -> dict:
 
 
 def _conditioning(run: LoadedRun, body: dict, default_n: int) -> tuple[dict, int, int]:
-    """labels / contexts / guidance for the library, the image count and the grid's row length, by
-    the rules the command line uses (conditions.conditioning). label: "each" (or missing: each class
-    in turn), "none" (unconditional), or a class name or id; a context takes the place of "each"."""
+    """What the images are told to draw (conditioning.resolve: the command line's rules), the image
+    count and the grid's row length. label: "each" (or missing: each class in turn), "none"
+    (unconditional), or a class name or id; a context takes the place of "each"."""
     n = _int(body, "n", default_n, 1, MAX_N)
     label, context = _text(body, "label"), _text(body, "context") or None
-    guidance = _float(body, "guidance", None, 0.0, MAX_GUIDANCE)
-    prompt, negative = _prompt(body, "prompt"), _prompt(body, "negative_prompt")
-    if getattr(run, "text", None) is not None:
-        if label not in (None, "each", "none") or context is not None:
-            raise RequestError("this is a text model: it takes a prompt, not a label or a context")
-        options = {"prompt": prompt, "negative_prompt": negative,
-                   "guidance": run.guidance if guidance is None else guidance}
-        return options, n, max(1, math.ceil(math.sqrt(n)))
-    if prompt is not None or negative is not None:
-        raise RequestError("this model is class-conditional: it takes a label, not a prompt" if run.num_classes
-                           else "this model is unconditional: it takes no prompt")
+    guidance = body.get("guidance")
+    if guidance is not None:
+        guidance = _checked(GUIDANCE, guidance)
     try:
-        options = conditioning(run.class_names, n, label=None if context and label == "each" else label, context=context,
-                               guidance=guidance, default_label="each", default_guidance=run.guidance)
+        asked = resolve(run, n, guidance=guidance, default="each", label=None if context and label == "each" else label,
+                        context=context, prompt=_prompt(body, "prompt"), negative_prompt=_prompt(body, "negative_prompt"))
     except UsageError as e:
         raise RequestError(str(e)) from None
-    cycles = run.num_classes and context is None and label in (None, "each", "all")
-    return options, n, min(n, run.num_classes) if cycles else max(1, math.ceil(math.sqrt(n)))
+    return asked.options(), n, min(n, asked.per_row) if asked.per_row else max(1, math.ceil(math.sqrt(n)))
+
+
+def _checked(limit: Limit, value):
+    try:
+        return limit.check(value)
+    except UsageError as e:
+        raise RequestError(str(e)) from None
 
 
 def _text(body: dict, key: str) -> str | None:
@@ -231,7 +210,7 @@ def _default_n(run: LoadedRun) -> int:
 
 
 def _seed(body: dict) -> int:
-    return _int(body, "seed", 0, 0, 2**31 - 1)
+    return _checked(SEED, body.get("seed", 0))
 
 
 def _show(body: dict) -> str:

@@ -7,7 +7,6 @@ calls it again after writing its scores.
 """
 from __future__ import annotations
 
-import csv
 import json
 import math
 import shlex
@@ -18,6 +17,7 @@ import torch
 from .. import checkpoint as ckpt
 from ..run import RunRecord, read_run
 from ..unet import UNet, count_parameters
+from .log import last_numbers
 
 CARD = "README.md"
 
@@ -91,8 +91,8 @@ def _data(record: RunRecord) -> str:
 
 def _training(run: Path, record: RunRecord) -> str:
     p, train = record.plan, record.train
-    step, last = _trained_step(run), _last_log_row(run)
-    minutes = _number(last.get("seconds")) / 60
+    step, last = _trained_step(run), last_numbers(run)
+    minutes = last.get("seconds", math.nan) / 60
     done = f"{step}" + ("" if step >= p.steps else f" of {p.steps} planned so far (`undiffuse train --out "
                         f"{_quote(run)} --resume` continues it)")
     lines = ["## Training", "", f"- steps: {done}",
@@ -109,7 +109,7 @@ def _training(run: Path, record: RunRecord) -> str:
         how += [f"{train['sample_steps']} DDIM steps"] if train.get("sample_steps") else []
         lines.append(f"- its samples default to {' and '.join(how)} (the recipe's for {record.channels}-channel "
                      "images, or train --guidance / --sample-steps)")
-    loss = _number(last.get("loss"))
+    loss = last.get("loss", math.nan)
     if math.isfinite(loss):
         lines.append(f"- last logged loss: {loss:.4f} (log.csv, loss.png)")
     return "\n".join(lines)
@@ -120,22 +120,6 @@ def _trained_step(run: Path) -> int:
         return max(0, ckpt.saved_step(run / ckpt.EMA))
     except ckpt.CheckpointError:
         return 0
-
-
-def _last_log_row(run: Path) -> dict:
-    try:
-        with (run / "log.csv").open(newline="") as f:
-            rows = list(csv.DictReader(f))
-    except (OSError, csv.Error, UnicodeDecodeError):
-        return {}
-    return rows[-1] if rows else {}
-
-
-def _number(text) -> float:
-    try:
-        return float(text)
-    except (TypeError, ValueError):
-        return float("nan")
 
 
 def _quote(run: Path) -> str:
@@ -149,8 +133,8 @@ def _sampling(run: Path, record: RunRecord) -> str:
         commands = [f"undiffuse sample {folder} --per-class 8 --out samples.png",
                     f"undiffuse sample {folder} --label {shlex.quote(_text(record.class_names[0]))} --n 8 "
                     "--out one-class.png"]
-    labels = ", labels=[0] * 16, guidance=run.guidance" if record.class_names else ""
-    python = ["from undiffuse.generate import generate, load_run", "",
+    labels = ", label=0" if record.class_names else ""
+    python = ["from undiffuse.generation import generate, load_run", "",
               f"run = load_run({_text(run)!r})",
               f"images = generate(run, 16{labels}, seed=0)  # (16, C, H, W) in [-1, 1]"]
     return "\n".join(["## How to sample it", "", "```bash", *commands, "```", "", "```python", *python, "```"])

@@ -20,8 +20,8 @@ from dataclasses import dataclass, fields
 from typing import Annotated, Literal, get_args, get_origin, get_type_hints
 
 from ..errors import UsageError
-from ..noise import MAX_SEED
-from ..parameterization import PREDICTIONS
+from ..limits import GUIDANCE, MAX_SEED
+from ..parameterization import PREDICTIONS, predictable
 from ..precision import PRECISIONS
 from ..conditions.lowres import TASKS, TRAIN_AUG
 from ..run import LR_RANGE, MAX_STEPS
@@ -69,7 +69,7 @@ POSITIVE, AT_LEAST_0, BELOW_1 = Range(0, open_low=True), Range(0), Range(0, 1, o
 ModelSize = Annotated[str, Literal[("auto", *MODEL_SIZES)]]
 Schedule = Annotated[str, Literal[SCHEDULES]]
 ContextMode = Annotated[str, Literal[CONTEXT_MODES]]
-BlockStyle = Annotated[str, Literal[BLOCK_STYLES]]
+BlockStyle = Annotated[str | None, Literal[BLOCK_STYLES]]
 Precision = Annotated[str, Literal[PRECISIONS]]
 Task = Annotated[str, Literal[TASKS]]
 
@@ -126,7 +126,7 @@ class SourceOptions(_Checked):
     context_names: str | None = None  # comma-separated names of the classes or context attributes
     base: str | None = None  # fine-tune: the run folder whose EMA weights this run starts from
     only_label: str | None = None  # fine-tune: train on the images of this class only (name or id)
-    captions: str | None = None  # train on text prompts: templates (digits 0-9), attributes (named labels) or a caption file
+    captions: str | None = None  # train on text prompts: metadata (a folder's metadata.jsonl/csv), templates (digits 0-9), attributes (named labels), names (emoji), a caption file, or none; None: the folder's metadata where it has one
     task: Task = "generate"  # generate images, or upscale (super-resolution, SR3) images downsampled by factor
     factor: Annotated[int | None, Range(2, 8)] = None  # upscale: full size over low-res size (default 4)
     flip: bool | None = None  # mirror each training image left-right half of the time; None: colour sets yes, one-channel sets no (recipe.py)
@@ -135,11 +135,11 @@ class SourceOptions(_Checked):
         if self.factor is not None and self.task != "upscale":
             raise UsageError("factor applies to task upscale only")
         if self.task == "upscale":
-            given = [n for n in ("labels", "captions", "context_names") if getattr(self, n)]
+            given = [n for n in ("labels", "captions", "context_names") if getattr(self, n) not in (None, "none")]
             if given:
                 raise UsageError(f"task upscale trains a model unconditional in class: it takes no "
                                  f"{given[0].replace('_', '-')}")
-        if self.captions not in (None, "attributes") and self.context_names is not None:
+        if self.captions not in (None, "attributes", "none") and self.context_names is not None:
             raise UsageError("a run is conditioned on classes or on text, not both: context_names names classes, "
                              "captions asks for text prompts (captions 'attributes' captions from those names)")
 
@@ -148,7 +148,7 @@ class SourceOptions(_Checked):
 class DiffusionOptions(_Checked):
     model: ModelSize = "auto"  # tiny, small, medium, large, or auto: the largest the budget trains well
     context_mode: ContextMode = CONTEXT_MODE  # how the class reaches the U-Net: scale (FiLM), add (to the time embedding), both
-    block_style: BlockStyle = "film"  # U-Net blocks: film, or adm (scale-shift norm of time + class; exports to diffusers)
+    block_style: BlockStyle = None  # U-Net blocks: adm (scale-shift norm of time + class; exports to diffusers) or film (the course's FiLM); None: the recipe's (adm; film behind a patch stem)
     patch: Annotated[int | None, Literal[PATCHES]] = None  # a patch stem: the U-Net runs on patch x patch tiles stacked as channels (1: none); None: the recipe's
     schedule: Schedule = "linear"  # noise schedule: linear, cosine or sigmoid
     zero_snr: bool = False  # rescale the schedule to zero terminal SNR (Lin et al. 2023); needs prediction v or x0
@@ -156,11 +156,11 @@ class DiffusionOptions(_Checked):
     prediction: Annotated[str | None, Literal[PREDICTIONS]] = None  # what the network predicts: eps, x0 or v; None: the recipe's (v behind a patch stem, else eps)
     min_snr: Annotated[float | None, AT_LEAST_0] = 5.0  # min-SNR-gamma loss weighting (Hang et al. 2023); 0 or None: plain MSE
     cond_drop: Annotated[float, BELOW_1] = 0.1  # probability of training on the null context (for guidance)
-    guidance: Annotated[float | None, Range(0, 20)] = None  # the guidance scale its samples default to (grids, sample, eval, demo, serve); None: the recipe's
+    guidance: Annotated[float | None, Range(GUIDANCE.lo, GUIDANCE.hi)] = None  # the guidance scale its samples default to (grids, sample, eval, demo, serve); None: the recipe's
     cond_aug: Annotated[float, Range(0, 2)] = TRAIN_AUG  # upscale: noise std of the low-res image drawn in [0, this]
 
     def check(self) -> None:
-        if self.zero_snr and self.prediction in (None, "eps"):
+        if not predictable(self.prediction, self.zero_snr):
             raise UsageError("zero_snr needs prediction v or x0: with no signal left at the last step, "
                              "the noise says nothing about the image")
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from .. import checkpoint as ckpt
 from ..conditions import class_id
 from ..data import ImageData
+from ..data.captions import wants_captions
 from ..errors import DataError, UsageError
 from ..run import BaseRun, RunRecord
 from .config import TrainConfig
@@ -37,7 +38,7 @@ def inherit(cfg: TrainConfig, base: RunRecord) -> TrainConfig:
     and factor, a text run's caption rule unless given; a quarter of the base's peak learning rate
     unless given, so the model adapts without forgetting."""
     captions = cfg.source.captions
-    if captions is not None and base.text is None:
+    if wants_captions(captions) and base.text is None:
         raise UsageError(f"captions need a text run to fine-tune; '{cfg.source.base}' is not one (train a new "
                          "run with --captions)")
     if captions is None and base.text is not None and base.train.get("captions") in NAMED_CAPTIONS:

@@ -38,6 +38,18 @@ def check_run_folder(run: Path, overwrite: bool, base: str | Path | None = None)
             raise ckpt.CheckpointError(f"refusing to overwrite '{run}': it is not an undiffuse run folder")
 
 
+def check_outside_data(run: Path, data: str | None) -> None:
+    """A run inside its own data folder would train on its own grids and pictures (a folder's images
+    are searched recursively), and a resume would read more of them each time: refused."""
+    folder = Path(data).expanduser() if data else None
+    if folder is None or not folder.is_dir():
+        return
+    inside = run.resolve()
+    if inside == folder.resolve() or folder.resolve() in inside.parents:
+        raise ckpt.CheckpointError(f"the run folder '{run}' lies inside the data folder '{data}': its sample "
+                                   "grids would be read as training images; choose an --out outside the data")
+
+
 def _check_not_inside_a_run(run: Path) -> None:
     """A run inside a run folder (RUN/checkpoints/x, RUN/sub) would be taken for part of it: its
     checkpoints by a later `RUN --resume`, its files by an overwrite of RUN."""

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
+import dataclasses
 import math
 from pathlib import Path
 
 import torch
 
 from .. import checkpoint as ckpt
-from ..conditions import drop_mask, one_hot
+from ..conditions import Classes, Condition, drop_mask, one_hot, rows_of
+from ..conditions.prompt import Prompt
 from ..conditions.lowres import LowRes, training_condition
 from ..data import batch_at, batch_indices
 from ..precision import FP32, Precision
@@ -66,25 +67,19 @@ class Learner:
         """Forward and backward over this rank's part of each micro-batch of `step`. Returns this
         rank's share of the batch's mean loss: summed over ranks, the batch's mean."""
         cfg, world, device = self.setup.cfg, self.setup.world, self.setup.device
-        batch = draw_batch(self.setup, step)
-        low = low_batch(self.setup, step, batch[0])
+        x0s, cond, ts, noises = draw_batch(self.setup, step)
         micro_batches = torch.arange(cfg.optim.batch_size).tensor_split(cfg.runtime.grad_accum)
         total = torch.zeros((), device=device)
         self._quarters = torch.zeros(2 * QUARTERS, dtype=torch.float64, device=device)
         for k, micro in enumerate(micro_batches):
             index = micro[dist.shard(len(micro), world)]
-            x0, context, null, t, noise = (None if v is None else v[index].to(device) for v in batch)
+            x0, t, noise = (v[index].to(device) for v in (x0s, ts, noises))
             if cfg.runtime.channels_last:
                 x0, noise = (v.contiguous(memory_format=torch.channels_last) for v in (x0, noise))
-            net = self.net
-            if self.setup.captions is not None:  # a text run: context holds each image's caption row
-                net, context = functools.partial(self.net, text=self.setup.captions.batch(context)), None
-            if low is not None:  # an upscale run: the batch's own images, downsampled and noised
-                net = functools.partial(self.net, low=low.take(index, device))
             last = k == len(micro_batches) - 1
             with contextlib.nullcontext() if last or self.ddp is None else self.ddp.no_sync():
                 with self.precision.autocast(device.type):
-                    per_image = per_image_loss(net, self.schedule, x0, t, noise, context, null,
+                    per_image = per_image_loss(self.net, self.schedule, x0, t, noise, rows_of(cond, index, device),
                                                prediction=cfg.diffusion.prediction, min_snr=cfg.diffusion.min_snr)
                     loss = per_image.mean() * len(index) / cfg.optim.batch_size
                 self._count_quarters(per_image.detach(), t)
@@ -158,27 +153,30 @@ class Learner:
 
 def draw_batch(setup: Setup, step: int) -> tuple:
     """The global batch of a step with all its random draws, identical on every rank:
-    (x0, context, null, t, noise), context and null None for an unconditional model; a text run's
-    context is each image's caption row, 0 (the null prompt) where guidance dropout struck."""
+    (x0, cond, t, noise). cond (conditions/condition.py) is None for an unconditional model; its rows
+    take the null class or the empty prompt where guidance dropout struck; an upscale run's holds each
+    image's own downsampled, noised self."""
     cfg, k = setup.cfg, setup.context_dim
     generator = torch.Generator().manual_seed(cfg.optim.seed * 1_000_003 + step + 1)
     images, labels = batch_at(setup.data, cfg.optim.batch_size, step, cfg.optim.seed)
-    context = null = None
-    if setup.captions is not None:
+    cond = None
+    if setup.captions is not None:  # each image's caption row, row 0 (the empty prompt) where dropped
         rows = setup.caption_index[batch_indices(len(setup.data.images), cfg.optim.batch_size, step, cfg.optim.seed)]
         drop = drop_mask(len(rows), cfg.diffusion.cond_drop, generator, "cpu")
-        context = torch.where(drop, torch.zeros_like(rows), rows)
+        cond = Condition(prompt=Prompt(setup.captions.batch(torch.where(drop, torch.zeros_like(rows), rows))))
     elif k and labels is None:  # unlabelled data for a conditional model: the null context
-        null = torch.ones(len(images), dtype=torch.bool)
-        context = torch.zeros(len(images), k)
+        cond = Condition(Classes(torch.zeros(len(images), k), torch.ones(len(images), dtype=torch.bool)))
     elif k:
-        context = labels.float() if labels.ndim == 2 else one_hot(labels, k)
-        null = drop_mask(len(labels), cfg.diffusion.cond_drop, generator, "cpu")
+        vectors = labels.float() if labels.ndim == 2 else one_hot(labels, k)
+        cond = Condition(Classes(vectors, drop_mask(len(labels), cfg.diffusion.cond_drop, generator, "cpu")))
     t, noise = draw_noise(setup.schedule.T, images.shape, generator)
     if cfg.source.flip:  # drawn last, so that runs without flips keep the draws they always had
         mirror = torch.rand(len(images), generator=generator) < 0.5
         images = torch.where(mirror[:, None, None, None], images.flip(-1), images)
-    return images, context, null, t, noise
+    low = low_batch(setup, step, images)
+    if low is not None:
+        cond = Condition(low=low) if cond is None else dataclasses.replace(cond, low=low)
+    return images, cond, t, noise
 
 
 def low_batch(setup: Setup, step: int, images: torch.Tensor) -> LowRes | None:

@@ -118,6 +118,17 @@ def logged_losses(run: str | Path) -> list[float]:
     return read_log(run)[1] if (Path(run) / LOG).is_file() else []
 
 
+def last_numbers(run: str | Path) -> dict[str, float]:
+    """The last row of a run's log.csv as numbers (nan where a value is missing); {} where there is no
+    readable log (a run that has not logged yet, or an imported one)."""
+    try:
+        with (Path(run) / LOG).open(newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, csv.Error, UnicodeDecodeError):
+        return {}
+    return {k: _number(v) for k, v in rows[-1].items() if k is not None} if rows else {}
+
+
 def _number(text) -> float:
     try:
         return float(text)

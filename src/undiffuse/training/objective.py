@@ -8,23 +8,24 @@ import torch
 from ..parameterization import min_snr_weight, target
 
 
-def diffusion_loss(model, schedule, x0, t, noise, context=None, null=None, *, prediction: str = "eps",
+def diffusion_loss(model, schedule, x0, t, noise, cond=None, *, prediction: str = "eps",
                    min_snr: float | None = None) -> torch.Tensor:
     """The mean over the batch of the per-image squared error of the target, computed in float32
-    under autocast: x0 noised to step t with `noise`, and the network asked for the target.
+    under autocast: x0 noised to step t with `noise`, and the network asked for the target given
+    `cond` (conditions/condition.py: B rows, null rows where guidance dropout struck; None: unconditional).
 
     min_snr = gamma weights each image so that its loss, expressed as an x0 error, counts
     min(snr, gamma): the many nearly clean steps stop dominating the gradient (Hang et al. 2023,
     eq. 7), which several times speeds up convergence. None or 0 gives Ho et al.'s plain MSE.
     """
-    return per_image_loss(model, schedule, x0, t, noise, context, null, prediction=prediction, min_snr=min_snr).mean()
+    return per_image_loss(model, schedule, x0, t, noise, cond, prediction=prediction, min_snr=min_snr).mean()
 
 
-def per_image_loss(model, schedule, x0, t, noise, context=None, null=None, *, prediction: str = "eps",
+def per_image_loss(model, schedule, x0, t, noise, cond=None, *, prediction: str = "eps",
                    min_snr: float | None = None) -> torch.Tensor:
     """Each image's (weighted) loss, (B,): what diffusion_loss averages, and what the log splits by t."""
     x_t = schedule.q_sample(x0, t, noise)
-    error = model(x_t, t, context, null).float() - target(prediction, schedule, x0, t, noise)
+    error = model(x_t, t, cond).float() - target(prediction, schedule, x0, t, noise)
     per_image = error.pow(2).flatten(1).mean(1)
     if min_snr:
         per_image = per_image * min_snr_weight(schedule, t, min_snr, prediction)

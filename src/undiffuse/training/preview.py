@@ -9,8 +9,10 @@ from pathlib import Path
 import torch
 
 from .. import checkpoint as ckpt
-from ..conditions.lowres import DEFAULT_AUG, LowRes, condition, downsample
-from ..generate import DEFAULT_GUIDANCE, sample_images
+from ..conditions import Classes, Condition
+from ..conditions.lowres import DEFAULT_AUG, condition, downsample
+from ..conditions.prompt import Prompt
+from ..generation import DEFAULT_GUIDANCE, sample_images
 from ..precision import FP32, Precision
 from ..viz import save_grid, save_loss_curve
 from .card import write_card
@@ -37,15 +39,9 @@ class GridSchedule:
 
 def write_grid(setup: Setup, ema: torch.nn.Module, run: Path, step: int, precision: Precision = FP32) -> Path:
     """RUN/samples/stepN.png, sampled in the run's training precision."""
-    labels = list(range(setup.context_dim)) if setup.context_dim else None
-    n = len(labels) if labels else 8
-    text, captions = None, setup.captions
-    if captions is not None and len(captions) > 1:  # the first training captions, one image each
-        rows = torch.arange(1, min(9, len(captions)))
-        text, n = captions.batch(rows), len(rows)
-    images = sample_images(ema, setup.schedule, setup.cfg.diffusion.prediction, n, labels=labels,
-                           image_size=setup.data.image_size, seed=0, text=text, low=grid_low(setup, n),
-                           guidance=_guidance(setup) if labels or text is not None else 1.0, precision=precision,
+    cond, n = grid_condition(setup)
+    images = sample_images(ema, setup.schedule, setup.cfg.diffusion.prediction, n, cond=cond,
+                           image_size=setup.data.image_size, seed=0, guidance=_guidance(setup), precision=precision,
                            steps=_steps(setup))
     path = run / "samples" / f"step{step:07d}.png"
     path.parent.mkdir(exist_ok=True)
@@ -64,15 +60,22 @@ def _steps(setup: Setup) -> int | None:
     return None if steps is None else min(steps, setup.schedule.T)
 
 
-def grid_low(setup: Setup, n: int) -> LowRes | None:
-    """An upscale run's grid conditions: its first n training images, downsampled, at the sampling level."""
-    if setup.cfg.source.task != "upscale":
-        return None
-    images, factor = setup.data.images[:n].float(), setup.cfg.source.factor
-    generator = torch.Generator().manual_seed(0)
-    low = condition(downsample(images, factor), factor, torch.full((len(images),), DEFAULT_AUG),
-                    torch.randn(images.shape, generator=generator))
-    return low.rows(0, n, setup.device)
+def grid_condition(setup: Setup) -> tuple[Condition | None, int]:
+    """What a training grid draws, and how many images: one of each class; the first training captions,
+    one image each; an upscale run's first training images, downsampled; 8 unconditional images."""
+    if setup.context_dim:
+        return Condition(Classes.of(torch.eye(setup.context_dim, device=setup.device))), setup.context_dim
+    captions = setup.captions
+    if captions is not None and len(captions) > 1:
+        rows = torch.arange(1, min(9, len(captions)))
+        return Condition(prompt=Prompt(captions.batch(rows))), len(rows)
+    if setup.cfg.source.task == "upscale":
+        images, factor = setup.data.images[:8].float(), setup.cfg.source.factor
+        generator = torch.Generator().manual_seed(0)
+        low = condition(downsample(images, factor), factor, torch.full((len(images),), DEFAULT_AUG),
+                        torch.randn(images.shape, generator=generator))
+        return Condition(low=low.rows(slice(None), setup.device)), len(images)
+    return None, 8
 
 
 def write_summary(run: Path, saved_step: int | None = None) -> None:

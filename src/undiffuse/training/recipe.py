@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from ..denoiser import DEFAULT_GUIDANCE
+from ..guidance import DEFAULT_GUIDANCE
 from ..errors import UsageError
 from ..run import Plan
 from ..unet import UNetConfig
@@ -45,7 +45,7 @@ def flips(channels: int) -> bool:
 
 # How a run's samples are drawn unless asked otherwise: the guidance scale and the default sampler's
 # (DDIM's) steps, by the set's channels. Digits: guidance 2 with x0 clipping drew the digit asked 95%
-# of the time against 72% at 1 (denoiser.DEFAULT_GUIDANCE), and 10 DDIM steps scored the best FID per
+# of the time against 72% at 1 (guidance.DEFAULT_GUIDANCE), and 10 DDIM steps scored the best FID per
 # network call on the budget models (samplers.DEFAULT_STEPS). Colour emoji after 10 minutes of one
 # busy core (benchmarks/colour_budget.py): FID 53 / 45 / 49 and fidelity 0.40 / 0.51 / 0.58 at
 # guidance 2 / 3 / 4 (a colour model that saw its classes less sharply needs more), and with the
@@ -70,9 +70,19 @@ def patch_for(image_size: int, channels: int, device_type: str, block_style: str
     (one channel) draw well without it and are left as they were; adm blocks stay exportable to
     diffusers, whose UNet2DModel has no such stem; super-resolution is all fine detail; on CUDA a
     budget affords the full resolution."""
-    if device_type == "cpu" and channels == 3 and image_size >= 32 and block_style == "film" and task == "generate":
+    if device_type == "cpu" and channels == 3 and image_size >= 32 and block_style != "adm" and task == "generate":
         return 2
     return 1
+
+
+def block_style_for(patch: int) -> str:
+    """The U-Net blocks a new run gets when the user did not say: adm, which exports one to one to
+    diffusers' UNet2DModel, and which trained as well as film in the same wall-clock minutes (10
+    minutes of one busy core on the digits: 4,541 steps to film's 4,182, fidelity 0.993 and 0.995, FID
+    4.27 and 5.10; benchmarks/block_styles.py). Behind a patch stem, which no UNet2DModel has, film
+    blocks, as the colour recipe was measured with (patch_for); `--block-style film` keeps the
+    course notebook's FiLM scaling anywhere."""
+    return "film" if patch > 1 else "adm"
 
 
 def prediction_for(patch: int) -> str:

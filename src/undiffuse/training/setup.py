@@ -13,7 +13,7 @@ from torch import Tensor
 
 from ..conditions.text import CONTEXT_TOKENS, CaptionTable, TextEncoder, canonical, load_table
 from ..data import ImageData, load_data, name_contexts
-from ..data.captions import captions_for
+from ..data.captions import captions_for, own_captions, wants_captions
 from ..device import pick_device
 from ..errors import CheckpointError, UsageError
 from ..run import CAPTIONS, BaseRun, RunRecord, read_run
@@ -22,8 +22,8 @@ from ..unet import UNetConfig
 from . import distributed as dist
 from .config import TrainConfig
 from .finetune import base_run, fit_to, inherit, only_class
-from .recipe import (MODEL_SIZES, default_batch_size, default_guidance, default_sample_steps, flips, patch_for,
-                     prediction_for, unet_config)
+from .recipe import (MODEL_SIZES, block_style_for, default_batch_size, default_guidance, default_sample_steps, flips,
+                     patch_for, prediction_for, unet_config)
 
 # torch.compile on a CPU trained 0.98-1.21x as fast as eager after 40-75 s of compiling
 # convolutions, and a CPU budget of minutes does not win the compile time back. Refused there.
@@ -86,7 +86,7 @@ def new_setup(cfg: TrainConfig, data: ImageData | None = None) -> Setup:
         context_dim, names = 0, ()
         cfg = upscale_factor(cfg, data.image_size)
     text = {}
-    if cfg.source.captions is not None or (base is not None and base.text is not None):
+    if wants_captions(cfg.source.captions) or (base is not None and base.text is not None):
         context_dim, names = 0, ()  # text, not classes: the labels served only to caption the images
         text = encode_captions(cfg, data, device)
     return Setup(cfg, data, context_dim, names, finetuned_from, device, world, _schedule(cfg), **text, network=base)
@@ -96,6 +96,9 @@ def data_choices(cfg: TrainConfig, data: ImageData, device_type: str) -> TrainCo
     """The options the user left to the recipe that follow from the data and the device, decided once
     and recorded with the run's options (config.json's train, and unet.patch), so a resume reads them back."""
     choices = {}
+    s = cfg.source
+    if s.captions is None and not s.base and s.task == "generate" and s.conditional and own_captions(data):
+        choices["captions"] = own_captions(data)  # a folder that captions its images trains on the captions
     if cfg.source.flip is None:
         choices["flip"] = flips(data.channels)
     if cfg.diffusion.guidance is None:  # unconditional runs ignore it
@@ -106,6 +109,8 @@ def data_choices(cfg: TrainConfig, data: ImageData, device_type: str) -> TrainCo
     if patch is None:
         patch = choices["patch"] = patch_for(data.image_size, data.channels, device_type, cfg.diffusion.block_style,
                                              cfg.source.task)
+    if cfg.diffusion.block_style is None:
+        choices["block_style"] = block_style_for(patch)
     if cfg.diffusion.prediction is None:
         choices["prediction"] = prediction_for(patch)
     return cfg.updated(**choices) if choices else cfg

@@ -36,7 +36,7 @@ from ..run import CAPTIONS, Plan, RunRecord, read_run, write_run
 from . import distributed as dist
 from .budget import REFIT_EVERY, Deadline, Stopwatch
 from .config import TrainConfig
-from .folder import FolderLock, abandon_run_folder, check_run_folder, clear_run_folder
+from .folder import FolderLock, abandon_run_folder, check_outside_data, check_run_folder, clear_run_folder
 from .learner import QUARTERS, Learner
 from .log import LOG, LogWriter, logged_losses, open_log, truncate_log
 from .preview import GridSchedule, write_summary
@@ -103,6 +103,7 @@ class Trainer:
         watch = Stopwatch(clock, spent)  # a time budget counts from here: reading the data, timing the sizes
         run = Path(run)
         check_run_folder(run, overwrite, cfg.source.base)  # read only; again under the lock in _publish
+        check_outside_data(run, cfg.source.data)
         setup = new_setup(cfg, data)
         size, plan, precision = dist.broadcast(choose(setup, watch) if setup.world.is_main else None, setup.world)
         learner = Learner(setup, size, precision)
@@ -126,6 +127,7 @@ class Trainer:
         record = read_run(run)
         stored = options_of(record, run)
         cfg = resumed_config(stored, record, changes or {}, run)
+        check_outside_data(run, cfg.source.data)
         setup = resumed_setup(cfg, record, data, run)
         check_step_memory(setup, record.model_size)
         learner = Learner(setup, record.model_size, record.precision)  # a checkpoint that does not fit is refused
@@ -236,31 +238,27 @@ class Trainer:
         A finished run returns at once and writes nothing."""
         if self.finished:
             return self._result([])
+        main = self.world.is_main
+        session = _Session(self.watch.clock(), self.step)
         try:
             self._lock.take(expect_step=self.saved_step)  # again, when an earlier train() let go of it
-            session = self._session(until, progress, on_grid)
+            self.grid_schedule = GridSchedule(self.cfg.runtime.grids, self.done())
+            bar = tqdm(total=self.plan.steps, initial=self.step, disable=not (progress and main), unit="step",
+                       dynamic_ncols=True, desc=self.run.name)
+            with StopOnSignal() as stop:  # a second signal, in the last save too, stops at once
+                with open_log(self.run / LOG, main) as log_file:
+                    log = LogWriter(log_file, bar, self.cfg.optim.batch_size) if log_file else None
+                    self._loop(session, stop, log, bar, until, on_grid)
+                    if self.deadline and not stop.requested and until is None and self.step > session.start_step:
+                        self._end_at_deadline(session, log, on_grid)
+                bar.close()
+                self._save_if_new()
+            if dist.any_rank(stop.requested, self.world, self.device):  # after the save: no step is lost
+                raise KeyboardInterrupt(f"stopped by signal at step {self.step}")
+            self.extended = False
         finally:
             self.close()
         return self._result(session.losses, session.skipped)
-
-    def _session(self, until, progress: bool, on_grid) -> _Session:
-        main = self.world.is_main
-        self.grid_schedule = GridSchedule(self.cfg.runtime.grids, self.done())
-        bar = tqdm(total=self.plan.steps, initial=self.step, disable=not (progress and main), unit="step",
-                   dynamic_ncols=True, desc=self.run.name)
-        session = _Session(self.watch.clock(), self.step)
-        with StopOnSignal() as stop:  # a second signal, in the last save too, stops at once
-            with open_log(self.run / LOG, main) as log_file:
-                log = LogWriter(log_file, bar, self.cfg.optim.batch_size) if log_file else None
-                self._loop(session, stop, log, bar, until, on_grid)
-                if self.deadline and not stop.requested and until is None and self.step > session.start_step:
-                    self._end_at_deadline(session, log, on_grid)
-            bar.close()
-            self._save_if_new()
-        if dist.any_rank(stop.requested, self.world, self.device):  # after the save: no step is lost
-            raise KeyboardInterrupt(f"stopped by signal at step {self.step}")
-        self.extended = False
-        return session
 
     def _result(self, losses: list[float], skipped: int = 0) -> Result:
         """The Result; the final loss is the mean of the last few percent of this session's steps, or
@@ -269,6 +267,8 @@ class Trainer:
         return Result(self.run, self.step, self.elapsed, sum(tail) / len(tail), skipped)
 
     def _loop(self, session: _Session, stop: StopOnSignal, log, bar, until, on_grid) -> None:
+        """Step after step: each timed (for the thread chooser and the deadline), its loss kept or its
+        skip counted, then the log, the grids and the periodic checkpoint that are due."""
         last_save = self.watch.clock()
         while self._more_steps(until):
             out_of_time = self.world.is_main and self.deadline is not None and self.step > 0 \
@@ -276,7 +276,23 @@ class Trainer:
             stopping, done = dist.agree(stop.requested or out_of_time, self.done(), self.world, self.device)
             if stopping:
                 break
-            self._timed_step(session, done, bar)
+            self.threads.start(self.step)
+            start = self.watch.clock()
+            loss = self.train_step(done)
+            seconds = self.watch.clock() - start
+            self.threads.took(seconds)
+            if self.bad_steps:
+                session.skipped += 1
+                self._check_diverged(loss, bar)
+            else:
+                session.losses.append(loss)
+                session.recent.append(loss)
+                session.quarters += self.learner.quarters
+            if self.deadline:
+                self.deadline.record_step(seconds)
+                if self.step % REFIT_EVERY == 0:
+                    self._refit()
+                    bar.total = self.plan.steps
             if log is not None and (self.step % max(1, self.plan.steps // 500) == 0 or self.step == self.plan.steps):
                 self._log(log, session)
             bar.update(1)
@@ -286,26 +302,6 @@ class Trainer:
             if self.watch.clock() - last_save > every and not soon:
                 self.save()
                 last_save = self.watch.clock()
-
-    def _timed_step(self, session: _Session, done: float, bar) -> None:
-        """One step, its time told to the deadline, its loss kept (or its skip counted)."""
-        self.threads.start(self.step)
-        start = self.watch.clock()
-        loss = self.train_step(done)
-        seconds = self.watch.clock() - start
-        self.threads.took(seconds)
-        if self.deadline:
-            self.deadline.record_step(seconds)
-        if self.bad_steps:
-            session.skipped += 1
-            self._check_diverged(loss, bar)
-        else:
-            session.losses.append(loss)
-            session.recent.append(loss)
-            session.quarters += self.learner.quarters
-        if self.deadline and self.step % REFIT_EVERY == 0:
-            self._refit()
-            bar.total = self.plan.steps
 
     def _end_at_deadline(self, session: _Session, log, on_grid) -> None:
         """The deadline ended the run: the step count it really took, its last log row and grid."""

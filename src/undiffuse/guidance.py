@@ -9,21 +9,18 @@ Guided prediction (Ho & Salimans 2022): eps = eps_null + w * (eps_ctx - eps_null
 unconditional, w = 1 conditional, and one batched pass computes both branches otherwise. x0 is affine
 in eps at a given x_t, so the same blend of the two x0 predictions is the guided x0.
 
-A text network takes `text` (a TextBatch per image) instead of `context`; a negative prompt takes
-the place of the null branch: eps = eps_neg + w * (eps_pos - eps_neg). Rows that are all null (the
-empty prompt) with no negative prompt run one unconditional pass, the null branch exactly.
+One branch serves every kind of condition (conditions/condition.py): the guided branch is the
+condition as asked, the other its `against()` (the null class, the empty prompt or a negative prompt);
+a condition that steers nothing (no classes or prompt in any row, no negative prompt) runs one pass.
 """
 from __future__ import annotations
 
-import functools
 from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
-from .conditions.lowres import LowRes
-from .conditions.prompt import cat_text, nulled
-from .conditions.text import TextBatch
+from .conditions.condition import Condition
 from .parameterization import to_eps_x0
 from .precision import FP32, Precision
 from .schedule import NoiseSchedule
@@ -44,33 +41,29 @@ def guided(pred_null: Tensor, pred_ctx: Tensor, w: float) -> Tensor:
     return pred_null + w * (pred_ctx - pred_null)
 
 
-def denoiser(model: nn.Module, schedule: NoiseSchedule, *, prediction: str = "eps",
-             context: Tensor | None = None, guidance: float = 1.0, text: TextBatch | None = None,
-             negative: TextBatch | None = None, low: LowRes | None = None, precision: Precision = FP32) -> Denoise:
+def denoiser(model: nn.Module, schedule: NoiseSchedule, *, prediction: str = "eps", cond: Condition | None = None,
+             guidance: float = 1.0, precision: Precision = FP32) -> Denoise:
     """The one adapter from a network to the `denoise(x_t, t) -> (eps, x0)` that samplers take.
 
-    context: (B, K) per image, or None for an unconditional model (or all-null rows).
-    guidance: w; 1 asks one conditional pass, 0 one unconditional pass, anything else both.
-    text: (B rows) a text network's prompts; negative: (B rows) the prompts that replace the null branch.
-    low: (B rows) a super-resolution network's low-res condition, the same in both branches.
+    cond: what the B images are told to draw (B rows), None for none.
+    guidance: w; 1 asks one conditional pass, 0 one pass on the branch it pushes away from, anything
+    else both, batched.
     precision: the autocast of the network's passes; what comes out of them is fp32.
     """
     model = in_precision(model, precision)
-    if low is not None:
-        model = functools.partial(model, low=low)
-    if text is not None:
-        return _text_denoiser(model, schedule, prediction, text, negative, guidance)
+    steered = cond is not None and cond.steers and guidance != 1.0
+    against = cond.against() if steered else None
+    pair = cond.cat(against) if steered and guidance != 0.0 else None
 
     def denoise(x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         t = t.expand(x_t.shape[0]) if t.ndim == 0 else t
-        if context is None or guidance == 1.0:
-            return to_eps_x0(model(x_t, t, context), x_t, t, schedule, prediction)
-        if guidance == 0.0:
-            return to_eps_x0(model(x_t, t, None), x_t, t, schedule, prediction)
+        if not steered:
+            return to_eps_x0(model(x_t, t, cond), x_t, t, schedule, prediction)
+        if pair is None:
+            return to_eps_x0(model(x_t, t, against), x_t, t, schedule, prediction)
         b = x_t.shape[0]
-        null = torch.arange(2 * b, device=x_t.device) >= b
-        pred = model(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([context, context]), null)
-        eps, x0 = to_eps_x0(pred, torch.cat([x_t, x_t]), torch.cat([t, t]), schedule, prediction)
+        xx, tt = torch.cat([x_t, x_t]), torch.cat([t, t])
+        eps, x0 = to_eps_x0(model(xx, tt, pair), xx, tt, schedule, prediction)
         return guided(eps[b:], eps[:b], guidance), guided(x0[b:], x0[:b], guidance)
 
     return denoise
@@ -86,27 +79,6 @@ def in_precision(model: Callable[..., Tensor], precision: Precision) -> Callable
             return model(x, *args, **kwargs).float()
 
     return run
-
-
-def _text_denoiser(model: nn.Module, schedule: NoiseSchedule, prediction: str, text: TextBatch,
-                   negative: TextBatch | None, guidance: float) -> Denoise:
-    against = negative if negative is not None else nulled(text)  # the branch guidance pushes away from
-    if negative is None and bool(text.null.all()):
-        guidance = 0.0  # the empty prompt: the unconditional branch, one pass
-    pair = cat_text(text, against) if guidance not in (0.0, 1.0) else None
-
-    def denoise(x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        t = t.expand(x_t.shape[0]) if t.ndim == 0 else t
-        if guidance == 1.0:
-            return to_eps_x0(model(x_t, t, text=text), x_t, t, schedule, prediction)
-        if guidance == 0.0:
-            return to_eps_x0(model(x_t, t, text=against), x_t, t, schedule, prediction)
-        b = x_t.shape[0]
-        xx, tt = torch.cat([x_t, x_t]), torch.cat([t, t])
-        eps, x0 = to_eps_x0(model(xx, tt, text=pair), xx, tt, schedule, prediction)
-        return guided(eps[b:], eps[:b], guidance), guided(x0[b:], x0[:b], guidance)
-
-    return denoise
 
 
 def from_eps(eps_fn: Callable[[Tensor, Tensor], Tensor], schedule: NoiseSchedule) -> Denoise:

@@ -3,9 +3,11 @@
 This is the library side of `undiffuse sample`: one generator per image, seeded seed + i, so that an
 image depends on its seed only, not on the batch it was drawn in (NVlabs/edm's habit).
 
-A text run samples prompts: `generate(run, n, prompt="a handwritten seven")` or `prompts=[...]` (one
-per image, cycled), with `negative_prompt`. Prompts among the training captions come from the run's
-caption table (captions.safetensors) without the encoder; others are encoded once per distinct prompt.
+What the images are told to draw is asked in words (`generate(run, n, label=7)`, `labels=[...]`,
+`context="0.6*3+0.4*8"`, `prompt="a handwritten seven"`, `prompts=[...]`, `negative_prompt=...`),
+resolved by the rules the command line and the web page share (conditioning.resolve), with the run's
+own guidance by default. Prompts among a text run's training captions come from its caption table
+(captions.safetensors) without the encoder; others are encoded once per distinct prompt.
 """
 from __future__ import annotations
 
@@ -19,11 +21,11 @@ import torch
 from torch import Tensor
 
 from . import checkpoint as ckpt
-from .conditions import context_batch
+from .conditioning import condition_for
+from .conditions import Condition, rows_of
 from .conditions.lowres import LowRes
-from .conditions.prompt import slice_text
 from .conditions.text import CaptionTable, TextBatch, TextEncoder, canonical, load_table
-from .denoiser import DEFAULT_GUIDANCE, denoiser
+from .guidance import DEFAULT_GUIDANCE, denoiser
 from .errors import UsageError
 from .noise import generators, randn
 from .precision import FP32, MARGIN, Precision, choose as choose_precision, time_alternately
@@ -157,7 +159,7 @@ def probe_batch(net: UNet, side: int, batch: int | None = None) -> dict:
     device = next(net.parameters()).device
     x = torch.randn(batch, net.cfg.channels, side, side, device=device)
     low = LowRes(torch.zeros_like(x), torch.zeros(batch, device=device)) if net.cfg.cond_channels else None
-    return {"x": x, "t": torch.full((batch,), 500, device=device), "low": low}
+    return {"x": x, "t": torch.full((batch,), 500, device=device), "cond": Condition(low=low)}
 
 
 def faster_layout(net: UNet, precision: Precision, side: int) -> UNet:
@@ -189,39 +191,26 @@ def with_compiled_network(run: LoadedRun) -> LoadedRun:
     return dataclasses.replace(run, net=torch.compile(run.net, dynamic=False))
 
 
-def sample_images(net: UNet, schedule: NoiseSchedule, prediction: str, n: int, *,
-                  image_size: int, labels: list[int] | None = None,
-                  contexts: Tensor | None = None, text: TextBatch | None = None,
-                  negative: TextBatch | None = None, low: LowRes | None = None,
-                  sampler: str = DEFAULT_SAMPLER, steps: int | None = None, guidance: float = 1.0, seed: int = 0,
-                  clip_denoised: bool = True, batch_size: int = 250, callback: Callback = None,
-                  precision: Precision = FP32, **options) -> Tensor:
-    """n images in [-1, 1], (n, C, H, W). For a conditional network: `labels`, a class id per image,
-    or `contexts`, a (n, K) context vector per image (multi-hot, or a mixture: see parse_context);
-    for a text network, `text` (n rows: LoadedRun.encode) and optionally `negative` (n rows);
-    for a super-resolution network, `low` (n rows: edit.upscale builds it).
+def sample_images(net: UNet, schedule: NoiseSchedule, prediction: str, n: int, *, image_size: int,
+                  cond: Condition | None = None, guidance: float = 1.0, sampler: str = DEFAULT_SAMPLER,
+                  steps: int | None = None, seed: int = 0, clip_denoised: bool = True, batch_size: int = 250,
+                  callback: Callback = None, precision: Precision = FP32, **options) -> Tensor:
+    """n images in [-1, 1], (n, C, H, W), drawn by `sampler` from a network: `cond` is what they are told
+    to draw (n rows; conditions/condition.py), None for nothing, `guidance` its classifier-free scale.
 
     clip_denoised keeps each step's estimate of the clean image inside the data range [-1, 1]; it
     removes the speckles that a briefly trained model leaves. The callback sees the steps of each
     batch in turn; `options` go to the sampler (eta, add_noise, ...). precision: the network's
     autocast (LoadedRun.precision decides one for a run).
     """
-    cfg = net.cfg
-    side = image_size
     device = next(net.parameters()).device
-    contexts = context_batch(cfg.context_dim, n, labels, contexts)
     gens = generators(n, seed)
     out = []
     for start in range(0, n, batch_size):
         stop = min(n, start + batch_size)
-        x = randn((stop - start, cfg.channels, side, side), gens[start:stop], device)
-        context = contexts[start:stop].to(device) if contexts is not None else None
-        rows = {k: slice_text(v, start, stop, device) for k, v in (("text", text), ("negative", negative))
-                if v is not None}
-        if low is not None:
-            rows["low"] = low.rows(start, stop, device)
-        eps_fn = denoiser(net, schedule.to(device), prediction=prediction, context=context, guidance=guidance,
-                          precision=precision, **rows)
+        x = randn((stop - start, net.cfg.channels, image_size, image_size), gens[start:stop], device)
+        eps_fn = denoiser(net, schedule.to(device), prediction=prediction, cond=rows_of(cond, slice(start, stop), device),
+                          guidance=guidance, precision=precision)
         with torch.inference_mode():
             x = sample(sampler, eps_fn, schedule.to(device), x, steps=steps, generator=gens[start:stop],
                        clip_denoised=clip_denoised, callback=callback, **options)
@@ -229,49 +218,25 @@ def sample_images(net: UNet, schedule: NoiseSchedule, prediction: str, n: int, *
     return torch.cat(out)
 
 
-def generate(run: LoadedRun, n: int, *, prompts: list[str] | None = None, prompt: str | None = None,
-             negative_prompt: str | None = None, **options) -> Tensor:
-    """sample_images with the run's own schedule, prediction, size and classes. A text run takes
-    `prompt` (every image) or `prompts` (cycled over the n images; by default its training captions
-    in turn) and `negative_prompt`; guidance defaults to the run's own (`LoadedRun.guidance`) for prompts."""
-    if run.task == "upscale" and "low" not in options:
+def generate(run: LoadedRun, n: int, *, cond: Condition | None = None, guidance: float | None = None,
+             label=None, labels: list[int] | None = None, context: str | None = None, contexts: Tensor | None = None,
+             prompt: str | None = None, prompts: list[str] | None = None, negative_prompt: str | None = None,
+             **options) -> Tensor:
+    """n images of a run, with its own schedule, prediction and size. What they show is asked in words
+    (label, labels, context, contexts, prompt, prompts, negative_prompt: conditioning.resolve; a class
+    run asked nothing draws each class in turn, as `undiffuse sample` does) or given resolved as `cond`;
+    guidance defaults to the run's own. `options`: the sampler's (sampler, steps, seed, eta, ...)."""
+    if run.task == "upscale":
         raise UsageError(f"this model upscales by {run.factor}: it needs a low-resolution image "
                          "(undiffuse upscale, undiffuse.edit.upscale), it does not generate from noise")
-    options.update(text_options(run, n, prompts, prompt, negative_prompt))
-    if "text" in options:
-        options.setdefault("guidance", run.guidance)
+    cond, guidance = condition_for(run, n, cond, guidance, "each", label=label, labels=labels, context=context,
+                                   contexts=contexts, prompt=prompt, prompts=prompts, negative_prompt=negative_prompt)
     if options.get("steps") is None and options.get("sampler", DEFAULT_SAMPLER) == DEFAULT_SAMPLER:
         steps = run.sample_steps  # the run's own, else (None) the sampler's
         options["steps"] = None if steps is None else min(steps, run.schedule.T)
     options.setdefault("precision", run.precision)
-    return sample_images(run.net, run.schedule, run.prediction, n,
-                         image_size=run.image_size, **options)
+    return sample_images(run.net, run.schedule, run.prediction, n, image_size=run.image_size, cond=cond,
+                         guidance=guidance, **options)
 
 
-def text_options(run: LoadedRun, n: int, prompts: list[str] | None = None, prompt: str | None = None,
-                 negative_prompt: str | None = None) -> dict:
-    """{"text": ..., "negative": ...} for sample_images and the edits: n rows of prompts (cycled)."""
-    given = prompts is not None or prompt is not None or negative_prompt is not None
-    if run.text is None:
-        if given:
-            raise UsageError("this model is class-conditional: it takes --label, not --prompt" if run.class_names
-                             else "this model is unconditional: it takes no prompt")
-        return {}
-    if prompts is not None and prompt is not None:
-        raise UsageError("give prompt or prompts, not both")
-    if prompt is not None:
-        prompts = [prompt]
-    if prompts is None:
-        table = run.captions
-        prompts = list(table.texts[1:]) if table is not None and len(table) > 1 else [""]
-    if isinstance(prompts, str) or not len(prompts):
-        raise UsageError("prompts must be a non-empty list of texts")
-    cycled = [prompts[i % len(prompts)] for i in range(n)]
-    out = {"text": run.encode(cycled)}
-    if negative_prompt is not None:
-        out["negative"] = run.encode([negative_prompt] * n)
-    return out
-
-
-__all__ = ["DEFAULT_GUIDANCE", "DEFAULT_SAMPLER", "LoadedRun", "generate", "load_run", "sample_images",
-           "text_options"]
+__all__ = ["DEFAULT_GUIDANCE", "DEFAULT_SAMPLER", "LoadedRun", "generate", "load_run", "sample_images"]

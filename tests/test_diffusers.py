@@ -273,3 +273,54 @@ def test_without_diffusers_the_commands_say_how_to_install_it(adm_run, tmp_path,
     monkeypatch.setitem(sys.modules, "diffusers", None)  # `import diffusers` raises ImportError
     err = fails_cleanly(capsys, ["export", adm_run, "--to", "diffusers", tmp_path / "out"])
     assert "pip install diffusers" in err
+
+
+def test_an_upscale_run_is_refused_in_one_line_whatever_its_blocks(tmp_path, capsys):
+    run = tmp_path / "sr"
+    assert main(["train", *TRAIN, "--steps", "1", "--task", "upscale", "--factor", "2", "--block-style", "adm",
+                 "--out", str(run)]) == 0
+    assert "run upscales" in fails_cleanly(capsys, ["export", run, "--to", "diffusers", tmp_path / "out"])
+    assert not (tmp_path / "out").exists()
+
+
+def test_overwrite_replaces_only_what_undiffuse_wrote(adm_run, tmp_path, capsys, monkeypatch):
+    from safetensors.torch import save_file
+
+    model = tmp_path / "bert"  # a transformers model folder: a config.json and a model.safetensors
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "bert"}')
+    save_file({"w": torch.zeros(2)}, str(model / "model.safetensors"))
+    export_run(adm_run, tmp_path / "out")
+    err = fails_cleanly(capsys, ["import", tmp_path / "out", "--out", model, "--overwrite"])
+    assert "not an undiffuse run folder" in err and (model / "model.safetensors").is_file()
+    assert "holds the source" in fails_cleanly(capsys, ["import", tmp_path / "out", "--out", tmp_path / "out",
+                                                        "--overwrite"])
+    (tmp_path / "out" / ".git").mkdir()  # a Hub clone of an export
+    err = fails_cleanly(capsys, ["export", adm_run, "--to", "diffusers", tmp_path / "out", "--overwrite"])
+    assert "holds what an export does not write (.git)" in err and (tmp_path / "out" / ".git").is_dir()
+    (tmp_path / "out" / ".git").rmdir()
+    monkeypatch.chdir(tmp_path / "out")
+    assert "current folder" in fails_cleanly(capsys, ["export", adm_run, "--to", "diffusers", ".", "--overwrite"])
+    assert (tmp_path / "out" / "undiffuse.json").is_file()
+
+
+def test_a_replace_moves_folders_whole_and_cleans_what_a_killed_one_left(adm_run, tmp_path):
+    from undiffuse.errors import CheckpointError
+    from undiffuse.interop.folders import _move_onto_nothing
+
+    dead = tmp_path / ".out.tmp-999999999-abc"  # a killed export's staging folder: no such process
+    dead.mkdir()
+    live = tmp_path / f".out.tmp-{os.getpid()}-def"  # one of a running export: kept
+    live.mkdir()
+    export_run(adm_run, tmp_path / "out")
+    assert not dead.exists() and live.exists()
+    export_run(adm_run, tmp_path / "out", overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out")) == [live.name]
+    staged, other = tmp_path / "staged", tmp_path / "other"
+    staged.mkdir()
+    (staged / "a").write_text("new")
+    other.mkdir()
+    (other / "b").write_text("another command's")  # filled after this command's check: never replaced
+    with pytest.raises(CheckpointError, match="another command"):
+        _move_onto_nothing(staged, other)
+    assert (other / "b").read_text() == "another command's" and (staged / "a").is_file()

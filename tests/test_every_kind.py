@@ -112,3 +112,13 @@ def test_each_page_job_runs_or_is_refused(kind, runs):
         with torch.inference_mode():
             images = run_job(run, job, lambda state: None)
         assert len(images) >= 2 and torch.isfinite(images).all(), (kind, parse.__name__)
+
+
+@pytest.mark.parametrize("kind", ["class", "attribute", "text", "unconditional"])
+def test_python_and_the_command_line_draw_the_same_images_by_default(kind, runs, tmp_path):
+    """No flags, no arguments: one default for what to draw and how hard to guide, wherever it is asked."""
+    from undiffuse.generation import generate, load_run
+
+    assert main(["sample", runs[kind], "--n", "6", "--out", str(tmp_path / "s.npy")]) == 0
+    from_python = (generate(load_run(runs[kind]), 6) + 1) / 2
+    assert torch.allclose(torch.from_numpy(np.load(tmp_path / "s.npy")), from_python, atol=1e-6)

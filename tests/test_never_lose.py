@@ -271,3 +271,22 @@ def test_a_run_killed_before_its_first_checkpoint_starts_again(tmp_path):
     resumed = Trainer.resume(run)
     assert resumed.step == 0 and resumed.saved_step == -1
     assert resumed.train(progress=False).steps == 8
+
+
+def test_two_signals_at_once_three_times_in_a_row_leave_a_run_that_resumes(tmp_path):
+    """Each time the second signal lands somewhere else (in a step, in the save it asked for, in a
+    checkpoint's rename): whatever it cut, the folder holds a whole checkpoint that resumes."""
+    run = tmp_path / "r"
+    first = [*TRAIN, "--steps", "2000", "--checkpoint-minutes", "0.002", "--out", run]  # a row every 4 steps
+    for k, gap in enumerate((0.0, 0.05, 0.2)):
+        process = subprocess.Popen(undiffuse(*(first if k == 0 else ["train", "--out", run, "--resume", "--quiet"])),
+                                   env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        wait_for_rows(process, run, 3 + 2 * k)
+        process.send_signal(signal.SIGTERM)
+        time.sleep(gap)
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+        assert process.returncode == 130 and "Traceback" not in err, err
+    resumed = Trainer.resume(run)
+    step = resumed.step
+    assert step > 0 and resumed.train(until=step + 2, progress=False).steps == step + 2

@@ -113,3 +113,23 @@ def test_the_step_estimate_is_of_the_network_the_run_trains():
     assert count_parameters(learner.model) == count_parameters(type(learner.model)(sr.unet_config("tiny")))
     unet = plain.unet_config("tiny")
     assert activation_elements(dataclasses.replace(unet, text_dim=384), 16) > activation_elements(unet, 16)
+
+
+def test_a_config_edited_to_a_huge_network_is_refused_before_it_is_built(trained, tmp_path, capsys):
+    """base 4096 passes the record's ranges; its weights would be tens of GB: the estimate comes first."""
+    import json
+    import shutil
+
+    run = shutil.copytree(trained, tmp_path / "big")
+    config = json.loads((run / "config.json").read_text())
+    config["unet"]["base"], config["unet"]["head_channels"] = 4096, 4096
+    (run / "config.json").write_text(json.dumps(config))
+    refused(capsys, ["sample", run, "--n", "2", "--out", tmp_path / "s.png"], "the network of")
+    assert not (tmp_path / "s.png").exists()
+
+
+def test_the_room_left_under_ulimit_v_counts(monkeypatch):
+    import resource
+
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (2**30, 2**30))
+    assert memory.available_bytes() <= 2**30

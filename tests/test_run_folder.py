@@ -96,6 +96,22 @@ def test_a_trainer_holds_the_lock_until_it_has_trained(tmp_path, capsys):
         trainer.train(progress=False)  # its state is behind the folder's now
 
 
+@pytest.mark.parametrize("planted", ["link", "fifo", "folder"])
+@pytest.mark.parametrize("name", [".lock", "log.csv"])
+def test_a_planted_lock_or_log_never_writes_outside_the_run_or_hangs(tmp_path, capsys, planted, name):
+    """RUN/.lock and RUN/log.csv are opened in place: a link put there would make training write into the
+    file it points to (elsewhere), a FIFO would block, a folder would raise."""
+    run = tmp_path / "r"
+    assert main(["train", *TINY, "--steps", "2", "--out", str(run)]) == 0
+    victim = tmp_path / "precious.txt"
+    victim.write_text("mine")
+    (run / name).unlink(missing_ok=True)
+    {"link": lambda p: p.symlink_to(victim), "fifo": os.mkfifo, "folder": Path.mkdir}[planted](run / name)
+    err = fails_cleanly(capsys, ["train", "--out", run, "--resume", "--steps", "3", "--quiet"])
+    assert name in err and "remove it" in err
+    assert victim.read_text() == "mine"
+
+
 # --- outputs that would destroy inputs -------------------------------------------------------------
 
 def test_finetune_over_its_own_base_is_refused(run, capsys):

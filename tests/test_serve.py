@@ -336,3 +336,31 @@ def test_serve_refuses_a_bad_run_folder_and_a_busy_port(trained, tmp_path, capsy
         err = fails_cleanly(capsys, ["serve", trained, "--port", port])
     assert f"127.0.0.1:{port}" in err and "--port" in err
     assert "--port must lie" in fails_cleanly(capsys, ["serve", trained, "--port", 70000])
+
+
+def test_a_bug_in_a_job_logs_its_traceback_and_bad_input_does_not(trained, monkeypatch, capsys):
+    """A bug is not bad input: the page gets a short message, the server's log the whole traceback."""
+    from undiffuse.errors import UsageError
+    from undiffuse.serve import jobs, requests
+
+    run = load_run(trained)
+    queue = jobs.JobQueue(run)
+
+    def stream_of(error):
+        def fail(*args):
+            raise error
+        monkeypatch.setattr(jobs, "run_job", fail)
+
+        async def collect():
+            return [e async for e in queue.stream(requests.parse_generate(run, {"n": 2, "steps": 2}))]
+        return asyncio.run(collect())
+
+    capsys.readouterr()
+    got = stream_of(ZeroDivisionError("a bug"))
+    err = capsys.readouterr().err
+    assert got[-1]["type"] == "error" and "internal error (ZeroDivisionError: a bug)" in got[-1]["message"]
+    assert "Traceback (most recent call last)" in err and "ZeroDivisionError: a bug" in err
+    got = stream_of(UsageError("a value out of range"))
+    assert got[-1] == {"type": "error", "message": "a value out of range"}
+    assert "Traceback" not in capsys.readouterr().err
+    queue.close()

@@ -459,3 +459,24 @@ def test_a_prompt_that_is_not_text_is_one_line(text_run, tmp_path):
                            "--steps", "2", "--out", str(tmp_path / "s.png")], capture_output=True)
     assert "the prompt is not valid text" in refusal(done.returncode, done.stderr.decode("utf-8", "replace"))
     assert not (tmp_path / "s.png").exists()
+
+
+@pytest.mark.parametrize("damage", ["narrow", "nan"])
+def test_a_damaged_caption_table_is_one_line(tmp_path, damage, capsys):
+    """A caption table of the wrong width (another encoder's) or holding NaN, which would draw blank images."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from undiffuse.conditions.text import load_table
+    from undiffuse.errors import DataError
+
+    width = 100 if damage == "narrow" else 384
+    tokens, pooled = torch.zeros(2, 3, width), torch.zeros(2, width)
+    if damage == "nan":
+        pooled[1, 0] = float("nan")
+    save_file({"tokens": tokens, "mask": torch.ones(2, 3, dtype=torch.bool), "pooled": pooled,
+               "null": torch.tensor([True, False])}, str(tmp_path / "t.safetensors"),
+              metadata={"texts": json.dumps(["", "a"])})
+    with pytest.raises(DataError, match="not 384 wide" if damage == "narrow" else "not finite"):
+        load_table(tmp_path / "t.safetensors")

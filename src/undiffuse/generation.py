@@ -32,7 +32,7 @@ from .precision import FP32, MARGIN, Precision, choose as choose_precision, time
 from .run import CAPTIONS, TextSpec, read_run
 from .samplers import Callback, sample
 from .schedule import NoiseSchedule
-from .unet import UNet
+from .unet import UNet, require_network
 
 # Pixels of the forward pass timed in each precision (precision.py) before a run samples: 32 images
 # of 32x32, fewer of larger images, so that the probe stays a fraction of a second's work.
@@ -133,6 +133,7 @@ def load_run(run: str | Path, *, weights: str = "ema", device: str | torch.devic
         raise UsageError(f"unknown weights {weights!r}; choose ema or raw")
     run = Path(run)
     record = read_run(run)  # every key checked before anything is built
+    require_network(record.unet, f"the network of '{run}'")  # its weights, and the file's as they load
     net = UNet(record.unet)
     ckpt.load_weights(net, run / (ckpt.EMA if weights == "ema" else ckpt.MODEL))
     net = net.to(device).eval().requires_grad_(False)

@@ -8,8 +8,10 @@ command, start time), so a second writer is told whom it waits for. Where `fcntl
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 import sys
 import time
 from contextlib import contextmanager
@@ -32,7 +34,7 @@ def run_lock(run: Path, what: str = "writing"):
     if fcntl is None or not run.is_dir():
         yield
         return
-    fd = os.open(run / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _open_lock(run / LOCK)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -46,6 +48,23 @@ def run_lock(run: Path, what: str = "writing"):
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def _open_lock(path: Path) -> int:
+    """RUN/.lock opened for writing as a regular file of the run's own: never through a link planted in
+    its place (which would make the lock write into a file elsewhere), never a FIFO (opened without
+    blocking) or a folder."""
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as e:  # ELOOP for a link, EISDIR for a folder, ENXIO for a FIFO; EACCES, EROFS: read-only
+        planted = e.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO)
+        hint = "; it is not a file of the run's own: remove it and try again" if planted else ""
+        raise CheckpointError(f"cannot open '{path}' as the run's lock ({e.strerror}){hint}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise CheckpointError(f"'{path}' is not a regular file: remove it and try again")
+    return fd
 
 
 def _record(fd: int, what: str) -> None:

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .errors import UsageError
+from .memory import require
 
 from .conditions import ContextEmbedding
 from .conditions.condition import Condition
@@ -338,3 +339,13 @@ def _pad_to_multiple(x: Tensor, m: int) -> Tensor:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def require_network(cfg: UNetConfig, what: str, copies: int = 2) -> int:
+    """Refuse (one line) a network whose `copies` fp32 copies of the weights would not fit, before it is
+    built: its parameters are counted on the meta device, where nothing is allocated (a config.json
+    edited to base 2048 asks for GBs). Returns the count."""
+    with torch.device("meta"):
+        n = count_parameters(UNet(cfg))
+    require(f"{what} ({n / 1e6:,.0f}M parameters)", 4 * n * copies, hint="this is not a network of this machine's size")
+    return n

@@ -44,7 +44,8 @@ def image_grid(images: Tensor, nrow: int, pad: int = 2, scale: int | None = None
 
 def save_grid(images: Tensor, path: str | Path, nrow: int = 8, **options) -> Path:
     path = Path(path)
-    image_grid(images, nrow, **options).save(path)
+    kind = Image.registered_extensions().get(path.suffix.lower(), "PNG")  # PNG for an atomic write's .tmp
+    image_grid(images, nrow, **options).save(path, format=kind)
     return path
 
 

@@ -264,8 +264,11 @@ def load_table(path: str | Path) -> CaptionTable:
     except (SafetensorError, OSError, ValueError, KeyError, TypeError) as e:
         raise DataError(f"caption table '{path}' cannot be read ({type(e).__name__}: {e})") from None
     u = len(texts)
-    if (not u or texts[0] != "" or tokens.shape[:1] != (u,) or mask.shape != tokens.shape[:2] or pooled.shape[0] != u
-            or null.shape != (u,) or mask.dtype != torch.bool or null.dtype != torch.bool
-            or not all(isinstance(t, str) for t in texts)):
-        raise DataError(f"caption table '{path}' is inconsistent (texts, tokens, mask, pooled and null disagree)")
+    if (not u or texts[0] != "" or tokens.ndim != 3 or tokens.shape[:1] != (u,) or mask.shape != tokens.shape[:2]
+            or pooled.shape != (u, WIDTH) or tokens.shape[2] != WIDTH or null.shape != (u,)
+            or mask.dtype != torch.bool or null.dtype != torch.bool or not all(isinstance(t, str) for t in texts)):
+        raise DataError(f"caption table '{path}' is inconsistent (texts, tokens, mask, pooled and null disagree, "
+                        f"or the vectors are not {WIDTH} wide)")
+    if not (bool(torch.isfinite(tokens).all()) and bool(torch.isfinite(pooled).all())):
+        raise DataError(f"caption table '{path}' holds values that are not finite numbers")
     return CaptionTable(texts, tokens.float(), mask, pooled.float(), null)

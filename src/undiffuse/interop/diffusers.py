@@ -39,9 +39,12 @@ def unet2d_config(record: RunRecord) -> dict:
     if cfg.text_dim:
         raise UsageError("this run is conditioned on text prompts, which diffusers' UNet2DModel cannot take; "
                          "only unconditional and class-conditional runs export")
+    if cfg.cond_channels:
+        raise UsageError("this run upscales: its U-Net takes a low-resolution image and its noise level, which "
+                         "diffusers' UNet2DModel cannot take; only unconditional and class-conditional runs export")
     if cfg.patch > 1:
-        raise UsageError(f"this run has a {cfg.patch}x{cfg.patch} patch stem, which UNet2DModel does not have; it "
-                         "cannot be exported to diffusers")
+        raise UsageError(f"this run has a {cfg.patch}x{cfg.patch} patch stem (the colour recipe's on a CPU), which "
+                         "UNet2DModel does not have; train with --patch 1 --block-style adm to export")
     if cfg.block_style != "adm":
         raise UsageError(f"this run has {cfg.block_style} blocks (a context scale and an un-activated time shift of "
                          "their own), which diffusers' UNet2DModel cannot express exactly; train with "

@@ -32,13 +32,14 @@ from ..generation import load_run
 from ..lock import run_lock
 from ..parameterization import predictable
 from ..run import Plan, RunRecord, read_run, write_run
-from ..unet import UNet
+from ..unet import UNet, require_network
 from .diffusers import (from_diffusers_state, prediction_of, scheduler_config, schedule_of,
                         to_diffusers_state, unet2d_config, unet_config_of)
 
 UNET, SCHEDULER, NOTE = "unet", "scheduler", "undiffuse.json"
 WEIGHTS, CONFIG_JSON, SCHEDULER_JSON = "diffusion_pytorch_model.safetensors", "config.json", "scheduler_config.json"
 PICKLES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
+EXPORT_NAMES = {UNET, SCHEDULER, NOTE, "model_index.json"}  # what an export writes: a pipeline's index too
 TOLERANCE = 1e-4  # of the eps difference, relative to the largest eps: float32 round-off is ~1e-6
 
 
@@ -67,7 +68,7 @@ def export_run(run: str | Path, out: str | Path, *, weights: str = "ema", overwr
     record = read_run(run)
     config = unet2d_config(record)  # refused before anything is loaded
     _check_class_ids(record)
-    _check_out(out, overwrite, Path(UNET) / CONFIG_JSON, "a diffusers")
+    _check_out(out, overwrite, "export", run)
     diffusers = require_diffusers()
     net = load_run(run, weights=weights).net
     unet = diffusers.UNet2DModel(**config)
@@ -144,12 +145,13 @@ def import_folder(folder: str | Path, out: str | Path, *, overwrite: bool = Fals
     start, folder, out = time.perf_counter(), Path(folder), Path(out)
     if not folder.is_dir():
         raise CheckpointError(f"'{folder}' does not exist or is not a folder")
-    _check_out(out, overwrite, Path(ckpt.CONFIG), "an undiffuse run")
+    _check_out(out, overwrite, "import", folder)
     unet_dir, config = _unet_folder(folder)
     diffusers = require_diffusers()
     config = {**_defaults(diffusers.UNet2DModel), **config}
     cfg, size = unet_config_of(config, str(unet_dir / CONFIG_JSON))
     schedule, prediction = _schedule(folder, diffusers)  # refused before any weight is read
+    require_network(cfg, f"the network of '{folder}'", copies=3)  # theirs, ours, and a state dict between
     unet = diffusers.UNet2DModel.from_pretrained(unet_dir, use_safetensors=True, local_files_only=True).eval()
     net = UNet(cfg).eval()
     net.load_state_dict(from_diffusers_state(cfg, net.state_dict(), unet.state_dict(), config["flip_sin_to_cos"]))
@@ -248,23 +250,56 @@ def _names(folder: Path, k: int, given: list[str] | None) -> tuple[str, ...]:
 
 # --- the folder written ------------------------------------------------------------------------------
 
-def _check_out(out: Path, overwrite: bool, marker: Path, kind: str) -> None:
-    """Never replace something by accident; with overwrite, only a folder of the kind written."""
+def _check_out(out: Path, overwrite: bool, kind: str, source: Path) -> None:
+    """Never replace something by accident. With overwrite, only a folder of `kind` that undiffuse wrote
+    (an export: its undiffuse.json and nothing but what an export writes, so a Hub clone's .git/ is never
+    deleted; an import: a readable undiffuse run, not any folder with a config.json); never the source,
+    nor a folder the source lies in."""
     if out.exists() and not out.is_dir():
         raise CheckpointError(f"'{out}' exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise CheckpointError(f"'{out}' already exists; pass --overwrite to replace it")
-        if not (out / marker).is_file():
-            raise CheckpointError(f"refusing to overwrite '{out}': it is not {kind} folder")
+    resolved, src = out.resolve(), source.resolve()
+    if resolved == src or resolved in src.parents:
+        raise CheckpointError(f"'{out}' holds the source '{source}': writing there would delete what is read; "
+                              "choose another folder")
+    if resolved == Path.cwd().resolve() or resolved in Path.cwd().resolve().parents:
+        raise CheckpointError(f"'{out}' holds the current folder, which replacing it would delete; write from "
+                              "outside it, or to another folder")
+    if not (out.is_dir() and any(out.iterdir())):
+        return
+    if not overwrite:
+        raise CheckpointError(f"'{out}' already exists; pass --overwrite to replace it")
+    problem = _foreign_export(out) if kind == "export" else _foreign_run(out)
+    if problem:
+        raise CheckpointError(f"refusing to overwrite '{out}': {problem}")
+
+
+def _foreign_export(out: Path) -> str | None:
+    names = {p.name for p in out.iterdir()}
+    if NOTE not in names:
+        return f"it is not a diffusers folder that undiffuse exported (no {NOTE})"
+    foreign = sorted(names - EXPORT_NAMES)
+    if foreign:
+        return f"it holds what an export does not write ({', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''})"
+    return None
+
+
+def _foreign_run(out: Path) -> str | None:
+    try:
+        read_run(out)
+    except CheckpointError:
+        return "it is not an undiffuse run folder"
+    return None
 
 
 @contextmanager
 def _staged(out: Path):
-    """Yield a temporary folder beside `out`; rename it to `out` (replacing a checked one) at the end."""
+    """Yield a temporary folder beside `out`; move it into place at the end (`_replace`). Temporary
+    folders that a killed export or import left behind (their process gone) are removed first."""
     try:
+        out = out.resolve()
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+        _remove_leftovers(out)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-{os.getpid()}-"))
     except OSError as e:
         raise CheckpointError(f"cannot write '{out}' ({e.strerror or e})") from None
     try:
@@ -280,7 +315,44 @@ def _staged(out: Path):
 
 
 def _replace(tmp: Path, out: Path) -> None:
-    if out.is_dir():
-        with run_lock(out, "being replaced"):  # never under a run that is training
-            shutil.rmtree(out)
-    os.replace(tmp, out)
+    """Move tmp to out by renames only, so that a kill at any moment leaves the old folder or the new one
+    whole (the old one, moved aside, is deleted last). A folder that appeared at `out` since the check
+    (another command writing there at the same moment) is never replaced: the rename fails."""
+    if not out.is_dir():
+        _move_onto_nothing(tmp, out)
+        return
+    aside = out.parent / f".{out.name}.old-{os.getpid()}-{tmp.name.rsplit('-', 1)[-1]}"
+    with run_lock(out, "being replaced"):  # never under a run that is training
+        os.rename(out, aside)
+    os.rename(tmp, out)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _move_onto_nothing(tmp: Path, out: Path) -> None:
+    """Rename tmp to out, where out is nothing or an empty folder; one that another command filled since
+    the check makes the rename fail (the kernel's test, no window between a check and the rename)."""
+    try:
+        os.rename(tmp, out)
+    except OSError as e:
+        raise CheckpointError(f"'{out}' was written by another command meanwhile ({e.strerror}); "
+                              "nothing was replaced") from None
+
+
+def _remove_leftovers(out: Path) -> None:
+    for path in out.parent.glob(f".{out.name}.*-*-*"):
+        kind, _, rest = path.name[len(out.name) + 2:].partition("-")
+        pid = rest.split("-", 1)[0]
+        if kind in ("tmp", "old") and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+

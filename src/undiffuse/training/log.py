@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import csv
 import math
+import os
+import stat
 from pathlib import Path
 
 import torch
@@ -27,8 +29,18 @@ def open_log(path: Path, write: bool):
     if not write:
         yield None
         return
+    if path.is_symlink():
+        raise ckpt.CheckpointError(f"'{path}' is a link, not the run's own log; remove it")
     _upgrade(path)
-    with path.open("a", newline="") as f:
+    try:  # appended in place: never through a link planted at its name, never into a FIFO
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+                     | getattr(os, "O_NONBLOCK", 0), 0o644)
+    except OSError as e:
+        raise ckpt.CheckpointError(f"'{path}' cannot be opened as the run's log ({e.strerror}); remove it") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ckpt.CheckpointError(f"'{path}' is not a regular file; remove it")
+    with os.fdopen(fd, "a", newline="") as f:
         if f.tell() == 0:
             csv.writer(f).writerow(LOG_COLUMNS)
         yield f

@@ -45,7 +45,7 @@ def write_grid(setup: Setup, ema: torch.nn.Module, run: Path, step: int, precisi
                            steps=_steps(setup))
     path = run / "samples" / f"step{step:07d}.png"
     path.parent.mkdir(exist_ok=True)
-    save_grid(images, path, nrow=n)
+    ckpt.atomic_write(path, lambda p: save_grid(images, p, nrow=n))  # replaces, never writes through, a link
     return path
 
 

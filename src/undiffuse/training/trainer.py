@@ -144,7 +144,10 @@ class Trainer:
         dist.barrier(self.world)  # every rank has checked the folder before rank 0 replaces it
         if self.world.is_main:
             created = not self.run.exists()
-            self.run.mkdir(parents=True, exist_ok=True)
+            try:
+                self.run.mkdir(parents=True, exist_ok=True)
+            except OSError as e:  # a read-only or immutable parent, a full disk, a name too long
+                raise ckpt.CheckpointError(f"cannot create the run folder '{self.run}' ({e.strerror or e})") from None
             self._lock.take()
             try:
                 check_run_folder(self.run, overwrite, self.cfg.source.base)  # nobody else writes it now

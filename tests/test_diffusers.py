@@ -247,6 +247,14 @@ def test_a_pickle_only_folder_is_refused(tmp_path, capsys):
     ("freq_shift", 1),
     ("attn_norm_num_groups", None),
     ("_class_name", "UNet2DConditionModel"),
+    ("block_out_channels", ""),
+    ("block_out_channels", "abc"),
+    ("block_out_channels", []),
+    ("block_out_channels", [32.0, 64]),
+    ("attention_head_dim", 0),
+    ("in_channels", 1.0),
+    ("layers_per_block", 10**30),
+    ("dropout", "none"),
 ])
 def test_a_config_undiffuse_cannot_express_is_refused_by_key(tmp_path, capsys, key, value):
     _random_unet2d(tmp_path / "hub")
@@ -324,3 +332,42 @@ def test_a_replace_moves_folders_whole_and_cleans_what_a_killed_one_left(adm_run
     with pytest.raises(CheckpointError, match="another command"):
         _move_onto_nothing(staged, other)
     assert (other / "b").read_text() == "another command's" and (staged / "a").is_file()
+
+
+def test_a_scheduler_beyond_what_a_run_holds_and_weights_missing_a_tensor_are_refused(tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    _random_unet2d(tmp_path / "hub")
+    scheduler = tmp_path / "hub" / "scheduler" / "scheduler_config.json"
+    original = scheduler.read_text()
+    scheduler.write_text(json.dumps({**json.loads(original), "num_train_timesteps": 100_001}))
+    assert "num_train_timesteps" in fails_cleanly(capsys, ["import", tmp_path / "hub", "--out", tmp_path / "run"])
+    scheduler.write_text(original)
+    weights = tmp_path / "hub" / "unet" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(str(weights))
+    missing = sorted(tensors)[3]
+    del tensors[missing]
+    save_file(tensors, str(weights))
+    err = fails_cleanly(capsys, ["import", tmp_path / "hub", "--out", tmp_path / "run"])
+    assert "missing" in err and missing in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_nesting_bomb_or_a_huge_integer_in_a_config_is_one_line(tmp_path, capsys):
+    _random_unet2d(tmp_path / "hub")
+    path = tmp_path / "hub" / "unet" / "config.json"
+    path.write_text('{"block_out_channels": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    assert "not valid JSON" in fails_cleanly(capsys, ["import", tmp_path / "hub", "--out", tmp_path / "run"])
+    path.write_text('{"layers_per_block": ' + "9" * 5000 + "}")
+    assert "not valid JSON" in fails_cleanly(capsys, ["import", tmp_path / "hub", "--out", tmp_path / "run"])
+
+
+@pytest.mark.parametrize("shard", ["diffusion_pytorch_model-00001.bin", "../elsewhere.safetensors"])
+def test_a_sharded_index_naming_a_pickle_or_a_file_elsewhere_is_refused(tmp_path, capsys, shard):
+    _random_unet2d(tmp_path / "hub")
+    unet = tmp_path / "hub" / "unet"
+    (unet / "diffusion_pytorch_model.safetensors").unlink()
+    (unet / shard.split("/")[-1]).write_bytes(b"never opened")
+    (unet / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps({"weight_map": {"conv_in.weight": shard}}))
+    err = fails_cleanly(capsys, ["import", tmp_path / "hub", "--out", tmp_path / "run"])
+    assert "safetensors files in the model's own folder only" in err

@@ -30,6 +30,7 @@ def files(tmp_path_factory):
     (d / "idx" / "train-images-idx3-ubyte").write_bytes(b"\0\0\x08\x03" + struct.pack(">III", 0, 28, 28))
     Image.new("L", (16, 16), 128).save(d / "img.png")
     Image.new("L", (16, 16), 0).save(d / "black.png")
+    Image.new("L", (1_000_000, 1), 0).save(d / "strip.png")  # a kilobyte of PNG
     os.mkfifo(d / "fifo")  # no writer ever comes: a read that waits for one hangs
     (d / "nest.json").write_text("[" * 100_000 + "]" * 100_000)
     return d
@@ -58,6 +59,10 @@ CASES = {  # class: argv, with {run} the tiny trained run and {d} the files abov
     "reading: a nesting bomb as a TOML config": ["train", "--config", "{d}/nest.json", "--out", "{d}/r1"],
     "values: interpolation seeds beyond 64 bits": ["interpolate", "{run}", "--seeds", f"0,{2 ** 64}", "--out", "{d}/s.png"],
     "values: guidance beyond its limit": ["sample", "{run}", "--guidance", "1e6", "--out", "{d}/s.png"],
+    "formats: a 1 x 1,000,000 strip": ["img2img", "{run}", "--image", "{d}/strip.png", "--strength", "0.5", "--out", "{d}/e.png"],
+    "paths: a data path of 5,000 characters": ["train", "--data", "{d}/" + "a" * 5000, "--out", "{d}/r1"],
+    "paths: an --out of 5,000 characters": ["train", "--data", "digits", "--out", "{d}/" + "a" * 5000],
+    "paths: a run folder of 5,000 characters": ["sample", "{d}/" + "a" * 5000, "--out", "{d}/s.png"],
     "formats: an all-black mask": ["inpaint", "{run}", "--image", "{d}/img.png", "--mask", "{d}/black.png", "--out", "{d}/e.png"],
     "server: a host name that is not an address": ["serve", "{run}", "--allow-host", "a/b"],
 }
@@ -71,3 +76,21 @@ def test_every_door_refuses_in_one_line(case, trained, files):
     assert len(err) < 300, (case, err)
     assert digest(trained) == before, case
     assert not any((files / name).exists() for name in ("r1", "r2", "r3", "r4", "r5", "s.png", "e.png", "big.png"))
+
+
+def test_an_immutable_parent_folder_is_one_line(files, tmp_path):
+    """chattr +i: even root cannot create a folder in it (root ignores chmod, so a read-only mode proves nothing)."""
+    import shutil
+    import subprocess
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(locked)], capture_output=True).returncode:
+        pytest.skip("chattr +i is not available here")
+    try:
+        err = fails_cleanly_in_a_process(["train", "--data", "digits", "--steps", "1", "--model", "tiny",
+                                          "--out", locked / "run"])
+        assert "cannot create the run folder" in err and "not permitted" in err
+    finally:
+        subprocess.run(["chattr", "-i", str(locked)])
+    assert not (locked / "run").exists()

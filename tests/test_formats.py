@@ -52,11 +52,12 @@ def test_a_decompression_bomb_is_refused_by_every_loader_alike(tmp_path):
     assert load_data(str(tmp_path / "data")).skipped == 1  # the folder loader skips it: the same rule
 
 
-def test_an_extreme_aspect_ratio_is_cropped_before_it_is_resized(tmp_path):
-    path = tmp_path / "line.png"
-    Image.new("L", (20_000, 1), 255).save(path)
-    assert load_image(path).shape == (1, 8, 8)  # the 1x1 center, at the smallest size
-    assert load_image(path, 64).shape == (1, 64, 64)
+def test_a_strip_is_refused_and_a_wide_picture_cropped_to_its_center(tmp_path):
+    Image.new("L", (20_000, 1), 255).save(tmp_path / "line.png")
+    with pytest.raises(DataError, match="a strip, not a picture"):
+        load_image(tmp_path / "line.png")  # its center square is one pixel
+    Image.new("L", (16 * 8, 8), 255).save(tmp_path / "wide.png")
+    assert load_image(tmp_path / "wide.png", 64).shape == (1, 64, 64)  # 16:1 is still a picture
 
 
 def test_decode_picture_reads_bytes_and_refuses_damaged_ones():

@@ -23,6 +23,7 @@ from .transforms import check_options, fit_square, set_channels, to_model_range
 FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP")  # Pillow's names; decoded by content
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 MAX_PIXELS = 64 * 2**20  # 8192 x 8192: a 64 MP photo decodes, a bomb does not
+MAX_ASPECT = 16  # longest side over shortest: a panorama is 4:1; a 1 x 1,000,000 strip has no picture in it
 _GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
 _WIDE_MODES = {"I", "I;16", "I;16L", "I;16B", "I;16N"}  # 16/32-bit integer pixels: scaled by 65535
 _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
@@ -42,6 +43,9 @@ def decode_picture(source: str | Path | bytes, what: str = "image") -> Image.Ima
                 if img.width * img.height > MAX_PIXELS:
                     raise DataError(f"{name} is {img.width}x{img.height} pixels; at most {MAX_PIXELS // 2**20} "
                                     "million are decoded (a decompression bomb?)")
+                if max(img.size) > MAX_ASPECT * min(img.size):
+                    raise DataError(f"{name} is {img.width}x{img.height} pixels: a strip, not a picture (its center "
+                                    f"square would be {min(img.size)} pixels); at most {MAX_ASPECT}:1")
                 img.load()  # decode now, so that a truncated file fails here
                 return ImageOps.exif_transpose(img)
     except DataError:

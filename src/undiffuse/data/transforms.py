@@ -25,19 +25,23 @@ class Loaded(NamedTuple):
 
 
 def fit_square(images: Tensor, size: int) -> Tensor:
-    """Resize (N, C, H, W) so the shorter side is `size`, then center-crop to size x size."""
+    """Center-crop (N, C, H, W) to its largest square, then resize that to size x size. Cropping first
+    keeps the resized copy at size x size whatever the shape (a 1 x 2,000,000 strip would otherwise be
+    resized to 16 x 32,000,000 before its crop)."""
     h, w = images.shape[2:]
     if h == w == size:
         return images
     n, c = images.shape[:2]
     require(f"{n:,} images of {c}x{size}x{size}", 4 * n * c * size * size, hint="choose a smaller --image-size")
-    scale = size / min(h, w)
-    new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
-    top, left = (new_h - size) // 2, (new_w - size) // 2
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    square = images[:, :, top:top + side, left:left + side]
+    if side == size:
+        return square.contiguous()
     out = []
-    for chunk in images.split(512):  # bounds the memory of the resized copy
-        resized = F.interpolate(chunk, size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False)
-        out.append(resized[:, :, top:top + size, left:left + size].clamp(0, 1))  # bicubic overshoots
+    for chunk in square.split(512):  # bounds the memory of the resized copy
+        resized = F.interpolate(chunk, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+        out.append(resized.clamp(0, 1))  # bicubic overshoots
     return torch.cat(out)
 
 

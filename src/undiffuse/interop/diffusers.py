@@ -92,9 +92,17 @@ REQUIRED = dict(center_input_sample=False, time_embedding_type="positional", fre
 DOWN, UP = ("DownBlock2D", "AttnDownBlock2D"), ("UpBlock2D", "AttnUpBlock2D")
 
 
+# The numbers of a UNet2DModel config that undiffuse reads, their types and ranges, checked before any is
+# used: a string, a float or a 5,000-digit integer in one of them is refused by name, not met inside torch.
+WHOLE = dict(in_channels=(1, 3), out_channels=(1, 3), layers_per_block=(1, 64), norm_num_groups=(1, 4096),
+             attn_norm_num_groups=(1, 4096), attention_head_dim=(1, 4096), time_embedding_dim=(1, 65536),
+             num_class_embeds=(2, 65537))
+
+
 def unet_config_of(config: dict, where: str) -> tuple[UNetConfig, int]:
     """(UNetConfig, image size) of a complete UNet2DModel config (defaults filled in), or a
     CheckpointError naming the first key undiffuse cannot express."""
+    _check_types(config, where)
     _check_required(config, where)
     base, mults = _levels(config, where)
     if config["in_channels"] != config["out_channels"] or config["in_channels"] not in (1, 3):
@@ -112,6 +120,31 @@ def unet_config_of(config: dict, where: str) -> tuple[UNetConfig, int]:
     except UsageError as e:
         raise CheckpointError(f"{where}: {e}") from None
     return cfg, size
+
+
+def _check_types(config: dict, where: str) -> None:
+    for key, (low, high) in WHOLE.items():
+        value = config.get(key)
+        if value is not None and not (type(value) is int and low <= value <= high):
+            _refuse(where, key, _short(value), f"a whole number in [{low}, {high}]")
+    widths = config.get("block_out_channels")
+    if not (isinstance(widths, (list, tuple)) and 1 <= len(widths) <= 10
+            and all(type(w) is int and 1 <= w <= 8192 for w in widths)):
+        _refuse(where, "block_out_channels", _short(widths), "1 to 10 whole numbers in [1, 8192]")
+    for key in ("down_block_types", "up_block_types"):
+        if not (isinstance(config.get(key), (list, tuple)) and all(isinstance(t, str) for t in config[key])):
+            _refuse(where, key, _short(config.get(key)), "a list of block names")
+    dropout = config.get("dropout", 0.0)
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        _refuse(where, "dropout", _short(dropout), "a number in [0, 1)")
+
+
+def _short(value) -> object:
+    """A value as a refusal quotes it: a huge integer by its size, a long text or list cut."""
+    if type(value) is int and value.bit_length() > 64:
+        return f"<an integer of {value.bit_length()} bits>"
+    text = repr(value)
+    return value if len(text) <= 60 else text[:57] + "..."
 
 
 def _check_required(config: dict, where: str) -> None:

@@ -31,7 +31,7 @@ from ..errors import CheckpointError, UsageError
 from ..generation import load_run
 from ..lock import run_lock
 from ..parameterization import predictable
-from ..run import Plan, RunRecord, read_run, write_run
+from ..run import MAX_T, Plan, RunRecord, read_run, write_run
 from ..unet import UNet, require_network
 from .diffusers import (from_diffusers_state, prediction_of, scheduler_config, schedule_of,
                         to_diffusers_state, unet2d_config, unet_config_of)
@@ -152,6 +152,7 @@ def import_folder(folder: str | Path, out: str | Path, *, overwrite: bool = Fals
     cfg, size = unet_config_of(config, str(unet_dir / CONFIG_JSON))
     schedule, prediction = _schedule(folder, diffusers)  # refused before any weight is read
     require_network(cfg, f"the network of '{folder}'", copies=3)  # theirs, ours, and a state dict between
+    _check_tensor_names(unet_dir, diffusers, config)
     unet = diffusers.UNet2DModel.from_pretrained(unet_dir, use_safetensors=True, local_files_only=True).eval()
     net = UNet(cfg).eval()
     net.load_state_dict(from_diffusers_state(cfg, net.state_dict(), unet.state_dict(), config["flip_sin_to_cos"]))
@@ -189,6 +190,45 @@ def _read_json(path: Path) -> dict:
     return ckpt.read_json_object(path)
 
 
+def _check_tensor_names(unet_dir: Path, diffusers, config: dict) -> None:
+    """The weights hold exactly the tensors the config's UNet2DModel has: diffusers would leave a missing one
+    at its random initial value (both networks would then share it, and the eps check could not tell)."""
+    from safetensors import SafetensorError, safe_open
+
+    with torch.device("meta"):
+        expected = set(diffusers.UNet2DModel.from_config(config).state_dict())
+    found = set()
+    for shard in _weight_files(unet_dir):
+        try:
+            with safe_open(str(shard), framework="pt") as f:
+                found.update(f.keys())
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(f"'{shard}' cannot be read as safetensors ({e})") from None
+    missing, extra = sorted(expected - found), sorted(found - expected)
+    if missing or extra:
+        what = f"missing {len(missing)} tensor(s), the first '{missing[0]}'" if missing else \
+            f"{len(extra)} tensor(s) its config does not have, the first '{extra[0]}'"
+        raise CheckpointError(f"'{unet_dir}': the weights do not match the config: {what}")
+
+
+def _weight_files(unet_dir: Path) -> list[Path]:
+    """The safetensors file, or the shards its index names: safetensors files inside the folder only (an
+    index could name a pickled .bin, which diffusers would open, or a path elsewhere)."""
+    single = unet_dir / WEIGHTS
+    if single.is_file():
+        return [single]
+    index = ckpt.read_json_object(unet_dir / f"{WEIGHTS}.index.json")
+    names = set((index.get("weight_map") or {}).values()) if isinstance(index.get("weight_map"), dict) else set()
+    if not names:
+        raise CheckpointError(f"'{unet_dir}': {WEIGHTS}.index.json has no weight_map")
+    for name in names:
+        if not isinstance(name, str) or Path(name).name != name or not name.endswith(".safetensors") \
+                or not (unet_dir / name).is_file():
+            raise CheckpointError(f"'{unet_dir}': the index names {str(name)[:80]!r}; undiffuse reads safetensors "
+                                  "files in the model's own folder only")
+    return [unet_dir / name for name in sorted(names)]
+
+
 def _require_safetensors(unet_dir: Path) -> None:
     if (unet_dir / WEIGHTS).is_file() or (unet_dir / f"{WEIGHTS}.index.json").is_file():
         return
@@ -213,6 +253,11 @@ def _schedule(folder: Path, diffusers):
     if config.get("_class_name", "DDPMScheduler") not in family:
         raise CheckpointError(f"{path}: _class_name = {config['_class_name']!r} cannot be expressed by undiffuse "
                               "(it reads the betas of DDPM-family schedulers)")
+    T = config.get("num_train_timesteps", 1000)
+    if not (type(T) is int and 2 <= T <= MAX_T):  # a run folder holds at most MAX_T steps: sample reads it back
+        shown = f"<an integer of {T.bit_length()} bits>" if type(T) is int and T.bit_length() > 64 else repr(T)[:40]
+        raise CheckpointError(f"{path}: num_train_timesteps = {shown} cannot be expressed by undiffuse (a whole "
+                              f"number in [2, {MAX_T:,}])")
     try:
         scheduler = diffusers.DDPMScheduler.from_config(config)
     except (NotImplementedError, ValueError, TypeError) as e:

@@ -314,7 +314,7 @@ def test_overwrite_replaces_only_what_undiffuse_wrote(adm_run, tmp_path, capsys,
 
 def test_a_replace_moves_folders_whole_and_cleans_what_a_killed_one_left(adm_run, tmp_path):
     from undiffuse.errors import CheckpointError
-    from undiffuse.interop.folders import _move_onto_nothing
+    from undiffuse.interop.staging import _move_onto_nothing
 
     dead = tmp_path / ".out.tmp-999999999-abc"  # a killed export's staging folder: no such process
     dead.mkdir()

@@ -286,7 +286,8 @@ def test_two_signals_at_once_three_times_in_a_row_leave_a_run_that_resumes(tmp_p
         time.sleep(gap)
         process.send_signal(signal.SIGTERM)
         _, err = process.communicate(timeout=60)
-        assert process.returncode == 130 and "Traceback" not in err, err
+        # 130, or the second signal's own default action once the first one's save was done and said so
+        assert process.returncode in (130, -signal.SIGTERM) and "Traceback" not in err, err
     resumed = Trainer.resume(run)
     step = resumed.step
     assert step > 0 and resumed.train(until=step + 2, progress=False).steps == step + 2

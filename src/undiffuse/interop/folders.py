@@ -15,11 +15,7 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
-import shutil
-import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,17 +25,16 @@ from .. import checkpoint as ckpt
 from ..conditions import Classes, Condition, one_hot
 from ..errors import CheckpointError, UsageError
 from ..generation import load_run
-from ..lock import run_lock
 from ..parameterization import predictable
 from ..run import MAX_T, Plan, RunRecord, read_run, write_run
 from ..unet import UNet, require_network
+from .staging import NOTE, check_out, staged
 from .diffusers import (from_diffusers_state, prediction_of, scheduler_config, schedule_of,
                         to_diffusers_state, unet2d_config, unet_config_of)
 
-UNET, SCHEDULER, NOTE = "unet", "scheduler", "undiffuse.json"
+UNET, SCHEDULER = "unet", "scheduler"
 WEIGHTS, CONFIG_JSON, SCHEDULER_JSON = "diffusion_pytorch_model.safetensors", "config.json", "scheduler_config.json"
 PICKLES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
-EXPORT_NAMES = {UNET, SCHEDULER, NOTE, "model_index.json"}  # what an export writes: a pipeline's index too
 TOLERANCE = 1e-4  # of the eps difference, relative to the largest eps: float32 round-off is ~1e-6
 
 
@@ -68,7 +63,7 @@ def export_run(run: str | Path, out: str | Path, *, weights: str = "ema", overwr
     record = read_run(run)
     config = unet2d_config(record)  # refused before anything is loaded
     _check_class_ids(record)
-    _check_out(out, overwrite, "export", run)
+    check_out(out, overwrite, "export", run)
     diffusers = require_diffusers()
     net = load_run(run, weights=weights).net
     unet = diffusers.UNet2DModel(**config)
@@ -76,7 +71,7 @@ def export_run(run: str | Path, out: str | Path, *, weights: str = "ema", overwr
     unet.eval()
     scheduler = diffusers.DDPMScheduler(**scheduler_config(record))
     difference = max_eps_difference(net, unet, record.schedule.T)
-    with _staged(out) as tmp:
+    with staged(out) as tmp:
         _save(tmp, diffusers, unet, scheduler, record)
         (tmp / NOTE).write_text(json.dumps(_note(run, weights, record), indent=2) + "\n")
     return Exchanged(out, difference, time.perf_counter() - start, len(record.class_names))
@@ -145,7 +140,7 @@ def import_folder(folder: str | Path, out: str | Path, *, overwrite: bool = Fals
     start, folder, out = time.perf_counter(), Path(folder), Path(out)
     if not folder.is_dir():
         raise CheckpointError(f"'{folder}' does not exist or is not a folder")
-    _check_out(out, overwrite, "import", folder)
+    check_out(out, overwrite, "import", folder)
     unet_dir, config = _unet_folder(folder)
     diffusers = require_diffusers()
     config = {**_defaults(diffusers.UNet2DModel), **config}
@@ -162,7 +157,7 @@ def import_folder(folder: str | Path, out: str | Path, *, overwrite: bool = Fals
                        data_source=data or f"unknown (imported from {folder.resolve()})", num_images=1,
                        plan=Plan(steps=1, lr=1e-4, warmup=0, ema_decay=0.0),
                        train={"imported_from": str(folder.resolve())})
-    with _staged(out) as tmp:
+    with staged(out) as tmp:
         _write_run_folder(tmp, record, net)
     return Exchanged(out, difference, time.perf_counter() - start, cfg.context_dim)
 
@@ -294,110 +289,4 @@ def _names(folder: Path, k: int, given: list[str] | None) -> tuple[str, ...]:
 
 
 # --- the folder written ------------------------------------------------------------------------------
-
-def _check_out(out: Path, overwrite: bool, kind: str, source: Path) -> None:
-    """Never replace something by accident. With overwrite, only a folder of `kind` that undiffuse wrote
-    (an export: its undiffuse.json and nothing but what an export writes, so a Hub clone's .git/ is never
-    deleted; an import: a readable undiffuse run, not any folder with a config.json); never the source,
-    nor a folder the source lies in."""
-    if out.exists() and not out.is_dir():
-        raise CheckpointError(f"'{out}' exists and is not a folder")
-    resolved, src = out.resolve(), source.resolve()
-    if resolved == src or resolved in src.parents:
-        raise CheckpointError(f"'{out}' holds the source '{source}': writing there would delete what is read; "
-                              "choose another folder")
-    if resolved == Path.cwd().resolve() or resolved in Path.cwd().resolve().parents:
-        raise CheckpointError(f"'{out}' holds the current folder, which replacing it would delete; write from "
-                              "outside it, or to another folder")
-    if not (out.is_dir() and any(out.iterdir())):
-        return
-    if not overwrite:
-        raise CheckpointError(f"'{out}' already exists; pass --overwrite to replace it")
-    problem = _foreign_export(out) if kind == "export" else _foreign_run(out)
-    if problem:
-        raise CheckpointError(f"refusing to overwrite '{out}': {problem}")
-
-
-def _foreign_export(out: Path) -> str | None:
-    names = {p.name for p in out.iterdir()}
-    if NOTE not in names:
-        return f"it is not a diffusers folder that undiffuse exported (no {NOTE})"
-    foreign = sorted(names - EXPORT_NAMES)
-    if foreign:
-        return f"it holds what an export does not write ({', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''})"
-    return None
-
-
-def _foreign_run(out: Path) -> str | None:
-    try:
-        read_run(out)
-    except CheckpointError:
-        return "it is not an undiffuse run folder"
-    return None
-
-
-@contextmanager
-def _staged(out: Path):
-    """Yield a temporary folder beside `out`; move it into place at the end (`_replace`). Temporary
-    folders that a killed export or import left behind (their process gone) are removed first."""
-    try:
-        out = out.resolve()
-        out.parent.mkdir(parents=True, exist_ok=True)
-        _remove_leftovers(out)
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-{os.getpid()}-"))
-    except OSError as e:
-        raise CheckpointError(f"cannot write '{out}' ({e.strerror or e})") from None
-    try:
-        yield tmp
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes a private folder
-        _replace(tmp, out)
-    except OSError as e:
-        raise CheckpointError(f"cannot write '{out}' ({e.strerror or e})") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _replace(tmp: Path, out: Path) -> None:
-    """Move tmp to out by renames only, so that a kill at any moment leaves the old folder or the new one
-    whole (the old one, moved aside, is deleted last). A folder that appeared at `out` since the check
-    (another command writing there at the same moment) is never replaced: the rename fails."""
-    if not out.is_dir():
-        _move_onto_nothing(tmp, out)
-        return
-    aside = out.parent / f".{out.name}.old-{os.getpid()}-{tmp.name.rsplit('-', 1)[-1]}"
-    with run_lock(out, "being replaced"):  # never under a run that is training
-        os.rename(out, aside)
-    os.rename(tmp, out)
-    shutil.rmtree(aside, ignore_errors=True)
-
-
-def _move_onto_nothing(tmp: Path, out: Path) -> None:
-    """Rename tmp to out, where out is nothing or an empty folder; one that another command filled since
-    the check makes the rename fail (the kernel's test, no window between a check and the rename)."""
-    try:
-        os.rename(tmp, out)
-    except OSError as e:
-        raise CheckpointError(f"'{out}' was written by another command meanwhile ({e.strerror}); "
-                              "nothing was replaced") from None
-
-
-def _remove_leftovers(out: Path) -> None:
-    for path in out.parent.glob(f".{out.name}.*-*-*"):
-        kind, _, rest = path.name[len(out.name) + 2:].partition("-")
-        pid = rest.split("-", 1)[0]
-        if kind in ("tmp", "old") and pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
 

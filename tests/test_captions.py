@@ -264,3 +264,11 @@ def test_a_caption_that_is_not_text_is_refused_naming_its_line(tmp_path):
     root = image_folder(tmp_path / "imgs", ("a.png", "b.png"))
     write_jsonl(root / "metadata.jsonl", [{"file_name": "a.png", "text": "an apple"}, {"file_name": "b.png", "text": "\ud800"}])
     fails("metadata.jsonl' line 2 is not valid text", load_captioned, str(root))
+
+
+def test_a_csv_caption_file_is_read_as_csv(tmp_path):
+    """A caption with a comma or a line break inside quotes is one caption, as in a folder's metadata.csv."""
+    (tmp_path / "c.csv").write_text('text\n"an apple, red"\n"a cat\non a mat"\n')
+    assert read_caption_file(tmp_path / "c.csv", 2) == ["an apple, red", "a cat\non a mat"]
+    (tmp_path / "d.csv").write_text("caption\nx\n")
+    fails("no 'text' column", read_caption_file, tmp_path / "d.csv", 1)

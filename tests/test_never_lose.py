@@ -291,3 +291,18 @@ def test_two_signals_at_once_three_times_in_a_row_leave_a_run_that_resumes(tmp_p
     resumed = Trainer.resume(run)
     step = resumed.step
     assert step > 0 and resumed.train(until=step + 2, progress=False).steps == step + 2
+
+
+def test_a_caption_table_that_cannot_be_written_leaves_no_half_made_run(tmp_path):
+    """A text run writes its caption table before its first checkpoint: a real failed write there (past
+    ulimit -f, as a full disk) is one line, and the folder it had begun is gone, not left for a resume."""
+    import importlib.util
+
+    if not importlib.util.find_spec("tokenizers"):
+        pytest.skip("the text extra is not installed")
+    run = tmp_path / "words"
+    child = subprocess.run([sys.executable, "-c", FILE_SIZE_LIMIT, str(100_000), *TRAIN, "--steps", "2",
+                            "--captions", "templates", "--out", run], env=ENV, capture_output=True, text=True)
+    line = refusal(child.returncode, child.stderr)
+    assert "largest this process may write" in line or "File too large" in line, line
+    assert not run.exists()

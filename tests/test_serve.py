@@ -364,3 +364,18 @@ def test_a_bug_in_a_job_logs_its_traceback_and_bad_input_does_not(trained, monke
     assert got[-1] == {"type": "error", "message": "a value out of range"}
     assert "Traceback" not in capsys.readouterr().err
     queue.close()
+
+
+def test_the_work_bound_counts_both_branches_of_guidance_and_the_machines_pace(trained):
+    """64 images of 1,000 guided DDIM steps are 128,000 network calls, not 64,000; and on a machine where
+    a call takes a second per image, 640 calls are over the page's minutes."""
+    from undiffuse.serve import requests
+
+    run = load_run(trained)
+    assert run.seconds_per_image_call > 0
+    with pytest.raises(RequestError, match="64 images x 2,000 network calls = 128,000"):
+        requests.parse_generate(run, {"n": 64, "steps": 1000, "label": "3"})
+    requests.parse_generate(run, {"n": 64, "steps": 1000, "label": "none"})  # one branch: within the bound
+    run._pace = 1.0  # the pace of a slow machine, as if timed there
+    with pytest.raises(RequestError, match="about 21 minutes on this machine; at most 5"):
+        requests.parse_generate(run, {"n": 64, "steps": 10, "label": "3"})

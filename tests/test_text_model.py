@@ -480,3 +480,14 @@ def test_a_damaged_caption_table_is_one_line(tmp_path, damage, capsys):
               metadata={"texts": json.dumps(["", "a"])})
     with pytest.raises(DataError, match="not 384 wide" if damage == "narrow" else "not finite"):
         load_table(tmp_path / "t.safetensors")
+
+
+@needs_extra
+def test_the_prompt_rows_of_many_images_are_counted_before_they_are_made(text_run, tmp_path, capsys, monkeypatch):
+    """Each image's prompt is a table of token states: 100,000 images of a text run ask for GBs of them."""
+    from cli_helpers import fails_cleanly
+    from undiffuse import memory
+
+    monkeypatch.setattr(memory, "available_bytes", lambda device=None: 200 * 2**20)
+    err = fails_cleanly(capsys, ["sample", text_run, "--prompt", "one", "--n", "100000", "--out", tmp_path / "s.npy"])
+    assert "the prompts of 100,000 images needs about" in err

@@ -22,6 +22,7 @@ from .conditions.prompt import Prompt
 from .conditions.text import check_text
 from .errors import UsageError
 from .limits import GUIDANCE
+from .memory import require
 
 ASKS = ("label", "labels", "context", "contexts", "prompt", "prompts", "negative_prompt")
 CYCLE = ("each", "all")  # label values that draw every class in turn (unless a class has that name)
@@ -124,6 +125,9 @@ def _prompted(run, n, guidance, default, prompt, prompts, negative) -> Resolved:
         check_text(text, "the prompt")
     if negative is not None:
         check_text(negative, "the negative prompt")
+    rows = n * (2 if negative is not None else 1)  # one token table a row: n x tokens x width floats
+    require(f"the prompts of {n:,} images", 4 * rows * (run.text.max_tokens + 1) * run.text.dim,
+            hint="fewer images at a time")
     text = run.encode([prompts[i % len(prompts)] for i in range(n)])
     against = run.encode([negative] * n) if negative is not None else None
     return Resolved(Condition(prompt=Prompt(text, against)), guidance)

@@ -56,6 +56,7 @@ class LoadedRun:
     _table: CaptionTable | None = field(default=None, repr=False)
     _encoder: TextEncoder | None = field(default=None, repr=False)
     _precision: Precision | None = field(default=None, repr=False)
+    _pace: float | None = field(default=None, repr=False)
 
     @property
     def precision(self) -> Precision:
@@ -67,6 +68,20 @@ class LoadedRun:
             if self._precision.probed:
                 self.net = faster_layout(self.net, self._precision, self.image_size)
         return self._precision
+
+    @property
+    def seconds_per_image_call(self) -> float:
+        """Seconds one network call takes per image here, in the run's precision: a forward pass of
+        probe_batch, timed once (what the web page's work bound reckons with)."""
+        if self._pace is None:
+            precision, inputs = self.precision, probe_batch(self.net, self.image_size)
+
+            def forward() -> None:
+                with torch.inference_mode(), precision.autocast(inputs["x"].device.type):
+                    self.net(**inputs)
+
+            self._pace = time_alternately({"call": forward})["call"] / len(inputs["x"])
+        return self._pace
 
     @property
     def guidance(self) -> float:

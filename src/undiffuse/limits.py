@@ -66,3 +66,6 @@ PAGE_STEPS = Limit("steps", 1, 1000)
 # Network evaluations of one page request, summed over its images: 64 images of DDPM's 1,000 steps,
 # the largest plain request, about a minute for the demo model on a laptop core.
 PAGE_WORK = 64_000
+# ... and the longest one request may hold it, at the pace the run's network was timed at on this machine
+# (LoadedRun.seconds_per_image_call): a 64x64 colour model's call costs many times a 28x28 digit model's.
+PAGE_SECONDS = 300

@@ -246,10 +246,12 @@ def _load_weights(data: bytes, device: torch.device) -> dict[str, Tensor]:
 def save_table(path: str | Path, table: CaptionTable) -> None:
     """A caption table as safetensors, the texts in its metadata, so sampling the training captions
     needs no encoder."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
     tensors = {"tokens": table.tokens, "mask": table.mask, "pooled": table.pooled, "null": table.null}
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path),
-              metadata={"texts": json.dumps(list(table.texts)), "encoder": ENCODER_NAME})
+    data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+                metadata={"texts": json.dumps(list(table.texts)), "encoder": ENCODER_NAME})
+    with open(path, "wb") as f:  # a Python file: a full disk is an OSError (ENOSPC), which says so
+        f.write(data)
 
 
 def load_table(path: str | Path) -> CaptionTable:

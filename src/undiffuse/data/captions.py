@@ -137,12 +137,15 @@ def captions_for(data: ImageData, captions: str | None = None, *, seed: int = 0,
 
 
 def read_caption_file(path: Path, n: int, allow_empty: bool = False) -> list[str]:
-    """n captions from a .jsonl of {"text": ...} (blank lines skipped) or one caption a line."""
-    lines = _lines(path)
-    if path.suffix.lower() == ".jsonl":
+    """n captions from a .jsonl of {"text": ...} (blank lines skipped), a .csv with a "text" column, or one
+    caption a line."""
+    if path.suffix.lower() == ".csv":  # quoted commas and line breaks read as csv does: a "text" column
+        found = [_text(path, number, row, allow_empty) for number, row in _csv_rows(path, ("text",))]
+    elif path.suffix.lower() == ".jsonl":
         found = [_text(path, number, _object(path, number, line), allow_empty)
-                 for number, line in lines if line.strip()]
+                 for number, line in _lines(path) if line.strip()]
     else:
+        lines = _lines(path)
         found = [_checked_text(path, number, line, allow_empty) for number, line in lines]
     if len(found) != n:
         raise DataError(f"captions '{path}' holds {len(found)} captions but the data has {n} images")
@@ -259,11 +262,11 @@ def _jsonl_rows(path: Path) -> list[tuple[int, dict]]:
     return [(number, _object(path, number, line)) for number, line in _lines(path) if line.strip()]
 
 
-def _csv_rows(path: Path) -> list[tuple[int, dict]]:
+def _csv_rows(path: Path, needed=("file_name", "text")) -> list[tuple[int, dict]]:
     reader = csv.DictReader(io.StringIO(_decoded(path), newline=""))
     try:
         columns = reader.fieldnames or []
-        for column in ("file_name", "text"):
+        for column in needed:
             if column not in columns:
                 raise DataError(f"'{path}' line 1: no '{column}' column (the header has {columns})")
         rows = []

@@ -29,9 +29,10 @@ _WIDE_MODES = {"I", "I;16", "I;16L", "I;16B", "I;16N"}  # 16/32-bit integer pixe
 _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 
 
-def decode_picture(source: str | Path | bytes, what: str = "image") -> Image.Image:
+def decode_picture(source: str | Path | bytes, what: str = "image", max_side: int | None = None) -> Image.Image:
     """A file (or its bytes) decoded into a PIL image, upright (EXIF orientation applied); DataError
-    with one line for anything that is not a readable picture of an allowed format and size."""
+    with one line for anything that is not a readable picture of an allowed format and size. The size
+    (and `max_side`, where given) is checked from the header, before the pixels are decoded."""
     name = f"{what} '{source}'" if not isinstance(source, bytes) else f"the {what}"
     if not isinstance(source, bytes) and not Path(source).is_file():
         raise DataError(f"{name}: no such file")
@@ -43,6 +44,8 @@ def decode_picture(source: str | Path | bytes, what: str = "image") -> Image.Ima
                 if img.width * img.height > MAX_PIXELS:
                     raise DataError(f"{name} is {img.width}x{img.height} pixels; at most {MAX_PIXELS // 2**20} "
                                     "million are decoded (a decompression bomb?)")
+                if max_side is not None and max(img.size) > max_side:
+                    raise DataError(f"{name} is {img.width}x{img.height} pixels; at most {max_side} a side")
                 if max(img.size) > MAX_ASPECT * min(img.size):
                     raise DataError(f"{name} is {img.width}x{img.height} pixels: a strip, not a picture (its center "
                                     f"square would be {min(img.size)} pixels); at most {MAX_ASPECT}:1")

@@ -9,6 +9,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from safetensors import SafetensorError
+
 from ..errors import CheckpointError
 from ..lock import run_lock
 from ..run import read_run
@@ -75,8 +77,8 @@ def staged(out: Path):
         os.umask(mask)
         os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes a private folder
         _replace(tmp, out)
-    except OSError as e:
-        raise CheckpointError(f"cannot write '{out}' ({e.strerror or e})") from None
+    except (OSError, SafetensorError) as e:  # a full disk, in diffusers' writer or safetensors' own
+        raise CheckpointError(f"cannot write '{out}' ({getattr(e, 'strerror', None) or e}); nothing was replaced") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -30,6 +30,7 @@ from ..errors import RequestError
 from ..generation import DEFAULT_SAMPLER
 from ..samplers import DEFAULT_STEPS, SAMPLERS
 from .jobs import JobQueue
+from ..limits import PAGE_SECONDS
 from .requests import (FRAMES, MAX_GUIDANCE, MAX_N, MAX_PROMPT, MAX_SIDE, MAX_STEPS, MAX_UPLOAD_BYTES, MAX_WORK,
                        parse_generate, parse_img2img, parse_inpaint, parse_upscale)
 
@@ -64,7 +65,7 @@ def describe(run, name: str) -> dict:
         "text": ({"encoder": run.text.encoder, "max_tokens": run.text.max_tokens, "max_prompt": MAX_PROMPT}
                  if getattr(run, "text", None) is not None else None),
         "limits": {"n": MAX_N, "steps": min(MAX_STEPS, run.schedule.T), "guidance": MAX_GUIDANCE,
-                   "upload_bytes": MAX_UPLOAD_BYTES, "side": MAX_SIDE, "work": MAX_WORK},
+                   "upload_bytes": MAX_UPLOAD_BYTES, "side": MAX_SIDE, "work": MAX_WORK, "seconds": PAGE_SECONDS},
     }
 
 

@@ -29,7 +29,7 @@ from ..conditions.lowres import DEFAULT_AUG
 from ..data.decode import decode_picture, image_tensor
 from ..errors import DataError, RequestError, UsageError
 from ..generation import DEFAULT_SAMPLER, LoadedRun
-from ..limits import GUIDANCE, PAGE_IMAGES, PAGE_STEPS, PAGE_WORK, SEED, Limit
+from ..limits import GUIDANCE, PAGE_IMAGES, PAGE_SECONDS, PAGE_STEPS, PAGE_WORK, SEED, Limit
 from ..samplers import REGISTRY, steps_walked
 
 MAX_N, MAX_STEPS, MAX_GUIDANCE, MAX_WORK = int(PAGE_IMAGES.hi), int(PAGE_STEPS.hi), GUIDANCE.hi, PAGE_WORK
@@ -63,7 +63,7 @@ def parse_generate(run: LoadedRun, body: dict) -> Job:
     conditioning, n, nrow = _conditioning(run, body, default_n=_default_n(run))
     total = steps_walked(options["sampler"], options["steps"], run.schedule.T)
     job = Job("generate", n, nrow, total, _show(body), {**options, **conditioning, "seed": _seed(body)})
-    return _bounded(job, REGISTRY[options["sampler"]].calls_per_step)
+    return _bounded(job, run, REGISTRY[options["sampler"]].calls_per_step)
 
 
 def parse_inpaint(run: LoadedRun, body: dict) -> Job:
@@ -81,7 +81,7 @@ def parse_inpaint(run: LoadedRun, body: dict) -> Job:
         raise RequestError("resample and jump belong to the repaint method")
     total = edit.network_calls(edit.inpaint_moves(run.schedule.T, **options))
     conditioning, n, nrow = _conditioning(run, body, default_n=4)
-    job = _bounded(Job("inpaint", n, nrow, total, _show(body), {**options, **conditioning, "seed": _seed(body)}))
+    job = _bounded(Job("inpaint", n, nrow, total, _show(body), {**options, **conditioning, "seed": _seed(body)}), run)
     job.image, job.mask = decode_image(body.get("image"), run, "image"), decode_mask(body.get("mask"), run)
     return job
 
@@ -95,7 +95,7 @@ def parse_img2img(run: LoadedRun, body: dict) -> Job:
     total = max(1, edit.sdedit_plan(run.schedule.T, strength, options["sampler"], options["steps"])[1])
     job = Job("img2img", n, nrow, total, _show(body), {**options, **conditioning, "strength": strength,
                                                         "seed": _seed(body)})
-    job = _bounded(job, REGISTRY[options["sampler"]].calls_per_step)
+    job = _bounded(job, run, REGISTRY[options["sampler"]].calls_per_step)
     job.image = decode_image(body.get("image"), run, "image")
     return job
 
@@ -110,7 +110,7 @@ def parse_upscale(run: LoadedRun, body: dict) -> Job:
     n = _int(body, "n", 4, 1, MAX_N)
     options.update(aug=_float(body, "aug", DEFAULT_AUG, 0.0, 2.0), seed=_seed(body))
     total = steps_walked(options["sampler"], options["steps"], run.schedule.T)
-    job = _bounded(Job("upscale", n, min(n + 2, 8), total, _show(body), options),
+    job = _bounded(Job("upscale", n, min(n + 2, 8), total, _show(body), options), run,
                    REGISTRY[options["sampler"]].calls_per_step)
     job.image = edit.low_res_picture(decode_upload(body.get("image"), "image"), run, exact=False)
     return job
@@ -138,12 +138,21 @@ def _shown(value, limit: int = 40) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def _bounded(job: Job, calls_per_step: int = 1) -> Job:
-    """Refuse a job whose network evaluations (images x steps) would hold the only worker for long."""
-    work = job.n * job.total * calls_per_step
+def _bounded(job: Job, run: LoadedRun, calls_per_step: int = 1) -> Job:
+    """Refuse a job whose network evaluations (images x steps x calls a step, twice where guidance runs
+    both branches) would hold the only worker for long: more than MAX_WORK of them, or more than
+    PAGE_SECONDS at the pace this run's network was timed at on this machine."""
+    cond, guidance = job.options.get("cond"), job.options.get("guidance", 1.0)
+    branches = 2 if cond is not None and cond.steers and guidance not in (0.0, 1.0) else 1
+    calls = job.total * calls_per_step * branches
+    work = job.n * calls
     if work > MAX_WORK:
-        raise RequestError(f"this asks for {job.n} images x {job.total * calls_per_step} network calls = {work:,}; "
+        raise RequestError(f"this asks for {job.n} images x {calls:,} network calls = {work:,}; "
                            f"at most {MAX_WORK:,} a request: fewer images or fewer steps")
+    pace = getattr(run, "seconds_per_image_call", None)
+    if isinstance(pace, float) and work * pace > PAGE_SECONDS:
+        raise RequestError(f"this asks for {job.n} images x {calls:,} network calls, about {work * pace / 60:.0f} "
+                           f"minutes on this machine; at most {PAGE_SECONDS // 60} a request: fewer images or steps")
     return job
 
 
@@ -252,13 +261,11 @@ def decode_upload(data_url, what: str) -> Image.Image:
     if len(payload) > MAX_UPLOAD_BYTES * 4 // 3 + 4:
         raise RequestError(f"the {what} is over {MAX_UPLOAD_BYTES // 2**20} MB", 413)
     try:
-        img = decode_picture(base64.b64decode(payload, validate=True), what)
+        img = decode_picture(base64.b64decode(payload, validate=True), what, max_side=MAX_SIDE)  # before decoding
     except DataError as e:
         raise RequestError(str(e)) from None
     except binascii.Error:
         raise RequestError(f"the {what} is not an image: its data is not valid base64") from None
-    if max(img.size) > MAX_SIDE:
-        raise RequestError(f"the {what} is {img.size[0]}x{img.size[1]} pixels; at most {MAX_SIDE} a side")
     return img
 
 

@@ -81,10 +81,10 @@ def clear_run_folder(run: Path) -> None:
 
 
 def abandon_run_folder(run: Path) -> None:
-    """Remove a folder this process created for a run that did not start, when it holds only its lock."""
-    if run.is_dir() and all(p.name == LOCK for p in run.iterdir()):
-        (run / LOCK).unlink(missing_ok=True)
-        run.rmdir()
+    """Remove the folder this process created for a run that did not start (its first checkpoint not
+    written: a full disk, a signal), so that no later command takes a half-made run for one."""
+    if run.is_dir() and ckpt.newest_step(run) is None:
+        shutil.rmtree(run, ignore_errors=True)
 
 
 class FolderLock:

@@ -378,3 +378,23 @@ def test_a_1024_pixel_model_is_checked_at_a_small_side(tmp_path):
     _random_unet2d(tmp_path / "hub", sample_size=1024)
     done = import_folder(tmp_path / "hub", tmp_path / "run")
     assert done.max_eps_difference < TOL and read_run(tmp_path / "run").image_size == 1024
+
+
+def test_an_export_that_cannot_be_written_is_one_line_and_leaves_nothing(adm_run, tmp_path):
+    """Past ulimit -f (a full disk fails the same way, with ENOSPC): a real failed write inside diffusers'
+    and safetensors' writers; the staging folder goes, no OUT is made."""
+    from cli_helpers import refusal
+
+    limit = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+from undiffuse.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+    import subprocess
+
+    child = subprocess.run([sys.executable, "-c", limit, "export", str(adm_run), "--to", "diffusers",
+                            str(tmp_path / "out")], capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert "cannot write" in refusal(child.returncode, child.stderr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -306,3 +306,12 @@ def test_a_caption_table_that_cannot_be_written_leaves_no_half_made_run(tmp_path
     line = refusal(child.returncode, child.stderr)
     assert "largest this process may write" in line or "File too large" in line, line
     assert not run.exists()
+
+
+def test_a_resume_removes_the_temporary_files_a_killed_session_left(tmp_path):
+    run = tmp_path / "r"
+    Trainer.create(_cfg(steps=2), run).train(progress=False)
+    for leftover in (run / ".config.json.ab12cd.tmp", run / ".loss.png.x9.tmp"):
+        leftover.write_bytes(b"half")  # what kill -9 leaves between an atomic write and its rename
+    Trainer.resume(run, changes={"steps": 3}).train(progress=False)
+    assert not list(run.glob(".*.tmp"))

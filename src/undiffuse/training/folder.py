@@ -80,6 +80,15 @@ def clear_run_folder(run: Path) -> None:
         old.unlink()
 
 
+def remove_stale_temporaries(run: Path) -> None:
+    """The temporary files of atomic writes (checkpoint.atomic_write: `.NAME.xxxx.tmp`) that a killed
+    process left in the run folder and its samples/; called under the run's lock, when none is in use."""
+    for folder in (run, run / "samples"):
+        for stale in folder.glob(".*.tmp") if folder.is_dir() else ():
+            if stale.is_file() and not stale.is_symlink():
+                stale.unlink(missing_ok=True)
+
+
 def abandon_run_folder(run: Path) -> None:
     """Remove the folder this process created for a run that did not start (its first checkpoint not
     written: a full disk, a signal), so that no later command takes a half-made run for one."""

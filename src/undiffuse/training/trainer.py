@@ -36,7 +36,8 @@ from ..run import CAPTIONS, Plan, RunRecord, read_run, write_run
 from . import distributed as dist
 from .budget import REFIT_EVERY, Deadline, Stopwatch
 from .config import TrainConfig
-from .folder import FolderLock, abandon_run_folder, check_outside_data, check_run_folder, clear_run_folder
+from .folder import (FolderLock, abandon_run_folder, check_outside_data, check_run_folder, clear_run_folder,
+                     remove_stale_temporaries)
 from .learner import QUARTERS, Learner
 from .log import LOG, LogWriter, logged_losses, open_log, truncate_log
 from .preview import GridSchedule, write_summary
@@ -182,6 +183,7 @@ class Trainer:
                 raise CheckpointError(f"'{self.run}' changed while it was being resumed (another process "
                                       "trained it); run the command again")
             truncate_log(self.run / LOG, self.step)
+            remove_stale_temporaries(self.run)  # what a killed session's atomic writes left: nobody writes now
             if self.record() != record:  # resumed with a longer budget or other runtime options
                 write_run(self.run, self.record())
         except BaseException:

@@ -314,7 +314,7 @@ def test_overwrite_replaces_only_what_undiffuse_wrote(adm_run, tmp_path, capsys,
 
 def test_a_replace_moves_folders_whole_and_cleans_what_a_killed_one_left(adm_run, tmp_path):
     from undiffuse.errors import CheckpointError
-    from undiffuse.interop.staging import _move_onto_nothing
+    from undiffuse.interop.staging import _move_onto_nothing, _replace
 
     dead = tmp_path / ".out.tmp-999999999-abc"  # a killed export's staging folder: no such process
     dead.mkdir()
@@ -331,6 +331,8 @@ def test_a_replace_moves_folders_whole_and_cleans_what_a_killed_one_left(adm_run
     (other / "b").write_text("another command's")  # filled after this command's check: never replaced
     with pytest.raises(CheckpointError, match="another command"):
         _move_onto_nothing(staged, other)
+    with pytest.raises(CheckpointError, match="another command"):  # two exports at once, no --overwrite
+        _replace(staged, other, overwrite=False)
     assert (other / "b").read_text() == "another command's" and (staged / "a").is_file()
 
 

@@ -133,3 +133,17 @@ def test_the_room_left_under_ulimit_v_counts(monkeypatch):
 
     monkeypatch.setattr(resource, "getrlimit", lambda which: (2**30, 2**30))
     assert memory.available_bytes() <= 2**30
+
+
+def test_a_strip_of_two_million_pixels_loads_in_little_memory(tmp_path):
+    """(1, 1, 1, 2,000,000) as --against or --data: cropped to its centre square before it is resized, so
+    it needs kilobytes, not the 256 MB of a 16 x 32,000,000 intermediate (run under a 3 GB address limit)."""
+    import subprocess
+    import sys
+
+    np.save(tmp_path / "strip.npy", np.zeros((1, 1, 1, 2_000_000), np.uint8))
+    code = ("import resource; resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, 3 * 2**30)); "
+            f"from undiffuse.data import load_data; print(tuple(load_data({str(tmp_path / 'strip.npy')!r}, "
+            "image_size=16).images.shape))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stdout.strip() == "(1, 1, 16, 16)", done.stderr[-500:]

@@ -71,7 +71,7 @@ def export_run(run: str | Path, out: str | Path, *, weights: str = "ema", overwr
     unet.eval()
     scheduler = diffusers.DDPMScheduler(**scheduler_config(record))
     difference = max_eps_difference(net, unet, record.schedule.T)
-    with staged(out) as tmp:
+    with staged(out, overwrite) as tmp:
         _save(tmp, diffusers, unet, scheduler, record)
         (tmp / NOTE).write_text(json.dumps(_note(run, weights, record), indent=2) + "\n")
     return Exchanged(out, difference, time.perf_counter() - start, len(record.class_names))
@@ -162,7 +162,7 @@ def import_folder(folder: str | Path, out: str | Path, *, overwrite: bool = Fals
                        data_source=data or f"unknown (imported from {folder.resolve()})", num_images=1,
                        plan=Plan(steps=1, lr=1e-4, warmup=0, ema_decay=0.0),
                        train={"imported_from": str(folder.resolve())})
-    with staged(out) as tmp:
+    with staged(out, overwrite) as tmp:
         _write_run_folder(tmp, record, net)
     return Exchanged(out, difference, time.perf_counter() - start, cfg.context_dim)
 

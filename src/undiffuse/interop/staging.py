@@ -61,7 +61,7 @@ def _foreign_run(out: Path) -> str | None:
 
 
 @contextmanager
-def staged(out: Path):
+def staged(out: Path, overwrite: bool = False):
     """Yield a temporary folder beside `out`; move it into place at the end (`_replace`). Temporary
     folders that a killed export or import left behind (their process gone) are removed first."""
     try:
@@ -76,18 +76,18 @@ def staged(out: Path):
         mask = os.umask(0)
         os.umask(mask)
         os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes a private folder
-        _replace(tmp, out)
+        _replace(tmp, out, overwrite)
     except (OSError, SafetensorError) as e:  # a full disk, in diffusers' writer or safetensors' own
         raise CheckpointError(f"cannot write '{out}' ({getattr(e, 'strerror', None) or e}); nothing was replaced") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _replace(tmp: Path, out: Path) -> None:
+def _replace(tmp: Path, out: Path, overwrite: bool = False) -> None:
     """Move tmp to out by renames only, so that a kill at any moment leaves the old folder or the new one
     whole (the old one, moved aside, is deleted last). A folder that appeared at `out` since the check
     (another command writing there at the same moment) is never replaced: the rename fails."""
-    if not out.is_dir():
+    if not overwrite or not out.is_dir():  # without overwrite, only onto nothing: a rival's folder stays
         _move_onto_nothing(tmp, out)
         return
     aside = out.parent / f".{out.name}.old-{os.getpid()}-{tmp.name.rsplit('-', 1)[-1]}"

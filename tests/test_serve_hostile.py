@@ -89,8 +89,10 @@ def test_no_request_holds_the_worker_for_hours(client, path, body):
 
 
 def test_the_largest_plain_request_is_within_the_bound(run):
-    job = requests.parse_generate(run, {"n": 64, "sampler": "ddpm"})
+    job = requests.parse_generate(run, {"n": 64, "sampler": "ddpm", "label": "none"})  # one branch
     assert job.n * job.total == requests.MAX_WORK
+    with pytest.raises(RequestError, match="64 images x 2,000 network calls"):  # guided: two branches a step
+        requests.parse_generate(run, {"n": 64, "sampler": "ddpm", "label": "3"})
 
 
 def test_the_page_states_the_bound(client):

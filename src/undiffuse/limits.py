@@ -63,8 +63,8 @@ EDITS = Limit("n", 1, 64)  # results of one edit (inpaint, img2img, interpolate,
 # One request of the web page, which holds its single worker while it runs:
 PAGE_IMAGES = Limit("n", 1, 64)
 PAGE_STEPS = Limit("steps", 1, 1000)
-# Network evaluations of one page request, summed over its images: 64 images of DDPM's 1,000 steps,
-# the largest plain request, about a minute for the demo model on a laptop core.
+# Network evaluations of one page request, summed over its images and both branches of guidance: 64
+# unguided images of DDPM's 1,000 steps (32 guided ones), about a minute for the demo model on a laptop core.
 PAGE_WORK = 64_000
 # ... and the longest one request may hold it, at the pace the run's network was timed at on this machine
 # (LoadedRun.seconds_per_image_call): a 64x64 colour model's call costs many times a 28x28 digit model's.

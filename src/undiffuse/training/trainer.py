@@ -272,8 +272,7 @@ class Trainer:
         return Result(self.run, self.step, self.elapsed, sum(tail) / len(tail), skipped)
 
     def _loop(self, session: _Session, stop: StopOnSignal, log, bar, until, on_grid) -> None:
-        """Step after step: each timed (for the thread chooser and the deadline), its loss kept or its
-        skip counted, then the log, the grids and the periodic checkpoint that are due."""
+        """Each step timed (threads, deadline), its loss kept or its skip counted; then what is due."""
         last_save = self.watch.clock()
         while self._more_steps(until):
             out_of_time = self.world.is_main and self.deadline is not None and self.step > 0 \

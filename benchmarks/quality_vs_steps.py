@@ -24,7 +24,7 @@ from undiffuse.data import load_data
 from undiffuse.generation import DEFAULT_GUIDANCE, generate, load_run
 from undiffuse.samplers import network_calls
 
-SAMPLERS = ("ddim", "euler-a", "heun", "dpmpp-2m", "dpmpp-3m", "unipc")  # euler is ddim in other coordinates
+SAMPLERS = ("ddim", "euler-a", "heun", "dpmpp-2m", "dpmpp-3m", "unipc", "ipndm", "ipndm-v")  # euler is ddim in other coordinates
 STOCHASTIC = ("euler-a",)  # no ODE solution to converge to: left out of the solver-error table
 PLOT = Path(__file__).resolve().parent / "quality_vs_steps.png"
 

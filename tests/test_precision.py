@@ -289,9 +289,9 @@ def test_sample_takes_precision_and_warns_of_fp16_on_a_cpu_with_the_measurement(
     out = tmp_path / "s.png"
     assert main(["sample", str(run), "--n", "2", "--steps", "2", "--precision", "fp16", "--out", str(out)]) == 0
     captured = capsys.readouterr()
-    assert "2 samples (fp16)" in captured.out and "fp16 ran at 0.33x the speed of fp32" in captured.err
+    assert "2 samples (fp16, " in captured.out and "fp16 ran at 0.33x the speed of fp32" in captured.err
     assert main(["sample", str(run), "--n", "2", "--steps", "2", "--precision", "fp32", "--out", str(out)]) == 0
-    assert "2 samples (fp32)" in capsys.readouterr().out
+    assert "2 samples (fp32, " in capsys.readouterr().out
     assert "invalid choice" in fails_cleanly(capsys, ["sample", str(run), "--precision", "fp8"])
 
 

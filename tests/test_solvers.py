@@ -15,7 +15,8 @@ MIXTURE = Mixture([0.5, 0.3, 0.2], [[-1.0, 0.5], [1.0, 0.0], [0.0, -1.2]],
                   [[[0.10, 0.02], [0.02, 0.05]], [[0.04, 0.0], [0.0, 0.12]], [[0.06, -0.03], [-0.03, 0.06]]])
 GAUSSIAN = Mixture([1.0], [[0.3, -0.2]], [[[0.20, 0.12], [0.12, 0.15]]])
 ORDERS = {"ddim": 1, "euler": 1, "heun": 2, "dpmpp-2m": 2, "dpmpp-3m": 3,
-          "unipc": 3}  # UniP-2 corrected by UniC-2: one order above its predictor
+          "unipc": 3,  # UniP-2 corrected by UniC-2: one order above its predictor
+          "ipndm": 2}  # fixed 4th-order weights on steps uneven in sigma: 2nd order (test_ipndm.py)
 GRIDS = (81, 161, 321)
 
 

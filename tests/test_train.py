@@ -97,7 +97,7 @@ def test_the_config_groups_its_options_and_converts_to_flat_and_back():
     assert (cfg.source.data, cfg.diffusion.model, cfg.optim.lr, cfg.runtime.device) == ("digits", "tiny", 1e-3, "cpu")
     assert TrainConfig.flat(**cfg.options()) == cfg
     assert cfg.updated(steps=5).optim.steps == 5 and cfg.optim.steps == 60  # frozen: a copy
-    assert len(cfg.options()) == 43 and all(len(fields) <= 12 for fields in (
+    assert len(cfg.options()) == 44 and all(len(fields) <= 12 for fields in (
         vars(cfg.source), vars(cfg.diffusion), vars(cfg.optim), vars(cfg.runtime)))
     assert TrainConfig.choices()["precision"] == ("auto", "fp32", "bf16", "fp16")
 

@@ -24,6 +24,7 @@ from . import checkpoint as ckpt
 from .conditioning import condition_for
 from .conditions import Condition, rows_of
 from .conditions.lowres import LowRes
+from .conditions.scale import GuidanceScale, guidance_range
 from .conditions.text import CaptionTable, TextBatch, TextEncoder, canonical, load_table
 from .guidance import DEFAULT_GUIDANCE, denoiser
 from .errors import UsageError
@@ -95,6 +96,12 @@ class LoadedRun:
         """The default sampler's steps its samples default to, as its training recorded them
         (recipe.SAMPLE_STEPS, or train --sample-steps); None: the sampler's own default."""
         value = self.config.get("train", {}).get("sample_steps")
+        return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+    @property
+    def student_calls(self) -> int | None:
+        """A distilled student's network calls (training/distill.py); None for other runs."""
+        value = self.config.get("train", {}).get("distill_calls")
         return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
     @property
@@ -175,7 +182,8 @@ def probe_batch(net: UNet, side: int, batch: int | None = None) -> dict:
     device = next(net.parameters()).device
     x = torch.randn(batch, net.cfg.channels, side, side, device=device)
     low = LowRes(torch.zeros_like(x), torch.zeros(batch, device=device)) if net.cfg.cond_channels else None
-    return {"x": x, "t": torch.full((batch,), 500, device=device), "cond": Condition(low=low)}
+    scale = GuidanceScale.of(1.0, batch, device) if net.cfg.guidance_input else None
+    return {"x": x, "t": torch.full((batch,), 500, device=device), "cond": Condition(low=low, scale=scale)}
 
 
 def faster_layout(net: UNet, precision: Precision, side: int) -> UNet:
@@ -247,12 +255,35 @@ def generate(run: LoadedRun, n: int, *, cond: Condition | None = None, guidance:
                          "(undiffuse upscale, undiffuse.edit.upscale), it does not generate from noise")
     cond, guidance = condition_for(run, n, cond, guidance, "each", label=label, labels=labels, context=context,
                                    contexts=contexts, prompt=prompt, prompts=prompts, negative_prompt=negative_prompt)
-    if options.get("steps") is None and options.get("sampler", DEFAULT_SAMPLER) == DEFAULT_SAMPLER:
-        steps = run.sample_steps  # the run's own, else (None) the sampler's
-        options["steps"] = None if steps is None else min(steps, run.schedule.T)
+    check_student(run, options, guidance)
+    options["steps"] = run_steps(run, options.get("sampler", DEFAULT_SAMPLER), options.get("steps"))
     options.setdefault("precision", run.precision)
     return sample_images(run.net, run.schedule, run.prediction, n, image_size=run.image_size, cond=cond,
                          guidance=guidance, **options)
+
+
+def run_steps(run: LoadedRun, sampler: str, steps: int | None) -> int | None:
+    """The steps `sampler` takes on `run` when asked for `steps`: the run's own default for the default
+    sampler (train --sample-steps, a student's calls), else (None) the sampler's."""
+    if steps is None and sampler == DEFAULT_SAMPLER and run.sample_steps is not None:
+        return min(run.sample_steps, run.schedule.T)
+    return steps
+
+
+def check_student(run: LoadedRun, options: dict, guidance: float) -> None:
+    """A distilled student draws with DDIM over the K trailing steps it learnt, at a guidance scale of
+    the range it learnt (conditions.scale.guidance_range); other ways of sampling it are refused."""
+    calls = run.student_calls
+    if calls is None:
+        return
+    sampler, steps = options.get("sampler", DEFAULT_SAMPLER), options.get("steps")
+    if sampler != DEFAULT_SAMPLER or steps not in (None, calls) or options.get("spacing", "trailing") != "trailing" \
+            or options.get("eta"):
+        raise UsageError(f"this student was distilled to draw in {calls} network call{'s' * (calls > 1)} "
+                         f"(ddim, --steps {calls}, trailing spacing, eta 0); sample its teacher for other samplers")
+    low, high = guidance_range(run.guidance)
+    if run.class_names and not low <= guidance <= high:
+        raise UsageError(f"this student learnt guidance scales in [{low:g}, {high:g}], not {guidance:g}")
 
 
 __all__ = ["DEFAULT_GUIDANCE", "DEFAULT_SAMPLER", "LoadedRun", "generate", "load_run", "sample_images"]

@@ -12,15 +12,18 @@ in eps at a given x_t, so the same blend of the two x0 predictions is the guided
 One branch serves every kind of condition (conditions/condition.py): the guided branch is the
 condition as asked, the other its `against()` (the null class, the empty prompt or a negative prompt);
 a condition that steers nothing (no classes or prompt in any row, no negative prompt) runs one pass.
+A distilled student (training/distill.py) learnt the blend: it takes w as an input and runs one pass.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
 from .conditions.condition import Condition
+from .conditions.scale import GuidanceScale
 from .parameterization import to_eps_x0
 from .precision import FP32, Precision
 from .schedule import NoiseSchedule
@@ -47,10 +50,12 @@ def denoiser(model: nn.Module, schedule: NoiseSchedule, *, prediction: str = "ep
 
     cond: what the B images are told to draw (B rows), None for none.
     guidance: w; 1 asks one conditional pass, 0 one pass on the branch it pushes away from, anything
-    else both, batched.
+    else both, batched; a student takes it as an input and runs one pass whatever it is.
     precision: the autocast of the network's passes; what comes out of them is fp32.
     """
-    model = in_precision(model, precision)
+    student, model = takes_guidance(model), in_precision(model, precision)
+    if student:  # a distilled student: the scale is an input, and one pass gives the guided prediction
+        return lambda x_t, t: _one_pass(model, x_t, t, cond or Condition(), guidance, schedule, prediction)
     steered = cond is not None and cond.steers and guidance != 1.0
     against = cond.against() if steered else None
     pair = cond.cat(against) if steered and guidance != 0.0 else None
@@ -67,6 +72,24 @@ def denoiser(model: nn.Module, schedule: NoiseSchedule, *, prediction: str = "ep
         return guided(eps[b:], eps[:b], guidance), guided(x0[b:], x0[:b], guidance)
 
     return denoise
+
+
+def branches(model, cond: Condition | None, guidance: float) -> int:
+    """The network passes a call of `denoiser` runs on each image: 2 where guidance blends both branches."""
+    steered = cond is not None and cond.steers and guidance not in (0.0, 1.0)
+    return 2 if steered and not takes_guidance(model) else 1
+
+
+def takes_guidance(model) -> bool:
+    """Whether a network takes the guidance scale as an input (a distilled student, unet.guidance_input)."""
+    return bool(getattr(getattr(model, "cfg", None), "guidance_input", False))
+
+
+def _one_pass(model, x_t: Tensor, t: Tensor, cond: Condition, w: float, schedule: NoiseSchedule,
+              prediction: str) -> tuple[Tensor, Tensor]:
+    t = t.expand(x_t.shape[0]) if t.ndim == 0 else t
+    cond = replace(cond, scale=GuidanceScale.of(w, x_t.shape[0], x_t.device))
+    return to_eps_x0(model(x_t, t, cond), x_t, t, schedule, prediction)
 
 
 def in_precision(model: Callable[..., Tensor], precision: Precision) -> Callable[..., Tensor]:

@@ -228,6 +228,8 @@ def _record(top: _Section) -> RunRecord:
     text_dim = values["text"].dim if values["text"] else 0
     if unet.text_dim != text_dim:
         top.fail("unet.text_dim", f"text.dim, {text_dim}" if text_dim else "0 without a text encoder", unet.text_dim)
+    if unet.guidance_input and not unet.context_dim:
+        top.fail("unet.guidance_input", "false for a network without classes to guide", True)
     _check_task(top, values)
     return RunRecord(**values)
 
@@ -255,7 +257,8 @@ def _unet(s: _Section) -> UNetConfig:
                   block_style=s.choice("block_style", BLOCK_STYLES, default="film"),
                   text_dim=s.integer("text_dim", 0, 100_000, default=0),
                   cond_channels=s.choice("cond_channels", (0, 1, 3), default=0),
-                  patch=s.choice("patch", PATCHES, default=1))
+                  patch=s.choice("patch", PATCHES, default=1),
+                  guidance_input=s.get("guidance_input", "true or false", lambda v: isinstance(v, bool), default=False))
     s.only(values)
     try:
         return UNetConfig(**values)

@@ -7,7 +7,8 @@ lowest resolutions. The step t enters through a sinusoidal embedding and an MLP;
 (`text_dim` > 0) through `conditions.prompt`: its pooled embedding is added to the time embedding and
 cross-attention after every self-attention reads its tokens. A super-resolution network
 (`cond_channels` > 0) takes the upsampled low-resolution image as extra input channels and its
-augmentation level through a small MLP added to the time embedding (`conditions.lowres`). How they reach each
+augmentation level through a small MLP added to the time embedding (`conditions.lowres`); a distilled
+student (`guidance_input`) takes its guidance scale the same way (`conditions.scale`). How they reach each
 block is the config's `block_style`:
 
     film  the context embedding scales the normalised features, the time embedding shifts them,
@@ -34,6 +35,7 @@ from .conditions import ContextEmbedding
 from .conditions.condition import Condition
 from .conditions.prompt import CrossAttention, PromptContext, PromptEmbedding
 from .conditions.lowres import LowRes
+from .conditions.scale import EMBED_STRETCH
 
 
 CONTEXT_MODES = ("scale", "add", "both")
@@ -69,6 +71,9 @@ class UNetConfig:
     # and are put back after it (pixel shuffle), so that its levels run at 1/patch of the resolution
     # with patch^2 times the input channels; 1 = none (every run written before this field).
     patch: int = 1
+    # A distilled student (training/distill.py): the guidance scale is an input, embedded as the step
+    # is and added to the time embedding, so that one pass gives the guided prediction.
+    guidance_input: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "mults", tuple(self.mults))
@@ -230,6 +235,10 @@ class UNet(nn.Module):
         self.prompt = PromptEmbedding(cfg.text_dim, emb_dim) if cfg.text_dim else None
         if cfg.cond_channels:  # the augmentation level of the low-res image, as the step is embedded
             self.aug_mlp = nn.Sequential(nn.Linear(cfg.base, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        if cfg.guidance_input:  # the last layer starts at zero: a student starts as its teacher's conditional branch
+            self.scale_mlp = nn.Sequential(nn.Linear(cfg.base, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+            nn.init.zeros_(self.scale_mlp[-1].weight)
+            nn.init.zeros_(self.scale_mlp[-1].bias)
         self.conv_in = nn.Conv2d((cfg.channels + cfg.cond_channels) * cfg.patch ** 2, chans[0], 3, padding=1)
 
         # Encoder: remember the channels of every feature map kept for a skip connection.
@@ -279,6 +288,8 @@ class UNet(nn.Module):
         t_emb = self.time_mlp(sinusoidal_embedding(t, self.cfg.base))
         if aug is not None:
             t_emb = t_emb + self.aug_mlp(sinusoidal_embedding(aug.expand(x.shape[0]) * 1000, self.cfg.base))
+        if self.cfg.guidance_input:
+            t_emb = t_emb + self.scale_mlp(self._scale_embedding(cond, x.shape[0]))
         classes = cond.classes
         c_emb = None if self.context is None else \
             self.context(*((classes.vectors, classes.null) if classes else (None, None)), batch=x.shape[0])
@@ -307,6 +318,11 @@ class UNet(nn.Module):
         out = self.conv_out(F.silu(self.norm_out(h)))
         out = F.pixel_shuffle(out, self.cfg.patch) if self.cfg.patch > 1 else out
         return out[..., :h_in, :w_in]
+
+    def _scale_embedding(self, cond: Condition, batch: int) -> Tensor:
+        if cond.scale is None:
+            raise UsageError("this model was distilled with guidance built in: it needs a guidance scale")
+        return sinusoidal_embedding(cond.scale.value.expand(batch) * EMBED_STRETCH, self.cfg.base)
 
     def _with_low(self, x: Tensor, low: LowRes | None) -> tuple[Tensor, Tensor | None]:
         """x with the low-res image's channels concatenated, and its levels; (x, None) for other networks."""

@@ -23,7 +23,7 @@ EXIT_USAGE = 2
 # file where a folder belongs. These end in one line too; any other OSError is a bug.
 REFUSED_BY_THE_SYSTEM = {errno.ENAMETOOLONG, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT,
                          errno.EFBIG, errno.ENOTDIR, errno.ELOOP}
-COMMANDS = ("demo", "train", "finetune", "sample", "noise", "eval", "inpaint", "outpaint", "img2img",
+COMMANDS = ("demo", "train", "finetune", "distill", "sample", "noise", "eval", "inpaint", "outpaint", "img2img",
             "interpolate", "upscale", "serve", "export", "import")
 MODULES = {"import": "import_run"}  # command names that are not module names (import is a keyword)
 

@@ -1,6 +1,7 @@
 """`undiffuse finetune`: start from a run's EMA weights and train on new data or one class."""
 from __future__ import annotations
 
+from .flags import add_training_flags, with_budget
 from .output import say
 from .progress import describe_trainer, spent, train_and_report
 
@@ -11,9 +12,6 @@ DEFAULT_MINUTES = 2.0
 
 
 def add(sub) -> None:
-    from ..training.config import GROUPS, TrainConfig
-    from .flags import add_config_flags
-
     p = sub.add_parser("finetune", help="continue training a run on new data or one class", description=(
         "Start from RUN's EMA weights and train on DATA (the same image shape), or on one class of it "
         "with --label; the new run keeps RUN's conditioning (classes, text prompts: --captions, or RUN's "
@@ -24,10 +22,7 @@ def add(sub) -> None:
     p.add_argument("--label", default=None, help="train on this class only (name or id)")
     p.add_argument("--out", required=True, metavar="RUN2", help="the new run folder")
     p.add_argument("--overwrite", action="store_true", help="replace the existing run folder RUN2")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    skip = set(TrainConfig().options()) - set(FLAGS)
-    for options in GROUPS.values():
-        add_config_flags(p, options, TrainConfig.choices(), skip=skip)
+    add_training_flags(p, FLAGS)
     p.set_defaults(handler=run)
 
 
@@ -35,8 +30,7 @@ def run(args) -> int:
     from ..training import TrainConfig, Trainer
 
     values = {k: v for k, v in vars(args).items() if k in FLAGS}
-    if "steps" not in values and "minutes" not in values:
-        values["minutes"] = DEFAULT_MINUTES
+    values = with_budget(values, DEFAULT_MINUTES)
     cfg = TrainConfig.flat(data=args.data, base=args.base, only_label=args.label, **values)
     trainer = Trainer.create(cfg, args.out, overwrite=args.overwrite, spent=spent(args))
     if trainer.context_dim and trainer.data.labels is None:

@@ -165,6 +165,22 @@ def load_run(args):
     return run
 
 
+def add_training_flags(p, names) -> None:
+    """--quiet and the training options `names` as flags: what the commands that train from a base run
+    (finetune, distill) share."""
+    from ..training.config import GROUPS, TrainConfig
+
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    skip = set(TrainConfig().options()) - set(names)
+    for options in GROUPS.values():
+        add_config_flags(p, options, TrainConfig.choices(), skip=skip)
+
+
+def with_budget(values: dict, minutes: float) -> dict:
+    """`values` with a budget of `minutes` where neither --steps nor --minutes was typed."""
+    return values if "steps" in values or "minutes" in values else {**values, "minutes": minutes}
+
+
 # --- flags generated from a config dataclass ---------------------------------------------------------
 
 def add_config_flags(parser: argparse.ArgumentParser, cls, choices: dict[str, tuple], skip=()) -> None:

@@ -23,8 +23,8 @@ def describe_trainer(trainer) -> None:
 
     if not trainer.world.is_main:
         return
-    plan = trainer.plan
-    say(data_line(trainer.setup))
+    plan, distiller = trainer.plan, trainer.learner.distiller
+    say(data_line(trainer.setup) if distiller is None else distiller.describe())
     where = f"{trainer.world.size} processes on {trainer.device.type}" if trainer.world.active else trainer.device
     steps = f"about {plan.steps} steps (the deadline decides)" if trainer.deadline else f"{plan.steps} steps"
     say(f"model: {trainer.size}, {count_parameters(trainer.model) / 1e6:.2f}M parameters on {where}; "
@@ -33,7 +33,8 @@ def describe_trainer(trainer) -> None:
     grids = trainer.cfg.runtime.grids
     if not trainer.deadline and grids > plan.steps:
         say(f"grids: {plan.steps} of the {grids} asked for, as there is at most one a step")
-    warn_few_images(trainer)
+    if distiller is None:
+        warn_few_images(trainer)
 
 
 def precision_line(precision) -> str:

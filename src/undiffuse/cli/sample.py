@@ -41,8 +41,9 @@ def add(sub) -> None:
 
 
 def run(args) -> int:
-    from ..generation import generate
-    from ..samplers import steps_walked
+    from ..generation import generate, run_steps
+    from ..guidance import branches
+    from ..samplers import network_calls, steps_walked
     from ..viz import FrameRecorder
 
     out = output_path(args.out or Path(args.run) / "samples.png", (".png", ".npy"))
@@ -61,10 +62,14 @@ def run(args) -> int:
     require(f"{n:,} images of {c}x{side}x{side}", 2 * 4 * n * c * side * side)  # the images, then the output
     in_class_order = [k for k in range(loaded.num_classes) for _ in range(per_class)] if per_class else None
     asked = conditioning(args, loaded, n, "each", labels=in_class_order)  # per_class: a row per class
-    recorder = FrameRecorder(steps_walked(options["sampler"], options["steps"], loaded.schedule.T)) if gif else None
+    steps = run_steps(loaded, options["sampler"], options["steps"])
+    recorder = FrameRecorder(steps_walked(options["sampler"], steps, loaded.schedule.T)) if gif else None
     images = generate(loaded, n, seed=args.seed, callback=recorder, **options, **asked.options())
     write_images(images, out, nrow, asked.labels)
-    say(f"{n} samples ({loaded.precision.name}): {out}")
+    calls = network_calls(options["sampler"], steps, loaded.schedule.T)
+    both = branches(loaded.net, asked.cond, asked.guidance) == 2
+    say(f"{n} samples ({loaded.precision.name}, {calls} network call{'s' * (calls > 1)} an image"
+        f"{', each on both branches of guidance' if both else ''}): {out}")
     if gif:
         say(f"reverse process: {write_animation(recorder.frames, gif, nrow=nrow)}")
     return 0

@@ -28,8 +28,8 @@ def add(sub) -> None:
     p.add_argument("--dry-run", action="store_true",
                    help="print the resolved options, the data, the device, the model and the plan; write nothing")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    for options in GROUPS.values():
-        add_config_flags(p, options, TrainConfig.choices())
+    for options in GROUPS.values():  # a student's calls are distill's flag
+        add_config_flags(p, options, TrainConfig.choices(), skip={"distill_calls"})
     p.set_defaults(handler=run)
 
 

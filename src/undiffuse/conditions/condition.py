@@ -5,6 +5,7 @@ A `Condition` holds one part per kind of condition a run was trained on, each wi
     classes  Classes   class one-hots, multi-hot attributes or mixtures, and the rows on the learned null
     prompt   Prompt    a text run's prompts and, optionally, the negative prompts
     low      LowRes    a super-resolution run's upsampled low-resolution images and their noise levels
+    scale    GuidanceScale  a distilled student's guidance scale, an input of its network (guidance.py)
 
 Sampling, the edits, the training loss and `UNet.forward` pass it along whole; only the U-Net (and
 the part's own file) looks inside. Guidance needs three things of every part, so it has one branch for
@@ -25,6 +26,7 @@ from torch import Tensor
 from .contexts import Classes
 from .lowres import LowRes
 from .prompt import Prompt
+from .scale import GuidanceScale
 
 
 class Part(Protocol):
@@ -43,6 +45,7 @@ class Condition:
     classes: Classes | None = None
     prompt: Prompt | None = None
     low: LowRes | None = None
+    scale: GuidanceScale | None = None
 
     def _parts(self) -> dict[str, Part]:
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
@@ -69,4 +72,4 @@ def rows_of(cond: Condition | None, index: slice | Tensor, device=None) -> Condi
     return None if cond is None else cond.rows(index, device)
 
 
-__all__ = ["Classes", "Condition", "LowRes", "Part", "Prompt", "rows_of"]
+__all__ = ["Classes", "Condition", "GuidanceScale", "LowRes", "Part", "Prompt", "rows_of"]

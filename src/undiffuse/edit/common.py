@@ -7,16 +7,26 @@ from torch import Tensor
 from ..conditioning import ASKS, condition_for
 from ..conditions import Condition, rows_of
 from ..errors import UsageError
+from ..generation import check_student
 from ..guidance import denoiser
 from ..noise import generators
 
 
-def guided_setup(run, n: int, seed: int, cond: Condition | None, guidance: float | None, ask: dict):
+def guided_setup(run, n: int, seed: int, cond: Condition | None, guidance: float | None, ask: dict,
+                 drawing: dict | None = None):
     """The guided denoiser of n images and their generators, as sample_images builds them: `cond` as
-    given, or what `ask` asks for (conditioning.resolve; an edit asked nothing is unconditional)."""
+    given, or what `ask` asks for (conditioning.resolve; an edit asked nothing is unconditional).
+    drawing: the sampler options of an edit that draws from noise (interpolate), which a distilled
+    student can serve; the edits that start from an image refuse one."""
     precision = run.precision  # first: deciding it may give the run a faster network (generation.faster_layout)
     device = next(run.net.parameters()).device
     cond, guidance = condition_for(run, n, cond, guidance, "none", **ask)
+    if run.student_calls and drawing is None:
+        teacher = run.config.get("finetuned_from") or {}
+        raise UsageError(f"this is a distilled student: it draws from noise in {run.student_calls} network calls "
+                         f"(sample, interpolate); edit images with its teacher, {teacher.get('run', 'the run it came from')}")
+    if drawing is not None:
+        check_student(run, drawing, guidance)
     denoise = denoiser(run.net, run.schedule.to(device), prediction=run.prediction,
                        cond=rows_of(cond, slice(None), device), guidance=guidance, precision=precision)
     return denoise, generators(n, seed)

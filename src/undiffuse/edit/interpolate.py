@@ -48,7 +48,8 @@ def interpolate(run: LoadedRun, seeds: Sequence[int] = (0, 1), n: int = 8, *, sa
     a, b = (randn(shape, generators(1, s), device) for s in seeds)  # exactly sample_images' noise for seed s
     w = torch.linspace(0, 1, n, dtype=torch.float64)
     x = slerp(a.expand(n, *shape[1:]), b.expand(n, *shape[1:]), w)
-    denoise, _ = guided_setup(run, n, 0, cond, guidance, ask)
+    denoise, _ = guided_setup(run, n, 0, cond, guidance, ask, drawing={"sampler": sampler, "steps": steps})
+    steps = run.student_calls or steps
     with torch.inference_mode():
         out = sample(sampler, denoise, run.schedule.to(device), x, steps=steps, clip_denoised=clip_denoised,
                      callback=callback)

@@ -42,6 +42,9 @@ def unet2d_config(record: RunRecord) -> dict:
     if cfg.cond_channels:
         raise UsageError("this run upscales: its U-Net takes a low-resolution image and its noise level, which "
                          "diffusers' UNet2DModel cannot take; only unconditional and class-conditional runs export")
+    if cfg.guidance_input:
+        raise UsageError("this run is a distilled student: its U-Net takes the guidance scale as an input, which "
+                         "diffusers' UNet2DModel cannot take; export its teacher")
     if cfg.patch > 1:
         raise UsageError(f"this run has a {cfg.patch}x{cfg.patch} patch stem (the colour recipe's on a CPU), which "
                          "UNet2DModel does not have; train with --patch 1 --block-style adm to export")

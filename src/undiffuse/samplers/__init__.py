@@ -7,6 +7,7 @@
     heun            Heun's second-order method on the same ODE (Karras et al. 2022, alg. 1)
     dpmpp-2m/3m     DPM-Solver++ multistep, 2nd/3rd order in log-SNR (Lu et al. 2022)
     unipc           UniPC-bh2: DPM-Solver++(2M)'s step plus a corrector that reuses the next call (Zhao et al. 2023)
+    ipndm(-v)       Adams-Bashforth to 4th order in sigma, fixed or variable-step weights (Zhang & Chen 2023)
 
 Every sampler is a function
     run(denoise, schedule, x, timesteps, *, clip_denoised, generator, callback, **its options) -> x_0
@@ -39,6 +40,7 @@ from ..noise import Generator, randn
 from ..schedule import NoiseSchedule
 from .ancestral import ddim, ddim_invert, ddim_step, ddim_stepper, ddpm
 from .common import Callback, walk
+from .ipndm import ipndm, ipndm_v
 from .multistep import dpmpp_2m, dpmpp_3m
 from .ode import euler, euler_ancestral, heun
 from .unipc import unipc
@@ -92,6 +94,8 @@ REGISTRY: dict[str, Sampler] = {s.name: s for s in (
     Sampler("dpmpp-2m", dpmpp_2m, 20, summary="DPM-Solver++(2M), multistep in log-SNR (Lu et al. 2022)"),
     Sampler("dpmpp-3m", dpmpp_3m, 20, summary="DPM-Solver++(3M)"),
     Sampler("unipc", unipc, 20, summary="UniPC-bh2 predictor-corrector (Zhao et al. 2023)"),
+    Sampler("ipndm", ipndm, 10, summary="Adams-Bashforth to 4th order in sigma, fixed weights (Zhang & Chen 2023)"),
+    Sampler("ipndm-v", ipndm_v, 10, summary="iPNDM with weights for uneven steps"),
 )}
 SAMPLERS = {name: s.run for name, s in REGISTRY.items()}
 DEFAULT_STEPS = {name: s.default_steps for name, s in REGISTRY.items() if not s.walks_every_step}
@@ -126,4 +130,4 @@ def sample(name: str, denoise: Denoise, schedule: NoiseSchedule, x: Tensor, *, s
 __all__ = ["REGISTRY", "Sampler", "get", "steps_walked", "network_calls", "sample", "SAMPLERS", "DEFAULT_STEPS",
            "STOCHASTIC", "SPACINGS", "Callback", "Generator", "timesteps", "karras_sigmas", "karras_timesteps", "randn",
            "walk", "ddpm", "ddim", "ddim_step", "ddim_stepper", "ddim_invert", "euler", "euler_ancestral", "heun",
-           "dpmpp_2m", "dpmpp_3m", "unipc"]
+           "dpmpp_2m", "dpmpp_3m", "unipc", "ipndm", "ipndm_v"]

@@ -28,7 +28,8 @@ from ..conditioning import resolve
 from ..conditions.lowres import DEFAULT_AUG
 from ..data.decode import decode_picture, image_tensor
 from ..errors import DataError, RequestError, UsageError
-from ..generation import DEFAULT_SAMPLER, LoadedRun
+from ..generation import DEFAULT_SAMPLER, LoadedRun, run_steps
+from ..guidance import branches
 from ..limits import GUIDANCE, PAGE_IMAGES, PAGE_SECONDS, PAGE_STEPS, PAGE_WORK, SEED, Limit
 from ..samplers import REGISTRY, steps_walked
 
@@ -61,7 +62,7 @@ def parse_generate(run: LoadedRun, body: dict) -> Job:
     _known(body, COMMON | {"sampler", "steps"})
     options = _sampler(run, body)
     conditioning, n, nrow = _conditioning(run, body, default_n=_default_n(run))
-    total = steps_walked(options["sampler"], options["steps"], run.schedule.T)
+    total = steps_walked(options["sampler"], run_steps(run, options["sampler"], options["steps"]), run.schedule.T)
     job = Job("generate", n, nrow, total, _show(body), {**options, **conditioning, "seed": _seed(body)})
     return _bounded(job, run, REGISTRY[options["sampler"]].calls_per_step)
 
@@ -142,9 +143,7 @@ def _bounded(job: Job, run: LoadedRun, calls_per_step: int = 1) -> Job:
     """Refuse a job whose network evaluations (images x steps x calls a step, twice where guidance runs
     both branches) would hold the only worker for long: more than MAX_WORK of them, or more than
     PAGE_SECONDS at the pace this run's network was timed at on this machine."""
-    cond, guidance = job.options.get("cond"), job.options.get("guidance", 1.0)
-    branches = 2 if cond is not None and cond.steers and guidance not in (0.0, 1.0) else 1
-    calls = job.total * calls_per_step * branches
+    calls = job.total * calls_per_step * branches(run.net, job.options.get("cond"), job.options.get("guidance", 1.0))
     work = job.n * calls
     if work > MAX_WORK:
         raise RequestError(f"this asks for {job.n} images x {calls:,} network calls = {work:,}; "

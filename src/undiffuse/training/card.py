@@ -83,7 +83,12 @@ def _data(record: RunRecord) -> str:
              f"- {record.num_images:,} images of {record.channels}x{record.image_size}x{record.image_size}",
              f"- classes: {len(record.class_names)} ({_text(names)})" if record.class_names else
              "- classes: none (unconditional)"]
-    if record.finetuned_from:
+    calls = record.train.get("distill_calls")
+    if record.finetuned_from and calls:
+        lines = ["## Teacher", "", f"- distilled from `{_text(record.finetuned_from.run)}` (its EMA weights of step "
+                 f"{record.finetuned_from.step}) to draw in {calls} network call{'s' * (calls > 1)}, guidance an "
+                 "input of the network; it learnt the teacher's guided trajectories, no data"]
+    elif record.finetuned_from:
         lines.append(f"- fine-tuned from `{_text(record.finetuned_from.run)}` (its EMA weights of step "
                      f"{record.finetuned_from.step})")
     return "\n".join(lines)

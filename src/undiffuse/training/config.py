@@ -176,6 +176,7 @@ class OptimOptions(_Checked):
     grad_clip: Annotated[float, POSITIVE] = 1.0  # max global gradient norm
     precision: Precision = "auto"  # auto (bf16 where the hardware has bf16 units and a probe times it faster), fp32, bf16, fp16
     seed: Annotated[int, Range(0, MAX_SEED)] = 0  # seeds the weights, the batches and the noise
+    distill_calls: Annotated[int | None, Literal[1, 2, 4]] = None  # distill: the network calls the student learns to draw in; None: not a student
 
     def check(self) -> None:
         """Bounds a run's config.json can hold (run.py), beyond being positive."""
@@ -220,6 +221,8 @@ class TrainConfig:
 
     def __post_init__(self):
         accum, batch = self.runtime.grad_accum, self.optim.batch_size
+        if self.optim.distill_calls is not None and not self.source.base:
+            raise UsageError("distill_calls makes a student of a trained run: it needs base, the teacher")
         if batch is not None and accum > batch:
             raise UsageError(f"grad_accum {accum} splits a batch of {batch} into empty parts")
 

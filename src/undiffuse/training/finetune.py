@@ -14,6 +14,7 @@ from ..data import ImageData
 from ..data.captions import wants_captions
 from ..errors import DataError, UsageError
 from ..run import BaseRun, RunRecord
+from . import distill
 from .config import TrainConfig
 from .recipe import MODEL_SIZES
 
@@ -36,7 +37,8 @@ NAMED_CAPTIONS = ("templates", "attributes", "names")  # caption rules, not a fi
 def inherit(cfg: TrainConfig, base: RunRecord) -> TrainConfig:
     """The settings a fine-tuning run inherits from its base: model, shape, schedule, prediction, task
     and factor, a text run's caption rule unless given; a quarter of the base's peak learning rate
-    unless given, so the model adapts without forgetting."""
+    unless given, so the model adapts without forgetting. A distilled student (distill_calls) changes
+    what it predicts, and more (distill.student_options)."""
     captions = cfg.source.captions
     if wants_captions(captions) and base.text is None:
         raise UsageError(f"captions need a text run to fine-tune; '{cfg.source.base}' is not one (train a new "
@@ -44,11 +46,15 @@ def inherit(cfg: TrainConfig, base: RunRecord) -> TrainConfig:
     if captions is None and base.text is not None and base.train.get("captions") in NAMED_CAPTIONS:
         captions = base.train["captions"]
     model = base.model_size if base.model_size in MODEL_SIZES else cfg.diffusion.model  # an imported network has none
-    return cfg.updated(model=model, image_size=base.image_size, channels=base.channels,
-                       schedule=base.schedule.name, T=base.schedule.T, zero_snr=base.schedule.zero_snr,
-                       prediction=base.prediction, context_mode=base.unet.context_mode,
-                       block_style=base.unet.block_style, patch=base.unet.patch, task=base.task, factor=base.factor, captions=captions,
-                       lr=cfg.optim.lr if cfg.optim.lr is not None else base.plan.lr / 4)
+    calls = cfg.optim.distill_calls
+    student = {} if calls is None else distill.student_options(base, calls, cfg.source.base)
+    lr = base.plan.lr / 4 if calls is None else base.plan.lr  # a student's output changes meaning: eps to v
+    return cfg.updated(**{
+        "model": model, "image_size": base.image_size, "channels": base.channels, "schedule": base.schedule.name,
+        "T": base.schedule.T, "zero_snr": base.schedule.zero_snr, "prediction": base.prediction,
+        "context_mode": base.unet.context_mode, "block_style": base.unet.block_style, "patch": base.unet.patch,
+        "task": base.task, "factor": base.factor, "captions": captions,
+        "lr": cfg.optim.lr if cfg.optim.lr is not None else lr, **student})
 
 
 def fit_to(data: ImageData, base: RunRecord) -> ImageData:

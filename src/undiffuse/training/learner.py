@@ -26,6 +26,7 @@ from ..data import batch_at, batch_indices
 from ..precision import FP32, Precision
 from ..unet import UNet
 from . import distributed as dist
+from .distill import Distiller
 from .objective import draw_noise, per_image_loss
 from .setup import Setup
 
@@ -49,7 +50,11 @@ class Learner:
         self.scaler = torch.amp.GradScaler(setup.device.type, enabled=precision.name == "fp16")
         self.schedule = setup.schedule.to(setup.device)
         self.net, self.ddp = self.model, None
+        self.distiller = None if not cfg.optim.distill_calls else Distiller(
+            cfg.source.base, setup.schedule, cfg.optim.distill_calls, cfg.optim.batch_size, cfg.optim.seed,
+            cfg.diffusion.guidance, setup.device)
         self.quarters = torch.zeros(2 * QUARTERS, dtype=torch.float64)  # the last update's, see the module doc
+        self._probes = -1  # the last step probe_backward ran
 
     def wrap(self) -> None:
         """Wrap the network for training: DistributedDataParallel across processes, then compile."""
@@ -67,7 +72,9 @@ class Learner:
         """Forward and backward over this rank's part of each micro-batch of `step`. Returns this
         rank's share of the batch's mean loss: summed over ranks, the batch's mean."""
         cfg, world, device = self.setup.cfg, self.setup.world, self.setup.device
-        x0s, cond, ts, noises = draw_batch(self.setup, step)
+        # a student's batch: (x_t, cond, t, the clean-image target) in the places of (x0, cond, t, noise)
+        x0s, cond, ts, noises = draw_batch(self.setup, step) if self.distiller is None else \
+            self.distiller.batch(step, self.precision)
         micro_batches = torch.arange(cfg.optim.batch_size).tensor_split(cfg.runtime.grad_accum)
         total = torch.zeros((), device=device)
         self._quarters = torch.zeros(2 * QUARTERS, dtype=torch.float64, device=device)
@@ -79,14 +86,22 @@ class Learner:
             last = k == len(micro_batches) - 1
             with contextlib.nullcontext() if last or self.ddp is None else self.ddp.no_sync():
                 with self.precision.autocast(device.type):
-                    per_image = per_image_loss(self.net, self.schedule, x0, t, noise, rows_of(cond, index, device),
-                                               prediction=cfg.diffusion.prediction, min_snr=cfg.diffusion.min_snr)
+                    rows = rows_of(cond, index, device)
+                    per_image = per_image_loss(self.net, self.schedule, x0, t, noise, rows,
+                                               prediction=cfg.diffusion.prediction, min_snr=cfg.diffusion.min_snr) \
+                        if self.distiller is None else self.distiller.loss(self.net, x0, t, noise, rows)
                     loss = per_image.mean() * len(index) / cfg.optim.batch_size
                 self._count_quarters(per_image.detach(), t)
                 # times world.size: DDP averages the ranks' gradients, and we want their sum
                 self.scaler.scale(loss * world.size).backward()
             total += loss.detach()
         return total
+
+    def probe_backward(self) -> None:
+        """`backward` as the timing probes run it: on successive steps, so that what a step computes once
+        (a student's fresh teacher trajectories, reused by the steps after) is timed once a step."""
+        self._probes += 1
+        self.backward(self._probes)
 
     def _count_quarters(self, per_image: torch.Tensor, t: torch.Tensor) -> None:
         quarter = torch.div(t * QUARTERS, self.setup.schedule.T, rounding_mode="floor")
@@ -123,8 +138,12 @@ class Learner:
         return {ckpt.MODEL: shapes, ckpt.EMA: shapes, ckpt.STATE: state}
 
     def start_from(self, weights: Path) -> None:
-        """Fine-tuning: the weights and the EMA both start from a base run's EMA weights."""
-        ckpt.load_weights(self.model, weights)
+        """Fine-tuning: the weights and the EMA both start from a base run's EMA weights (a student: its
+        teacher's, the guidance scale's embedding at zero)."""
+        if self.distiller is not None:
+            self.distiller.initialise(self.model)
+        else:
+            ckpt.load_weights(self.model, weights)
         self.ema.load_state_dict(self.model.state_dict())
 
     def tensors(self, elapsed: float) -> dict[str, dict[str, torch.Tensor]]:

@@ -5,6 +5,7 @@ A new run, a resumed run and a dry run resolve the same way, and only then is a 
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from ..schedule import NoiseSchedule, make_schedule
 from ..unet import UNetConfig
 from . import distributed as dist
 from .config import TrainConfig
+from .distill import stand_in_data, student_unet
 from .finetune import base_run, fit_to, inherit, only_class
 from .recipe import (MODEL_SIZES, block_style_for, default_batch_size, default_guidance, default_sample_steps, flips,
                      patch_for, prediction_for, unet_config)
@@ -89,6 +91,8 @@ def new_setup(cfg: TrainConfig, data: ImageData | None = None) -> Setup:
     if wants_captions(cfg.source.captions) or (base is not None and base.text is not None):
         context_dim, names = 0, ()  # text, not classes: the labels served only to caption the images
         text = encode_captions(cfg, data, device)
+    if base is not None and cfg.optim.distill_calls:  # the teacher's network, taking the guidance scale
+        base = dataclasses.replace(base, unet=student_unet(base))
     return Setup(cfg, data, context_dim, names, finetuned_from, device, world, _schedule(cfg), **text, network=base)
 
 
@@ -169,6 +173,8 @@ def hardware(cfg: TrainConfig) -> tuple[torch.device, dist.World]:
 
 def load(cfg: TrainConfig) -> ImageData:
     s = cfg.source
+    if cfg.optim.distill_calls:  # a student learns from its teacher alone
+        return stand_in_data(read_run(s.base))
     data = load_data(s.data, labels=s.labels, image_size=s.image_size, channels=s.channels)
     if s.context_names:
         data = name_contexts(data, s.context_names)

@@ -105,7 +105,7 @@ def seconds_per_step(learner: Learner, clock: Callable[[], float], timed: dict[s
 def _step_in(learner: Learner, precision: Precision) -> None:
     """Forward and backward of one batch in `precision`; the gradients are dropped."""
     learner.precision = precision
-    learner.backward(0)
+    learner.probe_backward()
     learner.model.zero_grad(set_to_none=True)
     if learner.setup.device.type == "cuda":
         torch.cuda.synchronize()

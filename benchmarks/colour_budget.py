@@ -78,7 +78,11 @@ def references(data, extract) -> dict[str, dict]:
 
 
 def judge_run(run_folder: Path, data, extract, name: str, judge_name: str | None = None,
-              guidance: float = DEFAULT_GUIDANCE, grid: bool = True, **sampling) -> dict:
+              guidance: float = DEFAULT_GUIDANCE, grid: bool = True, ceiling: float | None = None,
+              more_features: dict | None = None, **sampling) -> dict:
+    """`ceiling`: the judge's accuracy to report beside its fidelity (default: its held-out accuracy
+    for the shipped set, its accuracy on every real image of another set); `more_features`: name ->
+    extractor, the samples scored in each as well (result["in " + name])."""
     run = load_run(run_folder)
     a, b = halves(data)
     labels = data.labels[b].tolist()
@@ -87,7 +91,8 @@ def judge_run(run_folder: Path, data, extract, name: str, judge_name: str | None
     judge = judge_for(run.class_names) if judge_name is None else next(j for j in JUDGES if j.name == judge_name)
     # The shipped set's judge reports its held-out accuracy; on another set it is read on all of its
     # real images, which it never saw either.
-    ceiling = judge.accuracy() if judge_name is None else fidelity(judge, data.images, data.labels.tolist())
+    if ceiling is None:
+        ceiling = judge.accuracy() if judge_name is None else fidelity(judge, data.images, data.labels.tolist())
     train_f, sample_f = extract(data.images), extract(samples)
     copies = summary(memorisation(samples, data.images, sample_f, train_f))
     if grid:
@@ -95,10 +100,12 @@ def judge_run(run_folder: Path, data, extract, name: str, judge_name: str | None
         save_grid(generate(run, len(per_class), labels=per_class, guidance=guidance, seed=1, **sampling),
                   HERE / f"colour_{name}.png", nrow=10)
     config = json.loads((run_folder / "config.json").read_text())
+    more = {f"in {key}": score_features(other(data.images[a]), other(samples))
+            for key, other in (more_features or {}).items()}
     return {**scores, "fidelity": fidelity(judge, samples, labels), "judge_accuracy": ceiling,
             "near_copies": copies["features"]["near_copies"], "model": config["model_size"],
             "steps": config["plan"]["steps"], "arithmetic": config["precision"]["name"],
-            "flip": config["train"].get("flip"), "guidance": guidance}
+            "flip": config["train"].get("flip"), "guidance": guidance, **more}
 
 
 def main() -> None:

@@ -114,9 +114,11 @@ def _undiffuse(size, side, channels, batch_size, planned_steps, precision):
     folder = tempfile.mkdtemp(prefix="undiffuse-bench-")  # the Trainer's run folder, removed at exit
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     asked = "auto" if precision == "default" else precision
+    # patch 1: the peers have no patch stem, and a stem would change the network's work (matched size)
     cfg = TrainConfig.flat(data="(in memory)", steps=planned_steps, batch_size=batch_size or 128, model=size,
-                           grids=0, checkpoint_minutes=1e9, precision=asked)
+                           grids=0, checkpoint_minutes=1e9, precision=asked, patch=1)
     trainer = Trainer.create(cfg, folder, overwrite=True, data=data)
+    cfg = trainer.cfg  # with what the recipe decided from the data (block style, prediction)
     net = trainer.model
     sampling = sampling_precision(trainer.ema, asked, side)  # as LoadedRun.precision decides it
     ema = faster_layout(trainer.ema, sampling, side) if sampling.probed else trainer.ema
@@ -129,7 +131,7 @@ def _undiffuse(size, side, channels, batch_size, planned_steps, precision):
                              sampler="ddim", steps=steps, seed=seed, precision=sampling)
 
     return Contender("undiffuse", net, lambda x, t: net(x, t), cfg.optim.batch_size, step, sample,
-                     f"AdamW, peak lr {trainer.plan.lr:.1e}, warm-up + cosine, EMA, min-SNR-5, eps, linear schedule; "
+                     f"AdamW, peak lr {trainer.plan.lr:.1e}, warm-up + cosine, EMA, min-SNR-5, {cfg.diffusion.prediction}, linear schedule; "
                      f"trains in {trainer.learner.precision.name}, samples in {sampling.name}")
 
 
@@ -265,11 +267,16 @@ def parameters(contender: Contender) -> int:
     return sum(p.numel() for p in contender.net.parameters())
 
 
-def epoch_batches(images: Tensor, batch_size: int, seed: int = 0):
-    """Endless shuffled batches without replacement within an epoch."""
+def epoch_batches(images: Tensor, batch_size: int, seed: int = 0, flip: bool = False):
+    """Endless shuffled batches without replacement within an epoch; `flip`: each image mirrored left
+    to right with probability 1/2 (both peers' documented colour recipes do)."""
     g = torch.Generator().manual_seed(seed)
     while True:
         order = torch.randperm(len(images), generator=g)
         for start in range(0, len(order) - batch_size + 1, batch_size):
-            yield images[order[start:start + batch_size]]
+            batch = images[order[start:start + batch_size]]
+            if flip:
+                mirrored = torch.rand(len(batch), generator=g) < 0.5
+                batch = torch.where(mirrored[:, None, None, None], batch.flip(-1), batch)
+            yield batch
 

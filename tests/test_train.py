@@ -97,7 +97,7 @@ def test_the_config_groups_its_options_and_converts_to_flat_and_back():
     assert (cfg.source.data, cfg.diffusion.model, cfg.optim.lr, cfg.runtime.device) == ("digits", "tiny", 1e-3, "cpu")
     assert TrainConfig.flat(**cfg.options()) == cfg
     assert cfg.updated(steps=5).optim.steps == 5 and cfg.optim.steps == 60  # frozen: a copy
-    assert len(cfg.options()) == 44 and all(len(fields) <= 12 for fields in (
+    assert len(cfg.options()) == 45 and all(len(fields) <= 12 for fields in (
         vars(cfg.source), vars(cfg.diffusion), vars(cfg.optim), vars(cfg.runtime)))
     assert TrainConfig.choices()["precision"] == ("auto", "fp32", "bf16", "fp16")
 
@@ -258,13 +258,20 @@ def test_flips_mirror_about_half_of_each_batch_the_same_way_every_time():
 
 
 def test_the_recipe_mirrors_colour_sets_not_glyphs_and_guides_colour_harder_unless_asked_otherwise():
-    from undiffuse.training.recipe import GUIDANCE, SAMPLE_STEPS
+    from undiffuse.training.recipe import GUIDANCE, SAMPLE_STEPS, SAMPLER
     from undiffuse.training.setup import new_setup
 
     colour, digits = new_setup(_cfg(data="emoji")).cfg, new_setup(_cfg()).cfg
     assert colour.source.flip is True and digits.source.flip is False  # a mirrored 2 is no 2
     assert (colour.diffusion.guidance, digits.diffusion.guidance) == (GUIDANCE[3], GUIDANCE[1])
+    assert (colour.runtime.sampler, digits.runtime.sampler) == (SAMPLER[3], None) == ("dpmpp-2m", None)
     assert (colour.runtime.sample_steps, digits.runtime.sample_steps) == (SAMPLE_STEPS[3], None)
+    typed = new_setup(_cfg(data="emoji", sampler="ddim")).cfg.runtime  # the steps belong to the sampler
+    assert (typed.sampler, typed.sample_steps) == ("ddim", None)
+    typed = new_setup(_cfg(data="emoji", sample_steps=7)).cfg.runtime
+    assert (typed.sampler, typed.sample_steps) == (SAMPLER[3], 7)
+    upscaling = new_setup(_cfg(data="emoji", task="upscale", factor=2)).cfg.runtime
+    assert (upscaling.sampler, upscaling.sample_steps) == (None, None)
     assert GUIDANCE[3] > GUIDANCE[1]
     asked = new_setup(_cfg(data="emoji", flip=False, guidance=1.5)).cfg
     assert (asked.source.flip, asked.diffusion.guidance) == (False, 1.5)
@@ -311,4 +318,35 @@ def test_a_run_samples_at_its_recorded_guidance_and_older_runs_at_the_default(tm
     del config["train"]["guidance"]
     (tmp_path / "r" / "config.json").write_text(json.dumps(config))
     assert load_run(tmp_path / "r").guidance == DEFAULT_GUIDANCE
-    assert "guidance 3.5 and 4 DDIM steps" in (tmp_path / "r" / "README.md").read_text()
+    assert "guidance 3.5 and 4 ddim steps" in (tmp_path / "r" / "README.md").read_text()
+
+
+def test_a_run_samples_with_its_recorded_sampler_everywhere_and_older_runs_with_the_default(tmp_path):
+    import json
+
+    from undiffuse.cli.flags import sampler_options
+    from undiffuse.edit import interpolate
+    from undiffuse.generation import DEFAULT_SAMPLER, generate, load_run
+    from undiffuse.serve.app import describe
+    from types import SimpleNamespace
+
+    Trainer.create(_cfg(steps=2, sampler="dpmpp-2m", sample_steps=3, image_size=8), tmp_path / "r").train(progress=False)
+    run = load_run(tmp_path / "r")
+    assert (run.sampler, run.sample_steps) == ("dpmpp-2m", 3)
+    own = generate(run, 2, labels=[0, 1], seed=4)
+    assert torch.equal(own, generate(run, 2, labels=[0, 1], seed=4, sampler="dpmpp-2m", steps=3))
+    assert not torch.allclose(own, generate(run, 2, labels=[0, 1], seed=4, sampler="ddim", steps=3))
+    walked = []  # another sampler asked without steps takes its own default, not the run's 3
+    generate(run, 1, labels=[0], sampler="ddim", callback=lambda step, *rest: walked.append(step))
+    assert len(walked) == 10
+    strip = interpolate(run, (4, 5), 2, labels=[0, 0])  # its ends are sample's images: the same sampler
+    assert torch.allclose(strip[0], own[0], atol=1e-6)
+    flags = SimpleNamespace(sampler=None, steps=None, no_noise=False, eta=None, spacing=None)
+    assert sampler_options(flags, run)["sampler"] == "dpmpp-2m"
+    page = describe(run, "r")
+    assert (page["default_sampler"], page["default_steps"]["dpmpp-2m"]) == ("dpmpp-2m", 3)
+    assert "3 dpmpp-2m steps" in (tmp_path / "r" / "README.md").read_text()
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    del config["train"]["sampler"]  # a run recorded before runs had their own sampler
+    (tmp_path / "r" / "config.json").write_text(json.dumps(config))
+    assert load_run(tmp_path / "r").sampler == DEFAULT_SAMPLER

@@ -31,7 +31,7 @@ from .errors import UsageError
 from .noise import generators, randn
 from .precision import FP32, MARGIN, Precision, choose as choose_precision, time_alternately
 from .run import CAPTIONS, TextSpec, read_run
-from .samplers import Callback, sample
+from .samplers import REGISTRY, Callback, sample
 from .schedule import NoiseSchedule
 from .unet import UNet, require_network
 
@@ -39,7 +39,8 @@ from .unet import UNet, require_network
 # of 32x32, fewer of larger images, so that the probe stays a fraction of a second's work.
 PROBE_PIXELS = 32 * 32 * 32
 DEFAULT_SAMPLER = "ddim"  # 10 steps (samplers.DEFAULT_STEPS): the best fidelity and FID per network call on
-# the budget models (benchmarks/budget_samplers.py), where fresh noise (eta 1) or 20-50 steps scored worse
+# the budget models (benchmarks/budget_samplers.py), where fresh noise (eta 1) or 20-50 steps scored worse;
+# a run that recorded its own (recipe.SAMPLER: colour runs) draws with that (LoadedRun.sampler)
 
 
 @dataclass
@@ -92,9 +93,16 @@ class LoadedRun:
         return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else DEFAULT_GUIDANCE
 
     @property
+    def sampler(self) -> str:
+        """The sampler its samples default to, as its training recorded it (recipe.SAMPLER, or train
+        --sampler); DEFAULT_SAMPLER for runs recorded without one."""
+        value = self.config.get("train", {}).get("sampler")
+        return value if isinstance(value, str) and value in REGISTRY else DEFAULT_SAMPLER
+
+    @property
     def sample_steps(self) -> int | None:
-        """The default sampler's steps its samples default to, as its training recorded them
-        (recipe.SAMPLE_STEPS, or train --sample-steps); None: the sampler's own default."""
+        """Its sampler's steps its samples default to, as its training recorded them (recipe.SAMPLE_STEPS,
+        or train --sample-steps); None: the sampler's own default."""
         value = self.config.get("train", {}).get("sample_steps")
         return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
@@ -255,17 +263,18 @@ def generate(run: LoadedRun, n: int, *, cond: Condition | None = None, guidance:
                          "(undiffuse upscale, undiffuse.edit.upscale), it does not generate from noise")
     cond, guidance = condition_for(run, n, cond, guidance, "each", label=label, labels=labels, context=context,
                                    contexts=contexts, prompt=prompt, prompts=prompts, negative_prompt=negative_prompt)
+    options["sampler"] = options.get("sampler") or run.sampler
     check_student(run, options, guidance)
-    options["steps"] = run_steps(run, options.get("sampler", DEFAULT_SAMPLER), options.get("steps"))
+    options["steps"] = run_steps(run, options["sampler"], options.get("steps"))
     options.setdefault("precision", run.precision)
     return sample_images(run.net, run.schedule, run.prediction, n, image_size=run.image_size, cond=cond,
                          guidance=guidance, **options)
 
 
 def run_steps(run: LoadedRun, sampler: str, steps: int | None) -> int | None:
-    """The steps `sampler` takes on `run` when asked for `steps`: the run's own default for the default
+    """The steps `sampler` takes on `run` when asked for `steps`: the run's own default for its own
     sampler (train --sample-steps, a student's calls), else (None) the sampler's."""
-    if steps is None and sampler == DEFAULT_SAMPLER and run.sample_steps is not None:
+    if steps is None and sampler == run.sampler and run.sample_steps is not None:
         return min(run.sample_steps, run.schedule.T)
     return steps
 
@@ -276,11 +285,11 @@ def check_student(run: LoadedRun, options: dict, guidance: float) -> None:
     calls = run.student_calls
     if calls is None:
         return
-    sampler, steps = options.get("sampler", DEFAULT_SAMPLER), options.get("steps")
-    if sampler != DEFAULT_SAMPLER or steps not in (None, calls) or options.get("spacing", "trailing") != "trailing" \
+    sampler, steps = options.get("sampler") or run.sampler, options.get("steps")
+    if sampler != run.sampler or steps not in (None, calls) or options.get("spacing", "trailing") != "trailing" \
             or options.get("eta"):
         raise UsageError(f"this student was distilled to draw in {calls} network call{'s' * (calls > 1)} "
-                         f"(ddim, --steps {calls}, trailing spacing, eta 0); sample its teacher for other samplers")
+                         f"({run.sampler}, --steps {calls}, trailing spacing, eta 0); sample its teacher for other samplers")
     low, high = guidance_range(run.guidance)
     if run.class_names and not low <= guidance <= high:
         raise UsageError(f"this student learnt guidance scales in [{low:g}, {high:g}], not {guidance:g}")

@@ -169,11 +169,10 @@ def _output(args) -> Path:
 def _samples(args):
     """Generate --n samples; conditional runs cycle through their classes."""
     from ..eval.evaluate import generate_in_batches
-    from ..generation import DEFAULT_SAMPLER
+    from ..generation import run_steps
 
-    args.sampler = args.sampler or DEFAULT_SAMPLER
-    options = sampler_options(args)
     run = load_run(args)
+    options = sampler_options(args, run)
     if run.task == "upscale":
         raise UsageError(f"{args.run} upscales by {run.factor}: it does not generate from noise, so eval has "
                          "nothing to draw; score upscaled images with --samples FILE.npy")
@@ -181,9 +180,7 @@ def _samples(args):
     images = generate_in_batches(run, args.n, batch_size=args.batch_size, seed=args.seed, progress=not args.quiet,
                                  compile=args.compile, guidance=args.guidance, **options)
     guidance = run.guidance if args.guidance is None else args.guidance
-    steps = options["steps"]
-    if steps is None and options["sampler"] == DEFAULT_SAMPLER:
-        steps = run.sample_steps  # what generate walks: the run's own (None: the sampler's default)
+    steps = run_steps(run, options["sampler"], options["steps"])  # what generate walks (None: the sampler's default)
     source = {"sampler": options["sampler"], "steps": steps,
               "guidance": guidance if run.num_classes or run.text is not None else None, "seed": args.seed,
               "sampling_precision": run.precision.name,

@@ -44,8 +44,9 @@ def add_sampling(p, *, deterministic_only: bool = False, spacing: bool = True) -
     from ..samplers import REGISTRY, SPACINGS
 
     names = [n for n, s in REGISTRY.items() if not (deterministic_only and s.stochastic)]
-    p.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=names,
-                   help=f"default: {DEFAULT_SAMPLER} (see BENCHMARKS.md, quality per step)")
+    p.add_argument("--sampler", default=None, choices=names,
+                   help=f"default: the run's, in its config.json: {DEFAULT_SAMPLER} for digits, dpmpp-2m for colour "
+                        "(see BENCHMARKS.md, quality per step)")
     defaults = ", ".join(f"{n} {s.default_steps}" for n, s in REGISTRY.items() if s.default_steps and n in names)
     p.add_argument("--steps", type=int, default=None,
                    help=f"sampling steps (heun makes 2 network calls a step; ddpm always walks all T); default: {defaults}")
@@ -90,12 +91,12 @@ def add_seed(p, what: str = "image", help: str | None = None) -> None:
 
 # --- checks ------------------------------------------------------------------------------------------
 
-def sampler_options(args) -> dict:
+def sampler_options(args, run) -> dict:
     """The sampler's keyword arguments from --sampler/--steps/--spacing/--eta/--no-noise, each option
-    accepted only by the samplers whose record lists it."""
+    accepted only by the samplers whose record lists it; no --sampler: the run's own (LoadedRun.sampler)."""
     from .. import samplers
 
-    record = samplers.get(args.sampler)
+    record = samplers.get(args.sampler or run.sampler)
     check_steps(args.steps)
     options = {"sampler": record.name, "steps": args.steps, "clip_denoised": not getattr(args, "no_clip", False)}
     if args.no_noise and "add_noise" not in record.options:

@@ -29,12 +29,12 @@ def run(args) -> int:
     out, gif = editing.check(args)
     if not 0 <= args.strength <= 1:
         raise UsageError(f"--strength must lie in [0, 1], got {args.strength}")
-    options = sampler_options(args)
     loaded = load_run(args)
+    options = sampler_options(args, loaded)
     asked = conditioning(args, loaded, args.n, default_label="none")
     options.update(asked.options())
     image = editing.load_image(args, loaded)
-    frames = editing.recorder(gif, max(1, sdedit_plan(loaded.schedule.T, args.strength, args.sampler, args.steps)[1]))
+    frames = editing.recorder(gif, max(1, sdedit_plan(loaded.schedule.T, args.strength, options["sampler"], args.steps)[1]))
     results = img2img(loaded, image, strength=args.strength, n=args.n, seed=args.seed, callback=frames, **options)
     if frames is not None and not frames.frames:  # strength 0: nothing was denoised
         frames.frames.append(results)

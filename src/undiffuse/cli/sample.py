@@ -51,8 +51,8 @@ def run(args) -> int:
     for flag, value in (("--n", args.n), ("--per-class", args.per_class)):
         if value is not None:
             IMAGES.check(value, flag)
-    options = sampler_options(args)
     loaded = load_run(args)
+    options = sampler_options(args, loaded)
     n, nrow, per_class = _layout(args, loaded)
     if gif and n > MAX_GIF:
         raise UsageError(f"--gif animates at most {MAX_GIF} images; this asks for {n}")

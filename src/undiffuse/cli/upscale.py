@@ -35,15 +35,15 @@ def run(args) -> int:
     from ..samplers import get
 
     out, gif = _check(args)
-    options = sampler_options(args)
     loaded = load_run(args)
+    options = sampler_options(args, loaded)
     if loaded.task != "upscale":
         raise UsageError(f"{args.run} generates images: it does not upscale (train one with --task upscale)")
     try:
         low = low_res_picture(decode_picture(args.image), loaded)
     except UsageError as e:
         raise UsageError(f"--image: {e}") from None
-    frames = editing.recorder(gif, get(args.sampler).steps(args.steps, loaded.schedule.T))
+    frames = editing.recorder(gif, get(options["sampler"]).steps(args.steps, loaded.schedule.T))
     results = upscale(loaded, low, n=args.n, seed=args.seed, aug=args.aug, callback=frames, **options)
     tiles = comparison(low, results, loaded.factor)
     editing.write(results, tiles, out, None, gif, frames and frames.frames, f"images upscaled {loaded.factor}x")

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..errors import UsageError
 from ..conditions import Condition
-from ..generation import LoadedRun
+from ..generation import LoadedRun, run_steps
 from ..noise import generators, randn
 from ..samplers import get, sample
 from ..samplers.common import Callback
@@ -32,15 +32,17 @@ def slerp(a: Tensor, b: Tensor, w: float | Tensor) -> Tensor:
     return (ca.reshape(shape) * a.double() + cb.reshape(shape) * b.double()).to(a.dtype)
 
 
-def interpolate(run: LoadedRun, seeds: Sequence[int] = (0, 1), n: int = 8, *, sampler: str = "ddim",
+def interpolate(run: LoadedRun, seeds: Sequence[int] = (0, 1), n: int = 8, *, sampler: str | None = None,
                 steps: int | None = None, cond: Condition | None = None, guidance: float | None = None,
                 clip_denoised: bool = True, callback: Callback = None, **ask) -> Tensor:
     """n images along the great circle from seed a's starting noise to seed b's, each through the same
-    deterministic sampler: the first and last are `sample`'s images for those seeds. What to draw:
+    deterministic sampler (default: the run's, with its steps): the first and last are `sample`'s
+    images for those seeds. What to draw:
     `cond` or `ask` as generation.generate takes it (labels or contexts: one per image, so a class may
     change along the strip; a prompt; nothing: unconditional). Returns (n, C, H, W) in [-1, 1]."""
     if len(seeds) != 2 or n < 2:
         raise UsageError(f"interpolate takes two seeds and n >= 2, got {list(seeds)} and n = {n}")
+    sampler = sampler or run.sampler
     if get(sampler).stochastic:
         raise UsageError(f"{sampler} adds fresh noise at every step; interpolation needs a deterministic sampler")
     device = next(run.net.parameters()).device
@@ -49,7 +51,7 @@ def interpolate(run: LoadedRun, seeds: Sequence[int] = (0, 1), n: int = 8, *, sa
     w = torch.linspace(0, 1, n, dtype=torch.float64)
     x = slerp(a.expand(n, *shape[1:]), b.expand(n, *shape[1:]), w)
     denoise, _ = guided_setup(run, n, 0, cond, guidance, ask, drawing={"sampler": sampler, "steps": steps})
-    steps = run.student_calls or steps
+    steps = run_steps(run, sampler, steps)
     with torch.inference_mode():
         out = sample(sampler, denoise, run.schedule.to(device), x, steps=steps, clip_denoised=clip_denoised,
                      callback=callback)

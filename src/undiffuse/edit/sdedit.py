@@ -44,15 +44,16 @@ def sdedit(denoise: Denoise, schedule: NoiseSchedule, image: Tensor, strength: f
                       clip_denoised=clip_denoised, callback=callback, **options)
 
 
-def img2img(run: LoadedRun, image: Tensor, *, strength: float, sampler: str = "ddim", steps: int | None = None,
+def img2img(run: LoadedRun, image: Tensor, *, strength: float, sampler: str | None = None, steps: int | None = None,
             n: int | None = None, cond: Condition | None = None, guidance: float | None = None, seed: int = 0,
             clip_denoised: bool = True, callback: Callback = None, **options) -> Tensor:
     """SDEdit: noise the image to step round(strength * T) - 1 and denoise it with `sampler` in at most
-    `steps` steps (the sampler's default number), conditioned like `sample`; strength 0 gives the image
+    `steps` steps (the sampler's default number; sampler: the run's by default), conditioned like `sample`; strength 0 gives the image
     back, 1 ignores it (the same images as `sample` with that seed). What to draw: `cond`, or asked in
     `options` as generation.generate takes it (label, labels, context, contexts, prompt, prompts,
     negative_prompt; nothing: unconditional); the other options go to the sampler. Returns (n, C, H, W)
     in [-1, 1]."""
+    sampler = sampler or run.sampler
     sdedit_plan(run.schedule.T, strength, sampler, steps)  # validates strength and sampler before any work
     ask, options = split_asks(options)
     image, n = image_batch(run, image, n, ask)

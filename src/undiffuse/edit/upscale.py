@@ -12,13 +12,13 @@ from ..conditions.lowres import DEFAULT_AUG, LowRes, condition, downsample, near
 from ..data.decode import picture_to_unit
 from ..data.transforms import set_channels, to_model_range
 from ..errors import DataError, UsageError
-from ..generation import DEFAULT_SAMPLER, LoadedRun, sample_images
+from ..generation import LoadedRun, sample_images
 from ..samplers import Callback
 
 AUG_NOISE_SEED = 2**40  # the augmentation noise of result i is seeded AUG_NOISE_SEED + seed + i
 
 
-def upscale(run: LoadedRun, low_res: Tensor, n: int | None = None, *, sampler: str = DEFAULT_SAMPLER,
+def upscale(run: LoadedRun, low_res: Tensor, n: int | None = None, *, sampler: str | None = None,
             steps: int | None = None, seed: int = 0, aug: float = DEFAULT_AUG, callback: Callback = None,
             **options) -> Tensor:
     """Upscale a batch (N, C, h, w) or one (C, h, w) image in [-1, 1] of the run's low-res size
@@ -33,7 +33,7 @@ def upscale(run: LoadedRun, low_res: Tensor, n: int | None = None, *, sampler: s
     options.setdefault("precision", run.precision)
     return sample_images(run.net, run.schedule, run.prediction, len(low), image_size=run.image_size,
                          cond=Condition(low=cond),
-                         sampler=sampler, steps=steps, seed=seed, callback=callback, **options)
+                         sampler=sampler or run.sampler, steps=steps, seed=seed, callback=callback, **options)
 
 
 def check_low_res(run: LoadedRun, low_res: Tensor) -> Tensor:

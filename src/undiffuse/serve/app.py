@@ -27,7 +27,6 @@ from importlib import resources
 from .. import edit
 from ..conditions.lowres import DEFAULT_AUG
 from ..errors import RequestError
-from ..generation import DEFAULT_SAMPLER
 from ..samplers import DEFAULT_STEPS, SAMPLERS
 from .jobs import JobQueue
 from ..limits import PAGE_SECONDS
@@ -57,8 +56,8 @@ def describe(run, name: str) -> dict:
              "jump": edit.DEFAULT_JUMP}
     return {
         "name": name, "image_size": run.image_size, "channels": run.channels, "class_names": list(run.class_names),
-        "T": run.schedule.T, "samplers": list(SAMPLERS), "default_sampler": DEFAULT_SAMPLER,
-        "default_steps": {**DEFAULT_STEPS, DEFAULT_SAMPLER: min(run.sample_steps or DEFAULT_STEPS[DEFAULT_SAMPLER], run.schedule.T),
+        "T": run.schedule.T, "samplers": list(SAMPLERS), "default_sampler": run.sampler,
+        "default_steps": {**DEFAULT_STEPS, run.sampler: min(run.sample_steps or DEFAULT_STEPS[run.sampler], run.schedule.T),
                           "ddpm": run.schedule.T}, "default_guidance": run.guidance,
         "task": run.task, "factor": run.factor, "default_aug": DEFAULT_AUG,
         "edit": edits if run.task == "generate" else None, "frames": FRAMES,

@@ -28,7 +28,7 @@ from ..conditioning import resolve
 from ..conditions.lowres import DEFAULT_AUG
 from ..data.decode import decode_picture, image_tensor
 from ..errors import DataError, RequestError, UsageError
-from ..generation import DEFAULT_SAMPLER, LoadedRun, run_steps
+from ..generation import LoadedRun, run_steps
 from ..guidance import branches
 from ..limits import GUIDANCE, PAGE_IMAGES, PAGE_SECONDS, PAGE_STEPS, PAGE_WORK, SEED, Limit
 from ..samplers import REGISTRY, steps_walked
@@ -156,7 +156,7 @@ def _bounded(job: Job, run: LoadedRun, calls_per_step: int = 1) -> Job:
 
 
 def _sampler(run: LoadedRun, body: dict) -> dict:
-    name = _text(body, "sampler") or DEFAULT_SAMPLER
+    name = _text(body, "sampler") or run.sampler
     if name not in REGISTRY:
         raise RequestError(f"unknown sampler {_shown(name)}; choose one of {', '.join(REGISTRY)}")
     record = REGISTRY[name]

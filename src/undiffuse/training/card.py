@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .. import checkpoint as ckpt
+from ..generation import DEFAULT_SAMPLER
 from ..run import RunRecord, read_run
 from ..unet import UNet, count_parameters
 from .log import last_numbers
@@ -109,11 +110,13 @@ def _training(run: Path, record: RunRecord) -> str:
              + (f"min-SNR-{train['min_snr']:g} weighting" if train.get("min_snr") else "plain MSE"),
              f"- precision {record.precision.name} ({record.precision.reason}), seed {train.get('seed', 0)}"]
     guided = train.get("guidance") is not None and (record.class_names or record.text is not None)
-    if guided or train.get("sample_steps"):
+    sampler, steps = train.get("sampler"), train.get("sample_steps")
+    if guided or sampler or steps:
         how = [f"classifier-free guidance {train['guidance']:g}"] if guided else []
-        how += [f"{train['sample_steps']} DDIM steps"] if train.get("sample_steps") else []
+        if sampler or steps:
+            how.append(f"{steps} {sampler or DEFAULT_SAMPLER} steps" if steps else f"the {sampler} sampler")
         lines.append(f"- its samples default to {' and '.join(how)} (the recipe's for {record.channels}-channel "
-                     "images, or train --guidance / --sample-steps)")
+                     "images, or train --guidance / --sampler / --sample-steps)")
     loss = last.get("loss", math.nan)
     if math.isfinite(loss):
         lines.append(f"- last logged loss: {loss:.4f} (log.csv, loss.png)")

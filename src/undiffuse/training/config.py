@@ -25,6 +25,7 @@ from ..parameterization import PREDICTIONS, predictable
 from ..precision import PRECISIONS
 from ..conditions.lowres import TASKS, TRAIN_AUG
 from ..run import LR_RANGE, MAX_STEPS
+from ..samplers import REGISTRY
 from ..schedule import SCHEDULES
 from ..unet import BLOCK_STYLES, CONTEXT_MODES, PATCHES
 from .recipe import CONTEXT_MODE, MODEL_SIZES
@@ -204,7 +205,8 @@ class RuntimeOptions(_Checked):
     checkpoint_minutes: Annotated[float, POSITIVE] = 2.0  # save at least this often
     keep_checkpoints: Annotated[int, POSITIVE] = 2  # checkpoints kept in RUN/checkpoints; resume falls back to an older one
     grids: Annotated[int, Range(0, MAX_GRIDS)] = 4  # sample grids written to RUN/samples (at most one a step)
-    sample_steps: Annotated[int | None, Range(1, 1000)] = None  # the default sampler's steps its samples default to (grids, sample, eval, demo, serve); None: the recipe's
+    sampler: Annotated[str | None, Literal[tuple(REGISTRY)]] = None  # the sampler its samples default to (grids, sample, eval, demo, serve); None: the recipe's (ddim for one channel, dpmpp-2m for colour)
+    sample_steps: Annotated[int | None, Range(1, 1000)] = None  # that sampler's steps its samples default to; None: the recipe's
     max_bad_steps: Annotated[int, POSITIVE] = 5  # non-finite losses in a row (each step skipped) before training stops
 
 

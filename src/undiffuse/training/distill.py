@@ -52,6 +52,7 @@ PREDICTION = "v"
 REUSE = 4  # steps each teacher trajectory is learnt from
 NULL_SHARE = 0.1  # trajectories drawn on the null class: a student's unconditional samples
 TEACHER_SOLVER = "dpmpp-2m"
+STUDENT_SAMPLER = "ddim"  # the target makes one DDIM step land where the teacher's steps did
 TEACHER_STEPS = 10  # at least
 
 
@@ -62,9 +63,11 @@ def teacher_steps(calls: int) -> int:
 
 def student_options(teacher: RunRecord, calls: int, folder: str) -> dict:
     """What a student of `teacher` sets apart from a fine-tuning run: it predicts v, draws in `calls`
-    steps by default and keeps its teacher's guidance (the middle of its range)."""
+    steps (DDIM's, whatever its teacher's sampler) by default and keeps its teacher's guidance (the
+    middle of its range)."""
     check_teacher(teacher, folder)
-    return {"prediction": PREDICTION, "sample_steps": calls, "guidance": teacher.train.get("guidance"),
+    return {"prediction": PREDICTION, "sampler": STUDENT_SAMPLER, "sample_steps": calls,
+            "guidance": teacher.train.get("guidance"),
             "data": teacher.data_source}
 
 

@@ -12,7 +12,7 @@ from .. import checkpoint as ckpt
 from ..conditions import Classes, Condition
 from ..conditions.lowres import DEFAULT_AUG, condition, downsample
 from ..conditions.prompt import Prompt
-from ..generation import DEFAULT_GUIDANCE, sample_images
+from ..generation import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, sample_images
 from ..precision import FP32, Precision
 from ..viz import save_grid, save_loss_curve
 from .card import write_card
@@ -42,7 +42,7 @@ def write_grid(setup: Setup, ema: torch.nn.Module, run: Path, step: int, precisi
     cond, n = grid_condition(setup)
     images = sample_images(ema, setup.schedule, setup.cfg.diffusion.prediction, n, cond=cond,
                            image_size=setup.data.image_size, seed=0, guidance=_guidance(setup), precision=precision,
-                           steps=_steps(setup))
+                           sampler=setup.cfg.runtime.sampler or DEFAULT_SAMPLER, steps=_steps(setup))
     path = run / "samples" / f"step{step:07d}.png"
     path.parent.mkdir(exist_ok=True)
     ckpt.atomic_write(path, lambda p: save_grid(images, p, nrow=n))  # replaces, never writes through, a link

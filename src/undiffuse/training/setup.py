@@ -24,8 +24,8 @@ from . import distributed as dist
 from .config import TrainConfig
 from .distill import stand_in_data, student_unet
 from .finetune import base_run, fit_to, inherit, only_class
-from .recipe import (MODEL_SIZES, block_style_for, default_batch_size, default_guidance, default_sample_steps, flips,
-                     patch_for, prediction_for, unet_config)
+from .recipe import (MODEL_SIZES, block_style_for, default_batch_size, default_guidance, default_sample_steps,
+                     default_sampler, flips, patch_for, prediction_for, unet_config)
 
 # torch.compile on a CPU trained 0.98-1.21x as fast as eager after 40-75 s of compiling
 # convolutions, and a CPU budget of minutes does not win the compile time back. Refused there.
@@ -107,8 +107,12 @@ def data_choices(cfg: TrainConfig, data: ImageData, device_type: str) -> TrainCo
         choices["flip"] = flips(data.channels)
     if cfg.diffusion.guidance is None:  # unconditional runs ignore it
         choices["guidance"] = default_guidance(data.channels)
-    if cfg.runtime.sample_steps is None and default_sample_steps(data.channels) is not None:
-        choices["sample_steps"] = default_sample_steps(data.channels)
+    # the steps belong to the sampler: a sampler typed without steps keeps that sampler's own default;
+    # upscaling keeps the upscale command's sampler: the measurements behind recipe.SAMPLER are of generation
+    if cfg.runtime.sampler is None and default_sampler(data.channels) is not None and s.task == "generate":
+        choices["sampler"] = default_sampler(data.channels)
+        if cfg.runtime.sample_steps is None and default_sample_steps(data.channels) is not None:
+            choices["sample_steps"] = default_sample_steps(data.channels)
     patch = cfg.diffusion.patch
     if patch is None:
         patch = choices["patch"] = patch_for(data.image_size, data.channels, device_type, cfg.diffusion.block_style,

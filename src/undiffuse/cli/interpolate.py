@@ -27,7 +27,7 @@ def run(args) -> int:
     seeds = [SEED.check(s, "--seeds") for s in parse_ints(args.seeds, "--seeds", "A,B", 2)]
     loaded = load_run(args)
     asked = conditioning(args, loaded, args.n, default_label="none")
-    strip = interpolate(loaded, seeds, args.n, sampler=args.sampler or loaded.sampler, steps=args.steps,
+    strip = interpolate(loaded, seeds, args.n, sampler=args.sampler, steps=args.steps,
                         clip_denoised=not args.no_clip, **asked.options())
     if out.suffix.lower() == ".gif":
         frames = [strip[i:i + 1] for i in [*range(args.n), *range(args.n - 2, 0, -1)]]  # there and back

@@ -5,8 +5,9 @@
 
 The run trains as a user would start it (a fresh `undiffuse train` process; one-busy: pinned to core
 1 with one thread while a matmul loop keeps core 0 busy, the way demo_cores.py runs the digit demo;
-two-quiet: both cores, nothing else). Then it is judged against the real set split in two halves,
-A the reference and B the stand-in for samples:
+two-quiet: both cores, nothing else; beside-core0 / beside-core1: pinned to that core with one
+thread and no loop of its own, for two runs side by side, each the other's busy neighbour). Then it
+is judged against the real set split in two halves, A the reference and B the stand-in for samples:
 - fidelity: the share of samples that the shipped emoji judge reads as the category asked, beside the
   judge's accuracy on real images it never saw (the ceiling);
 - FID, KID, precision and recall in the judge's features, of one sample per image of half B (its
@@ -39,7 +40,12 @@ from undiffuse.viz import save_grid
 
 HERE = Path(__file__).resolve().parent
 COMPETITOR = "import torch\ntorch.set_num_threads(1)\na = torch.randn(1024, 1024)\nwhile True:\n    a @ a\n"
-MODES = {"one-busy": ("1", "0"), "two-quiet": ("0,1", None)}  # training cores, competitor core
+MODES = {"one-busy": ("1", "0"), "two-quiet": ("0,1", None),  # training cores, competitor core
+         "beside-core0": ("0", None), "beside-core1": ("1", None)}
+WHERE = {"one-busy": "pinned to core 1 with one thread while a matmul loop kept core 0 busy",
+         "two-quiet": "on both cores, nothing else running",
+         "beside-core0": "pinned to core 0 with one thread beside another training on core 1",
+         "beside-core1": "pinned to core 1 with one thread beside another training on core 0"}
 
 
 def train(data: str, minutes: float, flags: list[str], mode: str, out: Path) -> float:
@@ -120,8 +126,8 @@ def main() -> None:
                         "(emoji: a folder of the 9 emoji categories, in the same order)")
     parser.add_argument("--guidance", default=None,
                         help="guidance scales to sample at, comma-separated (the grid: the first); default: the run's")
-    parser.add_argument("--sampler", default=None, help="default: the library's (generation.DEFAULT_SAMPLER)")
-    parser.add_argument("--sample-steps", type=int, default=None, help="default: the sampler's")
+    parser.add_argument("--sampler", default=None, help="default: the run's own (config.json train.sampler)")
+    parser.add_argument("--sample-steps", type=int, default=None, help="default: the run's own for its sampler, else the sampler's")
     parser.add_argument("--section", default=None, help="the name of its BENCHMARKS.md section and grid "
                         "(default: --name), to judge one run in more ways than one")
     parser.add_argument("--no-train", action="store_true", help="judge the run already in --out/NAME")
@@ -154,7 +160,7 @@ def main() -> None:
             if value) + (" --no-train" if args.no_train else "") + "`. "
         f"Machine: {cpu_line()}. "
         + ("The run was judged again, not trained again. " if args.no_train else
-           f"The training command took {wall / 60:.2f} minutes of wall clock. ") + "Fidelity: the share of samples the emoji "
+           f"The training command took {wall / 60:.2f} minutes of wall clock, {WHERE[args.mode]}. ") + "Fidelity: the share of samples the emoji "
         f"judge reads as the category asked (the judge reads {result['judge_accuracy']:.3f} of "
         + ("held-out real emoji" if args.judge is None else "this set's real images, which it never saw,")
         + " right); the scores are in the judge's features, against half A of the real set.", "", *table, "",

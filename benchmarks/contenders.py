@@ -59,7 +59,7 @@ def build(library: str, size: str, side: int, channels: int, *, batch_size: int 
           planned_steps: int = 1000, recipe: str = "documented", precision: str = "default") -> Contender:
     """`planned_steps` sizes the learning-rate schedules that need a length. recipe "documented": each
     peer trains as its documentation says; "undiffuse": the peer's network, loss target and schedule,
-    with undiffuse's budget recipe (batch 128, AdamW, warm-up + cosine, EMA over the last tenth).
+    with undiffuse's budget recipe (batch 128, AdamW, warm-up + cosine, EMA over the last fifth, recipe.EMA_SHARE).
     precision: PRECISIONS."""
     makers = {"undiffuse": _undiffuse, "diffusers": _diffusers, "lucidrains": _lucidrains}
     if library not in makers:

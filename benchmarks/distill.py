@@ -5,7 +5,7 @@
 For each K of --calls, `undiffuse distill TEACHER --out TEACHER-student-K --calls K --minutes M` runs as a
 user runs it, pinned to one core (taskset, one thread) while nothing else runs (a student already
 there is kept: delete it to train it again). Then every cell draws the same labels from the same
-seeds at the teacher's guidance: the teacher at its default sampler (ddim at its default steps,
+seeds at the teacher's guidance: the teacher at its default sampler and steps (the run's own,
 guided: two branches a call), with the solver and steps of the trajectories its students learn, and
 at K DDIM steps (what K calls give without distillation); each student at its K calls (one branch:
 guidance is its input). Fidelity is the share the shipped judge of
@@ -82,13 +82,13 @@ def main() -> None:
         print(rows[-1], flush=True)
         return c
 
-    default = teacher.sample_steps or 10
-    base = row(f"teacher, ddim {default} (its default)", teacher, default, 2, steps=default)
+    default = teacher.sample_steps or 10  # the steps of the run's own sampler
+    base = row(f"teacher, {teacher.sampler} {default} (its default)", teacher, default, 2, steps=default)
     for solved in sorted({teacher_steps(k) for k in calls}):
         row(f"teacher, {TEACHER_SOLVER} {solved} (the trajectories students learn)", teacher, solved, 2,
             sampler=TEACHER_SOLVER, steps=solved)
     for k in calls:
-        row(f"teacher, ddim {k}", teacher, k, 2, steps=k)
+        row(f"teacher, ddim {k}", teacher, k, 2, sampler="ddim", steps=k)
     for k, folder in students.items():
         student = load_run(folder)
         c = row(f"student of {k} call{'s' * (k > 1)} ({student.config['plan']['steps']} steps of distillation)",

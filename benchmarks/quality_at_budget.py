@@ -37,6 +37,7 @@ from report import cpu_line, write_section
 
 HERE = Path(__file__).resolve().parent
 FEATURES = {"mnist": "digits", "emoji": "emoji"}  # the shipped judge whose features score each set
+LIBRARIES = "undiffuse,diffusers,lucidrains"
 
 
 def pinned(core: int | None, job, *args):
@@ -153,7 +154,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--n", type=int, default=1000, help="samples per library")
     parser.add_argument("--steps", type=int, default=20, help="DDIM steps for every library")
-    parser.add_argument("--libraries", default="undiffuse,diffusers,lucidrains")
+    parser.add_argument("--libraries", default=LIBRARIES)
     parser.add_argument("--recipes", default="documented",
                         help="for the peers: documented (each its own), undiffuse (undiffuse's budget recipe "
                              "around the peer's network and loss), or both, comma-separated")
@@ -164,6 +165,8 @@ def main() -> None:
     parser.add_argument("--size", default=None, help="the peers' matched size (default: the one undiffuse picks; "
                         "needed with --side-by-side, where the peers may start before undiffuse has picked)")
     parser.add_argument("--out", default=None, help="default: runs/quality-at-budget[-DATA]")
+    parser.add_argument("--section", default=None, help="a BENCHMARKS.md section (and picture) of its own, "
+                        "named with this suffix, for a run of some rows that must not replace the full table")
     parser.add_argument("--score-only", action="store_true")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
@@ -186,7 +189,8 @@ def main() -> None:
     peers = {k: v for k, v in results.items() if not k.startswith("undiffuse")}  # every recipe
     verdict = "; ".join(f"{k} FID / undiffuse (guidance 0) FID = {v['fid'] / ours['fid']:.1f}x"
                         for k, v in peers.items()) if ours and peers else ""
-    picture_path = HERE / ("quality_at_budget.png" if digits else f"quality_at_budget_{args.data}.png")
+    key = "quality_at_budget" + ("" if digits else f"_{args.data}") + (f"_{args.section}" if args.section else "")
+    picture_path = HERE / f"{key}.png"
     if not args.no_write:
         picture(results, picture_path)
     described = [f"- {k}: {v['recipe']}" for k, v in peers.items() if "recipe" in v]
@@ -195,7 +199,9 @@ def main() -> None:
     command = (f"python benchmarks/quality_at_budget.py --minutes {args.minutes:g} --n {args.n} --steps {args.steps}"
                + ("" if digits else f" --data {args.data}") + ("" if recipes == ["documented"] else f" --recipes {args.recipes}")
                + (" --side-by-side" if args.side_by_side else "") + (f" --size {args.size}" if args.size else "")
-               + (f" --without {','.join(sorted(args.without))}" if args.without else ""))
+               + (f" --without {','.join(sorted(args.without))}" if args.without else "")
+               + (f" --libraries {args.libraries}" if args.libraries != LIBRARIES else "")
+               + (f" --section {args.section}" if args.section else ""))
     where = ("each pinned to its own core with one thread, two trainings at a time (so each had one core while "
              "the other was busy)" if args.side_by_side else f"alone, torch threads {threads}")
     text = "\n".join([
@@ -207,14 +213,14 @@ def main() -> None:
         "`undiffuse-w0` from the same weights at guidance 0 (unconditional, like the peers). "
         "Rows `LIB+budget-recipe`: the peer's own network, loss target and noise schedule, trained with "
         "undiffuse's budget recipe instead of its documented one (batch 128, AdamW, warm-up and cosine decay, "
-        "EMA over the last tenth of the run), which separates what the recipe does from what the library does."
+        "EMA over the last fifth of the run), which separates what the recipe does from what the library does."
         + ("" if digits else " The peers train with random horizontal flips, as their documented colour recipes do."),
         "", *rows, "", verdict, "", "Peer recipes (network matched to undiffuse's size):",
         *described, "", f"![100 samples of each](benchmarks/{picture_path.name})"])
     print(text)
     if not args.no_write:
-        key = "quality_at_budget" if digits else f"quality_at_budget_{args.data}"
-        title = "Quality at a fixed training budget, against the peers" + ("" if digits else f": {args.data}")
+        title = ("Quality at a fixed training budget, against the peers" + ("" if digits else f": {args.data}")
+                 + (f" ({args.section})" if args.section else ""))
         write_section(key, title, text)
 
 

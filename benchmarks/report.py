@@ -1,6 +1,7 @@
 """Write one benchmark's section into BENCHMARKS.md, keeping the other sections."""
 from __future__ import annotations
 
+import fcntl
 import platform
 import re
 from pathlib import Path
@@ -9,12 +10,15 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
 
 
 def write_section(key: str, title: str, body: str) -> None:
+    """Replace (or append) one section of BENCHMARKS.md; two benchmarks side by side take turns."""
     start, end = f"<!-- {key}:start -->", f"<!-- {key}:end -->"
     block = f"{start}\n## {title}\n\n{body.strip()}\n{end}"
-    text = BENCHMARKS.read_text() if BENCHMARKS.exists() else "# Benchmarks\n\nEvery figure here is written by a script in benchmarks/; rerun it to check.\n"
-    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
-    BENCHMARKS.write_text(text)
+    with open(BENCHMARKS.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        text = BENCHMARKS.read_text() if BENCHMARKS.exists() else "# Benchmarks\n\nEvery figure here is written by a script in benchmarks/; rerun it to check.\n"
+        pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
+        text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+        BENCHMARKS.write_text(text)
 
 
 def markdown_table(header: list[str], rows: list[dict]) -> list[str]:

@@ -173,7 +173,7 @@ class OptimOptions(_Checked):
     batch_size: Annotated[int | None, POSITIVE] = None  # images per optimizer step; None: 32 on a CPU, 128 on CUDA (recipe.py)
     lr: Annotated[float | None, POSITIVE] = None  # peak learning rate; None: from the recipe
     warmup: Annotated[int | None, POSITIVE] = None  # warm-up steps; None: from the recipe
-    ema_decay: Annotated[float | None, BELOW_1] = None  # None: the EMA averages over about the last tenth of the run
+    ema_decay: Annotated[float | None, BELOW_1] = None  # None: the EMA averages over about the last fifth of the run
     grad_clip: Annotated[float, POSITIVE] = 1.0  # max global gradient norm
     precision: Precision = "auto"  # auto (bf16 where the hardware has bf16 units and a probe times it faster), fp32, bf16, fp16
     seed: Annotated[int, Range(0, MAX_SEED)] = 0  # seeds the weights, the batches and the noise

@@ -119,6 +119,13 @@ def test_fuzzed_request_bodies_become_a_job_or_a_request_error(run, body, kind):
         assert 1 <= job.n <= requests.MAX_N and job.n * job.total <= requests.MAX_WORK
 
 
+def test_a_huge_whole_float_is_quoted_short(run):
+    """1e300 is a whole number, and its int() has 301 digits: the message quotes what was sent instead."""
+    with pytest.raises(RequestError, match=r"n must lie in \[1, 64\], got 1e\+300$") as caught:
+        requests.parse_generate(run, {"n": 1e300})
+    assert len(str(caught.value)) < MAX_MESSAGE
+
+
 @pytest.fixture(scope="module")
 def sr(sr_run):
     return load_run(sr_run)

@@ -236,7 +236,7 @@ def _int(body: dict, key: str, default, lo: int, hi: int):
     if isinstance(value, bool) or not whole:
         raise RequestError(f"{key} must be a whole number, got {_shown(value)}")
     if not lo <= value <= hi:
-        raise RequestError(f"{key} must lie in [{lo}, {hi}], got {int(value)}")
+        raise RequestError(f"{key} must lie in [{lo}, {hi}], got {_shown(value)}")
     return int(value)
 
 

@@ -17,7 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from undiffuse.conditions import Classes, Condition, one_hot
 from undiffuse.guidance import denoiser
-from undiffuse.training.recipe import unet_config
+from undiffuse.training.recipe import MIN_IMAGES, unet_config
 from undiffuse.samplers import get, sample
 from undiffuse.schedule import linear
 from undiffuse.training import diffusion_loss, draw_noise
@@ -86,8 +86,8 @@ def main() -> None:
     table = markdown_table(header, rows)
     machine = (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
                f"torch {torch.__version__}, fp32, {args.image_size}x{args.image_size}x1, 10 classes")
-    note = ("`undiffuse demo` picks `tiny` on this machine (auto: the largest size that trains on 100,000 "
-            "images within the budget). Sampling times are at guidance 1 (one network pass per step); "
+    note = ("`undiffuse demo` picks `tiny` on this machine (auto: the largest size that trains on "
+            f"{MIN_IMAGES:,} images within the budget). Sampling times are at guidance 1 (one network pass per step); "
             "any other guidance but 0 takes two passes per step.")
     text = "\n".join([f"Command: `python benchmarks/core.py`. Machine: {machine}.", "", *table, "", note])
     print(text)

@@ -23,7 +23,12 @@ MODEL_SIZES = {
     "large": dict(base=128, blocks=2),
 }
 CONTEXT_MODE = "both"  # how new runs feed the class to the U-Net (unet.CONTEXT_MODES); see BENCHMARKS.md
-MIN_IMAGES = 100_000  # `auto` picks the largest size that still trains on this many images
+# `auto` picks the largest size that still trains on this many images. Colour after 10 minutes of one
+# busy core (benchmarks/colour_budget.py, small with the patch stem at about 120,000 images against
+# tiny at about 240,000): FID 14.6-15.2 against 16.1 on Twemoji, 17.0-18.1 against 21.9 on the emoji.
+# At 100,000 that small run sat so near the line that 3 of 13 such runs timed it under and fell back
+# to tiny; digits stay tiny at 10 minutes (small would see about 50,000).
+MIN_IMAGES = 80_000
 
 
 # On a CPU a budget affords few steps, and more, smaller steps learn the classes sooner: 4 minutes on
@@ -123,10 +128,11 @@ def unet_config(size: str, image_size: int, channels: int, context_dim: int,
 
 # The share of the run the EMA averages over: its 'horizon' 1 / (1 - decay) is EMA_SHARE x steps. A
 # budget run ends at a tenth of its peak learning rate, still large, so its last weights are noisy and
-# a longer average pays: 10 minutes of one busy core (benchmarks/colour_budget.py) scored FID 14.6
-# (twice) on Twemoji with a fifth against 16.8 with a tenth, and 17.0 against 19.8 on the emoji; the
-# digit demo held (two `undiffuse demo` side by side, `undiffuse eval --n 1000`: fidelity 0.985 and
-# FID 5.34 with a fifth, 0.982 and 5.31 with a tenth).
+# a longer average pays, up to a point: 10 minutes of one busy core (benchmarks/colour_budget.py) scored
+# FID 14.6, 14.7 and 15.2 on Twemoji with a fifth, 16.8 with a tenth, 15.6 with a quarter and 15.9
+# with a third; 17.0 and 18.1 on the emoji with a fifth against 19.8 with a tenth; the digit demo held
+# (two `undiffuse demo` side by side, `undiffuse eval --n 1000`: fidelity 0.985 and FID 5.34 with a
+# fifth, 0.982 and 5.31 with a tenth).
 EMA_SHARE = 0.2
 
 

@@ -27,7 +27,10 @@ CONTEXT_MODE = "both"  # how new runs feed the class to the U-Net (unet.CONTEXT_
 # busy core (benchmarks/colour_budget.py, small with the patch stem at about 120,000 images against
 # tiny at about 240,000): FID 14.6-15.2 against 16.1 on Twemoji, 17.0-18.1 against 21.9 on the emoji.
 # At 100,000 that small run sat so near the line that 3 of 13 such runs timed it under and fell back
-# to tiny; digits stay tiny at 10 minutes (small would see about 50,000).
+# to tiny. Digits on one busy core stay tiny at 10 minutes (small would see about 50,000); on two
+# quiet cores small sees about 100,000 and was picked at either line (`make demo`: fidelity 0.991,
+# FID 6.15 against the one-core tiny demos' 0.982-0.985 and 5.3). All on an AMD EPYC Zen 4
+# (avx512_bf16, no AMX).
 MIN_IMAGES = 80_000
 
 

@@ -92,6 +92,29 @@ def test_parse_context_errors_name_the_valid_choices(spec, needle):
         parse_context(spec, NAMES)
 
 
+EMOJI = ("Activities", "Animals & Nature", "Flags", "Food & Drink", "Smileys & Emotion", "Travel & Places")
+
+
+@pytest.mark.parametrize("label,name", [
+    ("food", "Food & Drink"), ("Food&Drink", "Food & Drink"), ("food-and-drink", "Food & Drink"),
+    ("FLAGS", "Flags"), ("smileys", "Smileys & Emotion"), ("travel & places", "Travel & Places"),
+    ("animals and nature", "Animals & Nature"),
+])
+def test_class_id_takes_a_name_as_people_type_it(label, name):
+    assert class_id(label, EMOJI) == EMOJI.index(name)
+
+
+def test_loose_names_in_a_mixture_and_what_stays_refused():
+    assert parse_context("0.5*food+0.5*Smileys & Emotion", EMOJI)[[3, 4]].tolist() == [0.5, 0.5]
+    assert class_id("non", NAMES) == 1 and class_id("side", NAMES) == 4  # whole first words
+    with pytest.raises(ValueError, match="unknown label 'foo'"):
+        class_id("foo", EMOJI)  # a part of a word is not a name
+    with pytest.raises(ValueError, match="could be any of Red Apple, Red Car"):
+        class_id("red", ("Red Apple", "Red Car", "Blue Car"))
+    with pytest.raises(ValueError, match="unknown label"):
+        class_id("&", EMOJI)
+
+
 def test_class_id_by_name_or_index():
     assert class_id("food", NAMES) == 2 and class_id("4", NAMES) == 4
     with pytest.raises(ValueError, match="unconditional"):

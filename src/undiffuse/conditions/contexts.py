@@ -7,6 +7,7 @@ page and the library alike. `Classes` is the class part of a Condition (conditio
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import torch
@@ -48,7 +49,10 @@ def one_hot(labels: Tensor, num_classes: int) -> Tensor:
 
 
 def class_id(label: str, class_names: tuple[str, ...] | list[str]) -> int:
-    """A class given by name ("ship") or by index ("7"); names win when a name is itself a number."""
+    """A class given by name ("ship") or by index ("7"); names win when a name is itself a number.
+    A name may also be given loosely, as people type one: in any case, with other punctuation, or by
+    its first words, as long as one class answers ("food", "food-and-drink" or "Food&Drink" for
+    "Food & Drink"; "smileys" for "Smileys & Emotion")."""
     names = [str(n) for n in class_names]
     if not names:
         raise UsageError("this model is unconditional: it takes no label")
@@ -59,7 +63,20 @@ def class_id(label: str, class_names: tuple[str, ...] | list[str]) -> int:
         if 0 <= index < len(names):
             return index
         raise UsageError(f"label {index} is out of range: this model has classes 0..{len(names) - 1}")
+    words, named = _words(label), [_words(n) for n in names]
+    for matches in ([k for k, n in enumerate(named) if words and n == words],
+                    [k for k, n in enumerate(named) if words and n[:len(words)] == words]):
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise UsageError(f"label {_short(label)} could be any of {_listed([names[k] for k in matches])}; "
+                             "give the whole name")
     raise UsageError(f"unknown label {_short(label)}; choose one of {_listed(names)}")
+
+
+def _words(name: str) -> list[str]:
+    """A class name as words to compare: case, punctuation and 'and' / '&' set aside."""
+    return [w for w in re.findall(r"[^\W_]+", name.casefold()) if w != "and"]
 
 
 def parse_context(spec: str, names: tuple[str, ...] | list[str]) -> Tensor:

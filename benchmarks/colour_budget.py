@@ -76,10 +76,18 @@ def half_resolution(images: torch.Tensor) -> torch.Tensor:
     return F.interpolate(small, scale_factor=2, mode="bicubic", align_corners=False).clamp(-1, 1)
 
 
+def half_mirrored(images: torch.Tensor) -> torch.Tensor:
+    """Every other image mirrored left-right: what a model trained with flips draws at best."""
+    out = images.clone()
+    out[::2] = out[::2].flip(-1)
+    return out
+
+
 def references(data, extract) -> dict[str, dict]:
     a, b = halves(data)
     real_a = extract(data.images[a])
     return {"real half B (the floor)": score_features(real_a, extract(data.images[b])),
+            "real half B, every other image mirrored": score_features(real_a, extract(half_mirrored(data.images[b]))),
             "real half B at half resolution": score_features(real_a, extract(half_resolution(data.images[b])))}
 
 

@@ -284,12 +284,13 @@ def test_the_recipe_gives_colour_images_on_a_cpu_a_patch_stem_and_v_prediction_a
 
     colour = new_setup(_cfg(data="emoji", image_size=32))
     assert colour.cfg.diffusion.patch == 2 and colour.unet_config("tiny").patch == 2
-    assert colour.cfg.diffusion.prediction == "v"  # behind a patch stem
-    unpatched = new_setup(_cfg(data="emoji", image_size=32, patch=1))
-    assert unpatched.unet_config("tiny").patch == 1 and unpatched.cfg.diffusion.prediction == "eps"  # asked: kept
+    assert (colour.cfg.diffusion.prediction, colour.cfg.diffusion.min_snr) == ("v", 1.0)  # behind a patch stem
+    unpatched = new_setup(_cfg(data="emoji", image_size=32, patch=1)).cfg.diffusion
+    assert (unpatched.patch, unpatched.prediction, unpatched.min_snr) == (1, "eps", 5.0)  # asked: kept
     assert new_setup(_cfg(data="emoji", image_size=32, prediction="x0")).cfg.diffusion.prediction == "x0"
+    assert new_setup(_cfg(data="emoji", image_size=32, min_snr=0.0)).cfg.diffusion.min_snr == 0.0  # plain MSE, asked
     digits = new_setup(_cfg(data="digits", image_size=32)).cfg.diffusion
-    assert (digits.patch, digits.prediction) == (1, "eps")  # glyphs
+    assert (digits.patch, digits.prediction, digits.min_snr) == (1, "eps", 5.0)  # glyphs
     assert new_setup(_cfg(data="emoji", image_size=16)).cfg.diffusion.patch == 1  # too small to halve
     assert new_setup(_cfg(data="emoji", image_size=32, block_style="adm")).cfg.diffusion.patch == 1  # exportable
     assert patch_for(32, 3, "cuda", "film") == 1 and patch_for(64, 3, "cpu", "film") == 2

@@ -155,7 +155,7 @@ class DiffusionOptions(_Checked):
     zero_snr: bool = False  # rescale the schedule to zero terminal SNR (Lin et al. 2023); needs prediction v or x0
     T: Annotated[int, Range(2, 100_000)] = 1000  # diffusion steps
     prediction: Annotated[str | None, Literal[PREDICTIONS]] = None  # what the network predicts: eps, x0 or v; None: the recipe's (v behind a patch stem, else eps)
-    min_snr: Annotated[float | None, AT_LEAST_0] = 5.0  # min-SNR-gamma loss weighting (Hang et al. 2023); 0 or None: plain MSE
+    min_snr: Annotated[float | None, AT_LEAST_0] = None  # min-SNR-gamma loss weighting (Hang et al. 2023); 0: plain MSE; None: the recipe's (1 behind a patch stem, else 5)
     # 0.2 scored FID 18.1 on Twemoji against 14.6-16.1 at 0.1 (benchmarks/colour_budget.py, 10 minutes of one busy core)
     cond_drop: Annotated[float, BELOW_1] = 0.1  # probability of training on the null context (for guidance)
     guidance: Annotated[float | None, Range(GUIDANCE.lo, GUIDANCE.hi)] = None  # the guidance scale its samples default to (grids, sample, eval, demo, serve); None: the recipe's

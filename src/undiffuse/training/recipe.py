@@ -52,7 +52,8 @@ def flips(channels: int) -> bool:
     one-channel sets are mostly glyphs (digits, letters) whose mirror images are not in the set.
     Even a colour set's flags and symbols are not lost to it: 10 minutes of one busy core on Twemoji
     scored FID 15.7 and 17.2 without flips (two seeds) against 14.6-16.1 with them, and in the emoji
-    judge's features the real images half mirrored score 3.1 against the real floor of 3.0."""
+    judge's features the real images half mirrored score about the real floor (colour_budget.py's
+    reference rows: 3.1 against 3.0 on Twemoji, 3.9 against 3.5 on the emoji)."""
     return channels == 3
 
 
@@ -112,6 +113,17 @@ def prediction_for(patch: int) -> str:
     core, guidance 3 and 10 DDIM steps, v scored FID 27 and fidelity 0.75 where eps scored 37 and
     0.70 (benchmarks/colour_budget.py)."""
     return "v" if patch > 1 else "eps"
+
+
+def min_snr_for(patch: int) -> float:
+    """The min-SNR-gamma of a new run's loss when the user did not say (Hang et al. 2023: each image's
+    error counts as its x0 error times min(SNR, gamma), so the nearly clean steps do not dominate).
+    5, their choice, everywhere the digits were measured. Behind a patch stem (colour, v) a lower gamma
+    weighs the noisy steps, where a sprite's shape is decided, more: 10 minutes of one busy core on
+    Twemoji (benchmarks/colour_budget.py) scored FID 13.3 and 13.7 at gamma 1 and 14.9 at 2 against
+    14.6-16.1 at 5 (four runs); with --seed 1, 16.1 at 1 against 22.1 at 5. On the emoji, 17.9 at 1
+    (fidelity 0.83, recall 0.35) against 17.0 and 18.1 at 5 (fidelity 0.78-0.79, recall 0.41-0.47)."""
+    return 1.0 if patch > 1 else 5.0
 
 
 def unet_config(size: str, image_size: int, channels: int, context_dim: int,

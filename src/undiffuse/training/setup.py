@@ -25,7 +25,7 @@ from .config import TrainConfig
 from .distill import stand_in_data, student_unet
 from .finetune import base_run, fit_to, inherit, only_class
 from .recipe import (MODEL_SIZES, block_style_for, default_batch_size, default_guidance, default_sample_steps,
-                     default_sampler, flips, patch_for, prediction_for, unet_config)
+                     default_sampler, flips, min_snr_for, patch_for, prediction_for, unet_config)
 
 # torch.compile on a CPU trained 0.98-1.21x as fast as eager after 40-75 s of compiling
 # convolutions, and a CPU budget of minutes does not win the compile time back. Refused there.
@@ -121,6 +121,8 @@ def data_choices(cfg: TrainConfig, data: ImageData, device_type: str) -> TrainCo
         choices["block_style"] = block_style_for(patch)
     if cfg.diffusion.prediction is None:
         choices["prediction"] = prediction_for(patch)
+    if cfg.diffusion.min_snr is None:
+        choices["min_snr"] = min_snr_for(patch)
     return cfg.updated(**choices) if choices else cfg
 
 

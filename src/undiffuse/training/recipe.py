@@ -121,7 +121,8 @@ def min_snr_for(patch: int) -> float:
     5, their choice, everywhere the digits were measured. Behind a patch stem (colour, v) a lower gamma
     weighs the noisy steps, where a sprite's shape is decided, more: 10 minutes of one busy core on
     Twemoji (benchmarks/colour_budget.py) scored FID 13.3 and 13.7 at gamma 1 and 14.9 at 2 against
-    14.6-16.1 at 5 (four runs); with --seed 1, 16.1 at 1 against 22.1 at 5. On the emoji, 17.9 at 1
+    14.6-16.1 at 5 (four runs); with --seed 1, 16.1 at 1 against 22.1 at 5; --seed 2, 17.5 against
+    18.7. On the emoji, 17.9 at 1
     (fidelity 0.83, recall 0.35) against 17.0 and 18.1 at 5 (fidelity 0.78-0.79, recall 0.41-0.47)."""
     return 1.0 if patch > 1 else 5.0
 

@@ -122,8 +122,8 @@ def min_snr_for(patch: int) -> float:
     weighs the noisy steps, where a sprite's shape is decided, more: 10 minutes of one busy core on
     Twemoji (benchmarks/colour_budget.py) scored FID 13.3 and 13.7 at gamma 1 and 14.9 at 2 against
     14.6-16.1 at 5 (four runs); with --seed 1, 16.1 at 1 against 22.1 at 5; --seed 2, 17.5 against
-    18.7. On the emoji, 17.9 at 1
-    (fidelity 0.83, recall 0.35) against 17.0 and 18.1 at 5 (fidelity 0.78-0.79, recall 0.41-0.47)."""
+    18.7. On the emoji, 17.9 at 1 (fidelity 0.83, recall 0.35) against 17.0 and 18.1 at 5 (fidelity
+    0.78-0.79, recall 0.41-0.47). All on an AMD EPYC Zen 4 (avx512_bf16, no AMX)."""
     return 1.0 if patch > 1 else 5.0
 
 
@@ -176,8 +176,8 @@ def peak_lr(batch_size: int) -> float:
 def lr_at(step: int, plan: Plan, done: float | None = None) -> float:
     """Linear warm-up over plan.warmup steps, then a cosine from the peak down to a tenth of it at the
     end of the run (down to 0, the EMA averaging calmer weights, scored FID 17.5 on Twemoji against
-    14.6-16.1: benchmarks/colour_budget.py, 10 minutes of one busy core). done: the share of the run behind us (of a time budget: the elapsed share);
-    by default step / plan.steps."""
+    14.6-16.1: benchmarks/colour_budget.py, 10 minutes of one busy core). done: the share of the run
+    behind us (of a time budget: the elapsed share); by default step / plan.steps."""
     if step < plan.warmup:
         return plan.lr * (step + 1) / plan.warmup
     done = step / plan.steps if done is None else done
